@@ -1,0 +1,1 @@
+"""Command line: ``deepfm <command>``; one module per command, wired in ``main``."""

@@ -1,0 +1,51 @@
+"""``deepfm`` entry point: sub-command dispatch and one-line error reporting.
+
+Errors the user can cause (:class:`deepfm.errors.DeepFMError`) print ``error: ...`` and exit
+with status 2, without a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from deepfm import __version__
+from deepfm.errors import DeepFMError
+
+COMMANDS = ("train",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deepfm.cli import train
+
+    parser = argparse.ArgumentParser(
+        prog="deepfm",
+        description="Train, evaluate and use DeepFM / FM click-through-rate models.",
+        epilog="Run 'deepfm COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"deepfm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (train,):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DeepFMError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,98 @@
+"""``deepfm train``: options -> :class:`TrainConfig` -> :func:`deepfm.training.run.train`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from deepfm.config import TrainConfig, load_yaml, parse_mlp
+
+D = TrainConfig()
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that trains (train, compare)."""
+    s = argparse.SUPPRESS  # unset options do not override --config
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=s, help=f"built-in data set (default {D.dataset})")
+    data.add_argument(
+        "--data-dir",
+        default=s,
+        help="folder holding the data set's files (default: download once into ~/.cache/deepfm, "
+        "or $DEEPFM_CACHE)",
+    )
+    data.add_argument(
+        "--features",
+        default=s,
+        choices=["ids", "all"],
+        help="'ids': user and movie id only (the reference); 'all': side features too",
+    )
+    data.add_argument(
+        "--drop-neutral",
+        action="store_true",
+        default=s,
+        help="MovieLens: drop rating-3 rows instead of labelling them 0",
+    )
+    data.add_argument("--min-count", type=int, default=s, help="values seen fewer times go to OOV")
+    model = p.add_argument_group("model")
+    model.add_argument("--embed-dim", type=int, default=s, help=f"embedding size (default {D.embed_dim})")
+    model.add_argument(
+        "--mlp", type=parse_mlp, default=s, help="hidden widths of the deep part (default 16,16)"
+    )
+    model.add_argument("--dropout", type=float, default=s, help=f"MLP dropout (default {D.dropout})")
+    opt = p.add_argument_group("training")
+    opt.add_argument("--lr", type=float, default=s, help=f"Adam learning rate (default {D.lr})")
+    opt.add_argument(
+        "--weight-decay", type=float, default=s, help=f"Adam L2 weight decay (default {D.weight_decay})"
+    )
+    opt.add_argument("--batch-size", type=int, default=s, help=f"default {D.batch_size}")
+    opt.add_argument(
+        "--epochs",
+        type=int,
+        default=s,
+        help=f"maximum epochs; early stopping picks the best (default {D.epochs})",
+    )
+    opt.add_argument(
+        "--patience",
+        type=int,
+        default=s,
+        help=f"stop after this many epochs without a valid-AUC gain (default {D.patience})",
+    )
+    opt.add_argument("--seed", type=int, default=s, help="seed of split, init and shuffling (default 0)")
+    opt.add_argument("--threads", type=int, default=s, help="CPU threads (default: automatic)")
+    opt.add_argument("--device", default=s, help="cpu (default) or cuda")
+    opt.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=s, help="no progress bars"
+    )
+    p.add_argument("--config", help="YAML file of options (command-line options override it)")
+
+
+def config_from_args(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> TrainConfig:
+    values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    skip = {"config", "run", "command", *ignore}
+    values.update({k: v for k, v in vars(args).items() if k not in skip})
+    return TrainConfig.from_dict(values).validate()
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model and report test AUC / logloss",
+        description="Train a model with early stopping on validation AUC, then evaluate it on the "
+        "test split. Writes model.pt, metrics.json, history.csv and learning_curve.png to --out.",
+    )
+    p.add_argument("--out", default=argparse.SUPPRESS, help=f"run folder (default {D.out})")
+    p.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="deepfm (default) or fm; see 'deepfm models' for all",
+    )
+    add_train_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepfm.training.run import train
+
+    train(config_from_args(args))
+    return 0

@@ -1,0 +1,1 @@
+"""Data: downloads, raw readers, vocabularies / feature map, splits and batching."""

@@ -1,0 +1,129 @@
+"""Built-in data sets and the one pipeline every data set goes through.
+
+``load_raw`` reads a data set into a pandas frame of raw columns plus a 0/1 ``label`` column;
+``prepare`` splits it (seeded 80/10/10), fits the feature map on the training part only and
+encodes the three parts into tensors. A data set is registered with one :class:`DatasetInfo`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepfm.data.batching import Split
+from deepfm.data.features import FeatureMap, FieldKind
+from deepfm.data.split import random_split
+from deepfm.errors import ConfigError, DataError
+
+
+@dataclass
+class DataOptions:
+    """Options that change what a data set's rows and fields are."""
+
+    features: str = "ids"  # "ids" (the reference) or "all" (side features where a data set has them)
+    drop_neutral: bool = False  # MovieLens: drop rating-3 rows instead of labelling them 0
+    min_count: int = 1
+
+
+@dataclass
+class RawData:
+    """A data set's raw table: field columns plus ``label`` (0/1)."""
+
+    frame: pd.DataFrame
+    fields: list[str]
+    kinds: dict[str, FieldKind] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # side tables kept with the model
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    description: str
+    load: Callable[[Path | None, DataOptions], RawData]
+
+
+@dataclass
+class PreparedData:
+    name: str
+    feature_map: FeatureMap
+    train: Split
+    valid: Split
+    test: Split
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "rows": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
+            "positive_rate_train": float(self.train.label.mean()) if len(self.train) else 0.0,
+            "fields": {f.name: f.size for f in self.feature_map.fields},
+        }
+
+
+REGISTRY: dict[str, DatasetInfo] = {}
+
+
+def register(info: DatasetInfo) -> DatasetInfo:
+    REGISTRY[info.name] = info
+    return info
+
+
+def dataset_names() -> list[str]:
+    _load_builtins()
+    return sorted(REGISTRY)
+
+
+def load_raw(name: str, data_dir: str | Path | None, options: DataOptions) -> RawData:
+    _load_builtins()
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown dataset {name!r}; built-in data sets are {sorted(REGISTRY)}")
+    return REGISTRY[name].load(Path(data_dir) if data_dir is not None else None, options)
+
+
+def prepare(
+    name: str,
+    data_dir: str | Path | None = None,
+    options: DataOptions | None = None,
+    seed: int = 0,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> PreparedData:
+    """Read, split, fit the vocabularies on train and encode all three parts."""
+    options = options or DataOptions()
+    raw = load_raw(name, data_dir, options)
+    return prepare_raw(name, raw, options, seed, ratios)
+
+
+def prepare_raw(
+    name: str,
+    raw: RawData,
+    options: DataOptions,
+    seed: int = 0,
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> PreparedData:
+    frame = raw.frame
+    if len(frame) < 10:
+        raise DataError(f"data set {name!r} has {len(frame)} rows; at least 10 are needed to split")
+    train_idx, valid_idx, test_idx = random_split(len(frame), ratios, seed)
+    train_frame = frame.iloc[train_idx]
+    fmap = FeatureMap.fit(train_frame, raw.fields, raw.kinds, min_count=options.min_count)
+    label = frame["label"].to_numpy(dtype=np.float32)
+
+    def encode(idx: np.ndarray) -> Split:
+        return Split.from_arrays(fmap.encode(frame.iloc[idx]), label[idx])
+
+    return PreparedData(name, fmap, encode(train_idx), encode(valid_idx), encode(test_idx), raw.extras)
+
+
+_BUILTINS_LOADED = False
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        from deepfm.data import builtin  # noqa: F401  (registers the built-in data sets)

@@ -1,0 +1,174 @@
+"""Feature map: the vocabulary of every field and where it lives in the fused embedding table.
+
+Global index layout of the one shared table (TorchRec's "sparse part"):
+
+* row 0 is padding (always zero, never trained), used to pad multi-valued fields;
+* each field owns ``size = len(vocab) + 1`` consecutive rows starting at ``offset``;
+  the first of them is the field's out-of-vocabulary (OOV) row, then one row per known value.
+
+Vocabularies are built from the training split only (``min_count`` drops rare values to OOV), so
+ids never seen in training, at test or predict time, map to their field's OOV row and never crash.
+Encoding is vectorised with ``pandas.Index.get_indexer`` (a hash lookup, no Python per row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from deepfm.errors import DataError
+
+FieldKind = Literal["categorical", "sequence"]
+
+
+@dataclass
+class Field:
+    """One input field. ``categorical`` holds one value a row, ``sequence`` a list of values."""
+
+    name: str
+    kind: FieldKind = "categorical"
+    vocab: list[Any] = field(default_factory=list)
+    offset: int = 0
+    max_len: int = 0  # sequence fields: values kept per row (longer lists are cut)
+    pooling: str = "mean"  # sequence fields: "mean" or "sum"
+
+    @property
+    def size(self) -> int:
+        return len(self.vocab) + 1
+
+    def index(self) -> pd.Index:
+        return pd.Index(self.vocab)
+
+    def encode(self, values: pd.Series | np.ndarray, index: pd.Index | None = None) -> np.ndarray:
+        """Global row indices of ``values`` (unseen values go to this field's OOV row)."""
+        local = (index if index is not None else self.index()).get_indexer(np.asarray(values)) + 1
+        return (local + self.offset).astype(np.int64)
+
+
+@dataclass
+class FeatureMap:
+    """The ordered fields of a data set plus their offsets in the fused embedding table."""
+
+    fields: list[Field]
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        names: list[str],
+        kinds: dict[str, FieldKind] | None = None,
+        min_count: int = 1,
+        max_len: dict[str, int] | None = None,
+    ) -> FeatureMap:
+        """Build vocabularies from ``frame`` (the training split). Values are sorted for stability."""
+        kinds = kinds or {}
+        fields = []
+        for name in names:
+            if name not in frame.columns:
+                raise DataError(f"unknown field {name!r}; columns are {list(frame.columns)}")
+            kind = kinds.get(name, "categorical")
+            column = frame[name]
+            if kind == "sequence":
+                column = column.explode().dropna()
+            counts = column.value_counts(sort=False)
+            kept = counts.index[counts.to_numpy() >= min_count]
+            vocab = sorted(kept.tolist(), key=_sort_key)
+            length = int((max_len or {}).get(name, 0)) or _longest(frame[name], kind)
+            fields.append(Field(name, kind, vocab, max_len=length))
+        return cls(fields).with_offsets()
+
+    def with_offsets(self) -> FeatureMap:
+        offset = 1  # row 0 is padding
+        for f in self.fields:
+            f.offset = offset
+            offset += f.size
+        return self
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the fused embedding table (padding row included)."""
+        return 1 + sum(f.size for f in self.fields)
+
+    @property
+    def categorical(self) -> list[Field]:
+        return [f for f in self.fields if f.kind == "categorical"]
+
+    @property
+    def sequences(self) -> list[Field]:
+        return [f for f in self.fields if f.kind == "sequence"]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Encode raw columns: ``ids`` [N, F] for categorical fields, ``bags`` [N, S, L] for sequences."""
+        missing = [f.name for f in self.fields if f.name not in frame.columns]
+        if missing:
+            raise DataError(f"missing column(s) {missing}; expected {[f.name for f in self.fields]}")
+        n = len(frame)
+        out: dict[str, np.ndarray] = {}
+        cats = self.categorical
+        ids = np.empty((n, len(cats)), dtype=np.int64)
+        for j, f in enumerate(cats):
+            ids[:, j] = f.encode(frame[f.name])
+        out["ids"] = ids
+        seqs = self.sequences
+        if seqs:
+            width = max(f.max_len for f in seqs)
+            bags = np.zeros((n, len(seqs), width), dtype=np.int64)
+            for j, f in enumerate(seqs):
+                bags[:, j, :] = _encode_lists(f, frame[f.name], width)
+            out["bags"] = bags
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fields": [
+                {
+                    "name": f.name,
+                    "kind": f.kind,
+                    "vocab": [_jsonable(v) for v in f.vocab],
+                    "offset": f.offset,
+                    "max_len": f.max_len,
+                    "pooling": f.pooling,
+                }
+                for f in self.fields
+            ]
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureMap:
+        return cls([Field(**f) for f in data["fields"]])
+
+
+def _encode_lists(f: Field, column: pd.Series, width: int) -> np.ndarray:
+    """Pad/cut each row's list to ``width`` global indices; padding is row 0, unseen values OOV."""
+    lists = column.reset_index(drop=True)
+    lists = lists.where(lists.map(lambda v: isinstance(v, (list, tuple, np.ndarray))), None)
+    flat = lists.explode().dropna()
+    rows = flat.index.to_numpy()
+    pos = flat.groupby(level=0).cumcount().to_numpy()
+    keep = pos < f.max_len
+    out = np.zeros((len(column), width), dtype=np.int64)
+    out[rows[keep], pos[keep]] = f.encode(flat.to_numpy()[keep])
+    return out
+
+
+def _longest(column: pd.Series, kind: str) -> int:
+    if kind != "sequence" or len(column) == 0:
+        return 0
+    return int(column.map(len).max())
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float, np.integer, np.floating)) else (1, str(value))
+
+
+def _jsonable(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,27 @@
+"""Models: a registry of model names -> classes composed from the shared layers in ``layers``.
+
+Adding a model is one short file plus one line in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from deepfm.errors import ConfigError
+from deepfm.models.deepfm import DeepFM
+from deepfm.models.fm import FM
+
+MODELS: dict[str, type[nn.Module]] = {
+    "fm": FM,
+    "deepfm": DeepFM,
+}
+
+
+def build_model(name: str, num_rows: int, num_fields: int, **options: object) -> nn.Module:
+    """Instantiate model ``name`` for a table of ``num_rows`` rows and ``num_fields`` fields."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](num_rows=num_rows, num_fields=num_fields, **options)
+
+
+__all__ = ["MODELS", "build_model"]

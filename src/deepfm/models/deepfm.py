@@ -1,0 +1,29 @@
+"""DeepFM (Guo et al., 2017): FM and an MLP over one shared embedding, logits summed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deepfm.models.layers import MLP, FactorizationMachine, SparseFeatures
+
+
+class DeepFM(nn.Module):
+    def __init__(
+        self,
+        num_rows: int,
+        num_fields: int,
+        embed_dim: int = 16,
+        mlp: tuple[int, ...] = (16, 16),
+        dropout: float = 0.5,
+        **_: object,
+    ) -> None:
+        super().__init__()
+        self.features = SparseFeatures(num_rows, embed_dim)
+        self.fm = FactorizationMachine()
+        self.mlp = MLP(num_fields * embed_dim, mlp, dropout)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
+        linear, emb = self.features(ids, bags)
+        return self.bias + linear + self.fm(emb) + self.mlp(emb.flatten(1))

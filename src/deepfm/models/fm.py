@@ -1,0 +1,20 @@
+"""FM: bias + first-order linear term + FM 2-way interactions (DeepFM without the MLP)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deepfm.models.layers import FactorizationMachine, SparseFeatures
+
+
+class FM(nn.Module):
+    def __init__(self, num_rows: int, num_fields: int, embed_dim: int = 16, **_: object) -> None:
+        super().__init__()
+        self.features = SparseFeatures(num_rows, embed_dim)
+        self.fm = FactorizationMachine()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
+        linear, emb = self.features(ids, bags)
+        return self.bias + linear + self.fm(emb)

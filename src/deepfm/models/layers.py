@@ -1,0 +1,65 @@
+"""Shared layers, one idea each: the sparse part (fused embedding table) and the dense parts.
+
+``SparseFeatures`` is the only place embeddings live: one table whose column 0 is the
+first-order (linear) weight and columns 1..D the field embedding, so a single gather serves
+the linear term, the FM term and the MLP input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SparseFeatures(nn.Module):
+    """Fused table ``[rows, 1 + embed_dim]``: returns first-order sums and field embeddings."""
+
+    def __init__(self, num_rows: int, embed_dim: int, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.table = nn.Embedding(num_rows, 1 + embed_dim, padding_idx=0)
+        with torch.no_grad():
+            self.table.weight.normal_(0.0, init_std)
+            self.table.weight[:, 0].zero_()
+            self.table.weight[0].zero_()
+
+    def forward(
+        self, ids: torch.Tensor, bags: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ids`` [B, F], ``bags`` [B, S, L] (0 = padding) -> linear [B], embeddings [B, F+S, D]."""
+        rows = self.table(ids)  # [B, F, 1+D]
+        if bags is not None:
+            pooled = self.table(bags).sum(2)  # padding row is zero
+            counts = (bags > 0).sum(2, keepdim=True).clamp_min(1)
+            rows = torch.cat([rows, pooled / counts], dim=1)  # mean-pooled bag = one field
+        return rows[..., 0].sum(1), rows[..., 1:]
+
+
+class FactorizationMachine(nn.Module):
+    """FM 2-way term ``0.5 * sum_k((sum_f e_fk)^2 - sum_f e_fk^2)`` -> [B]."""
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        square_of_sum = emb.sum(1).square()
+        sum_of_square = emb.square().sum(1)
+        return 0.5 * (square_of_sum - sum_of_square).sum(1)
+
+
+class MLP(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> Dropout per hidden layer, then a linear output -> [B]."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...], dropout: float, batch_norm: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers.append(nn.Linear(in_dim, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = width
+        layers.append(nn.Linear(in_dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)

@@ -1,0 +1,1 @@
+"""Training: the epoch loop, metrics, early stopping, checkpoints, logs and plots."""

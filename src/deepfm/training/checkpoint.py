@@ -1,0 +1,110 @@
+"""Self-contained checkpoints (config + feature map + weights) and :class:`TrainedModel`.
+
+``model.pt`` in a run folder is a plain dict of primitives and tensors, loadable with
+``torch.load(weights_only=True)`` (no pickled code). It is always written atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from deepfm.config import TrainConfig
+from deepfm.data.batching import Split
+from deepfm.data.features import FeatureMap
+from deepfm.errors import CheckpointError
+from deepfm.models import build_model
+from deepfm.training.io import atomic_write
+from deepfm.training.loop import predict_probs
+
+FORMAT = "deepfm-checkpoint"
+VERSION = 1
+MODEL_FILE = "model.pt"
+
+
+def model_from_config(config: TrainConfig, feature_map: FeatureMap) -> nn.Module:
+    return build_model(
+        config.model,
+        num_rows=feature_map.num_rows,
+        num_fields=len(feature_map.fields),
+        embed_dim=config.embed_dim,
+        mlp=config.mlp,
+        dropout=config.dropout,
+        **config.extra.get("model_options", {}),
+    )
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with everything needed to turn raw records into probabilities."""
+
+    module: nn.Module
+    feature_map: FeatureMap
+    config: TrainConfig
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def predict_split(self, split: Split, batch_size: int = 65536) -> np.ndarray:
+        """Click probabilities for an encoded split, in its row order."""
+        return predict_probs(self.module, split, batch_size)
+
+    def predict(self, records: pd.DataFrame | list[dict[str, Any]]) -> np.ndarray:
+        """Probabilities for raw records (a DataFrame or list of dicts of raw field values)."""
+        frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame.from_records(records)
+        arrays = self.feature_map.encode(frame)
+        return self.predict_split(Split.from_arrays(arrays, np.zeros(len(frame), np.float32)))
+
+    def save(self, path: str | Path) -> Path:
+        return save_checkpoint(path, self.module, self.feature_map, self.config, self.extras)
+
+
+def save_checkpoint(
+    path: str | Path,
+    module: nn.Module,
+    feature_map: FeatureMap,
+    config: TrainConfig,
+    extras: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config.to_dict(),
+        "feature_map": feature_map.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in (state_dict or module.state_dict()).items()},
+        "extras": extras or {},
+    }
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def resolve(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path} (expected a run folder holding {MODEL_FILE})")
+    return path
+
+
+def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
+    """Rebuild a :class:`TrainedModel` from a run folder or a ``model.pt`` file."""
+    file = resolve(path)
+    try:
+        payload = torch.load(file, map_location=device, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise CheckpointError(f"{file} is not a readable deepfm checkpoint ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not a deepfm checkpoint")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(f"{file} was written by a newer deepfm (format {payload['version']})")
+    config = TrainConfig.from_dict(payload["config"])
+    fmap = FeatureMap.from_dict(payload["feature_map"])
+    module = model_from_config(config, fmap)
+    module.load_state_dict(payload["state_dict"])
+    module.to(device).eval()
+    return TrainedModel(module, fmap, config, payload.get("extras", {}))

@@ -1,0 +1,42 @@
+import itertools
+
+import torch
+
+from deepfm.models import MODELS, build_model
+from deepfm.models.layers import FactorizationMachine, SparseFeatures
+
+
+def test_fm_two_way_term_equals_pairwise_dot_products():
+    torch.manual_seed(0)
+    emb = torch.randn(5, 4, 3, dtype=torch.float64)
+    explicit = torch.stack(
+        [sum((emb[b, i] * emb[b, j]).sum() for i, j in itertools.combinations(range(4), 2)) for b in range(5)]
+    )
+    torch.testing.assert_close(FactorizationMachine()(emb), explicit)
+
+
+def test_sparse_features_linear_column_and_padding_row():
+    layer = SparseFeatures(num_rows=10, embed_dim=3)
+    with torch.no_grad():
+        layer.table.weight[:, 0] = torch.arange(10, dtype=torch.float32)
+    ids = torch.tensor([[1, 4], [2, 9]])
+    linear, emb = layer(ids)
+    assert linear.tolist() == [5.0, 11.0]
+    assert emb.shape == (2, 2, 3)
+    assert layer.table.weight[0].abs().sum() == 0  # padding row
+
+
+def test_bags_are_mean_pooled_ignoring_padding():
+    layer = SparseFeatures(num_rows=10, embed_dim=2)
+    ids = torch.tensor([[1]])
+    bags = torch.tensor([[[3, 5, 0, 0]]])
+    _, emb = layer(ids, bags)
+    expected = (layer.table.weight[3, 1:] + layer.table.weight[5, 1:]) / 2
+    torch.testing.assert_close(emb[0, 1], expected)
+
+
+def test_every_registered_model_returns_one_logit_per_row():
+    ids = torch.randint(1, 50, (8, 3))
+    for name in MODELS:
+        model = build_model(name, num_rows=50, num_fields=3, embed_dim=4, mlp=(8,), dropout=0.1)
+        assert model(ids).shape == (8,), name
