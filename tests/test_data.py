@@ -96,3 +96,13 @@ def test_ratings_reader_parses_the_official_layout(tmp_path):
     path.write_text("1::1193::5::978300760\n1::661::3::978302109\n")
     frame = read_ratings(path)
     assert frame.to_numpy().tolist() == [[1, 1193, 5, 978300760], [1, 661, 3, 978302109]]
+
+
+def test_side_tables_join_on_key_and_survive_payload_round_trip():
+    from deepfm.data.tables import join_tables, tables_from_payload, tables_to_payload
+
+    tables = {"movie_id": pd.DataFrame({"movie_id": [1, 2], "genres": [["a", "b"], ["c"]]})}
+    tables = tables_from_payload(tables_to_payload(tables))
+    rows = join_tables(pd.DataFrame({"movie_id": [2, 1, 7]}), tables)
+    assert rows["genres"].tolist()[:2] == [["c"], ["a", "b"]]
+    assert pd.isna(rows["genres"].iloc[2])  # unknown key -> missing -> OOV / empty bag

@@ -3,7 +3,7 @@ import itertools
 import torch
 
 from deepfm.models import MODELS, build_model
-from deepfm.models.layers import FactorizationMachine, SparseFeatures
+from deepfm.models.layers import FactorizationMachine, Features, SparseFeatures
 
 
 def test_fm_two_way_term_equals_pairwise_dot_products():
@@ -20,23 +20,37 @@ def test_sparse_features_linear_column_and_padding_row():
     with torch.no_grad():
         layer.table.weight[:, 0] = torch.arange(10, dtype=torch.float32)
     ids = torch.tensor([[1, 4], [2, 9]])
-    linear, emb = layer(ids)
+    rows = layer(ids)
+    linear, emb = rows[..., 0].sum(1), rows[..., 1:]
     assert linear.tolist() == [5.0, 11.0]
     assert emb.shape == (2, 2, 3)
     assert layer.table.weight[0].abs().sum() == 0  # padding row
 
 
 def test_bags_are_mean_pooled_ignoring_padding():
-    layer = SparseFeatures(num_rows=10, embed_dim=2)
+    layer = Features(num_rows=10, embed_dim=2)
     ids = torch.tensor([[1]])
     bags = torch.tensor([[[3, 5, 0, 0]]])
     _, emb = layer(ids, bags)
-    expected = (layer.table.weight[3, 1:] + layer.table.weight[5, 1:]) / 2
-    torch.testing.assert_close(emb[0, 1], expected)
+    table = layer.sparse.table.weight
+    torch.testing.assert_close(emb[0, 1], (table[3, 1:] + table[5, 1:]) / 2)
+
+
+def test_dense_fields_scale_their_own_vector_and_join_the_fields():
+    layer = Features(num_rows=10, embed_dim=2, num_dense=2)
+    ids = torch.tensor([[1]])
+    dense = torch.tensor([[2.0, -1.0]])
+    linear, emb = layer(ids, None, dense)
+    w = layer.dense.weight
+    assert emb.shape == (1, 3, 2)
+    torch.testing.assert_close(emb[0, 1:], torch.stack([2 * w[0, 1:], -w[1, 1:]]))
+    torch.testing.assert_close(linear[0], layer.sparse.table.weight[1, 0] + 2 * w[0, 0] - w[1, 0])
 
 
 def test_every_registered_model_returns_one_logit_per_row():
     ids = torch.randint(1, 50, (8, 3))
+    bags = torch.randint(0, 50, (8, 1, 4))
+    dense = torch.randn(8, 2)
     for name in MODELS:
-        model = build_model(name, num_rows=50, num_fields=3, embed_dim=4, mlp=(8,), dropout=0.1)
-        assert model(ids).shape == (8,), name
+        model = build_model(name, num_rows=50, num_fields=6, num_dense=2, embed_dim=4, mlp=(8,), dropout=0.1)
+        assert model(ids, bags, dense).shape == (8,), name

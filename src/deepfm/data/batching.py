@@ -7,7 +7,7 @@ slices, which are views and cost nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,7 +18,13 @@ import torch
 class Batch(NamedTuple):
     ids: torch.Tensor  # [B, F] int64 global rows of the categorical fields
     bags: torch.Tensor | None  # [B, S, L] int64 rows of the multi-valued fields (0 = padding)
+    dense: torch.Tensor | None  # [B, K] float32 values of the numeric fields
     label: torch.Tensor  # [B] float32 0/1
+
+    @property
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The model's positional inputs ``(ids, bags, dense)``."""
+        return self.ids, self.bags, self.dense
 
 
 @dataclass
@@ -28,28 +34,38 @@ class Split:
     ids: torch.Tensor
     label: torch.Tensor
     bags: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], label: np.ndarray) -> Split:
-        bags = arrays.get("bags")
+        def tensor(name: str) -> torch.Tensor | None:
+            value = arrays.get(name)
+            return torch.from_numpy(np.ascontiguousarray(value)) if value is not None else None
+
         return cls(
-            ids=torch.from_numpy(np.ascontiguousarray(arrays["ids"])),
+            ids=tensor("ids"),
             label=torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32)),
-            bags=torch.from_numpy(np.ascontiguousarray(bags)) if bags is not None else None,
+            bags=tensor("bags"),
+            dense=tensor("dense"),
         )
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Split:
+        """A split with ``fn`` applied to every tensor (indexing, slicing, device moves)."""
+        return Split(
+            fn(self.ids),
+            fn(self.label),
+            fn(self.bags) if self.bags is not None else None,
+            fn(self.dense) if self.dense is not None else None,
+        )
+
     def take(self, index: torch.Tensor) -> Split:
-        return Split(self.ids[index], self.label[index], self.bags[index] if self.bags is not None else None)
+        return self.map(lambda t: t[index])
 
     def to(self, device: torch.device | str) -> Split:
-        return Split(
-            self.ids.to(device),
-            self.label.to(device),
-            self.bags.to(device) if self.bags is not None else None,
-        )
+        return self.map(lambda t: t.to(device))
 
     def batches(
         self,
@@ -67,11 +83,8 @@ class Split:
             stop = min(start + batch_size, n)
             if shuffle and stop - start < 2:
                 break
-            yield Batch(
-                data.ids[start:stop],
-                data.bags[start:stop] if data.bags is not None else None,
-                data.label[start:stop],
-            )
+            part = data.map(lambda t, a=start, b=stop: t[a:b])
+            yield Batch(part.ids, part.bags, part.dense, part.label)
 
     def num_batches(self, batch_size: int, shuffle: bool = False) -> int:
         n = len(self)

@@ -18,6 +18,7 @@ import pandas as pd
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap, FieldKind
 from deepfm.data.split import random_split
+from deepfm.data.tables import Tables
 from deepfm.errors import ConfigError, DataError
 
 
@@ -37,7 +38,8 @@ class RawData:
     frame: pd.DataFrame
     fields: list[str]
     kinds: dict[str, FieldKind] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)  # side tables kept with the model
+    tables: Tables = field(default_factory=dict)  # side tables, joined on their key column
+    extras: dict[str, Any] = field(default_factory=dict)  # JSON-able facts kept with the model
 
 
 @dataclass
@@ -54,6 +56,7 @@ class PreparedData:
     train: Split
     valid: Split
     test: Split
+    tables: Tables = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:

@@ -21,12 +21,16 @@ import pandas as pd
 
 from deepfm.errors import DataError
 
-FieldKind = Literal["categorical", "sequence"]
+FieldKind = Literal["categorical", "sequence", "numeric"]
 
 
 @dataclass
 class Field:
-    """One input field. ``categorical`` holds one value a row, ``sequence`` a list of values."""
+    """One input field.
+
+    ``categorical`` holds one value a row, ``sequence`` a list of values (pooled into one vector),
+    ``numeric`` a float that scales the field's own embedding vector (no table rows).
+    """
 
     name: str
     kind: FieldKind = "categorical"
@@ -37,7 +41,8 @@ class Field:
 
     @property
     def size(self) -> int:
-        return len(self.vocab) + 1
+        """Rows this field owns in the fused table (numeric fields own none)."""
+        return 0 if self.kind == "numeric" else len(self.vocab) + 1
 
     def index(self) -> pd.Index:
         return pd.Index(self.vocab)
@@ -70,6 +75,9 @@ class FeatureMap:
             if name not in frame.columns:
                 raise DataError(f"unknown field {name!r}; columns are {list(frame.columns)}")
             kind = kinds.get(name, "categorical")
+            if kind == "numeric":
+                fields.append(Field(name, kind))
+                continue
             column = frame[name]
             if kind == "sequence":
                 column = column.explode().dropna()
@@ -100,6 +108,10 @@ class FeatureMap:
     def sequences(self) -> list[Field]:
         return [f for f in self.fields if f.kind == "sequence"]
 
+    @property
+    def numerics(self) -> list[Field]:
+        return [f for f in self.fields if f.kind == "numeric"]
+
     def field(self, name: str) -> Field:
         for f in self.fields:
             if f.name == name:
@@ -107,7 +119,11 @@ class FeatureMap:
         raise KeyError(name)
 
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Encode raw columns: ``ids`` [N, F] for categorical fields, ``bags`` [N, S, L] for sequences."""
+        """Encode raw columns into model inputs.
+
+        ``ids`` [N, F] int64 for categorical fields, ``bags`` [N, S, L] int64 for sequence fields
+        (0 = padding), ``dense`` [N, K] float32 for numeric fields (missing -> 0).
+        """
         missing = [f.name for f in self.fields if f.name not in frame.columns]
         if missing:
             raise DataError(f"missing column(s) {missing}; expected {[f.name for f in self.fields]}")
@@ -125,6 +141,10 @@ class FeatureMap:
             for j, f in enumerate(seqs):
                 bags[:, j, :] = _encode_lists(f, frame[f.name], width)
             out["bags"] = bags
+        nums = self.numerics
+        if nums:
+            values = frame[[f.name for f in nums]].apply(pd.to_numeric, errors="coerce")
+            out["dense"] = np.nan_to_num(values.to_numpy(dtype=np.float32), nan=0.0)
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,11 +17,18 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(name: str, num_rows: int, num_fields: int, **options: object) -> nn.Module:
-    """Instantiate model ``name`` for a table of ``num_rows`` rows and ``num_fields`` fields."""
+def build_model(
+    name: str, num_rows: int, num_fields: int, num_dense: int = 0, **options: object
+) -> nn.Module:
+    """Instantiate model ``name``.
+
+    ``num_rows``: rows of the fused embedding table; ``num_fields``: all fields (categorical,
+    sequence and numeric), i.e. the second dimension of the embeddings; ``num_dense``: numeric
+    fields. Every model's ``forward(ids, bags=None, dense=None)`` returns one logit per row.
+    """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](num_rows=num_rows, num_fields=num_fields, **options)
+    return MODELS[name](num_rows=num_rows, num_fields=num_fields, num_dense=num_dense, **options)
 
 
 __all__ = ["MODELS", "build_model"]

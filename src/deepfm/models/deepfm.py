@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepfm.models.layers import MLP, FactorizationMachine, SparseFeatures
+from deepfm.models.layers import MLP, FactorizationMachine, Features
 
 
 class DeepFM(nn.Module):
@@ -13,17 +13,20 @@ class DeepFM(nn.Module):
         self,
         num_rows: int,
         num_fields: int,
+        num_dense: int = 0,
         embed_dim: int = 16,
         mlp: tuple[int, ...] = (16, 16),
         dropout: float = 0.5,
         **_: object,
     ) -> None:
         super().__init__()
-        self.features = SparseFeatures(num_rows, embed_dim)
+        self.features = Features(num_rows, embed_dim, num_dense)
         self.fm = FactorizationMachine()
         self.mlp = MLP(num_fields * embed_dim, mlp, dropout)
         self.bias = nn.Parameter(torch.zeros(1))
 
-    def forward(self, ids: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
-        linear, emb = self.features(ids, bags)
+    def forward(
+        self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        linear, emb = self.features(ids, bags, dense)
         return self.bias + linear + self.fm(emb) + self.mlp(emb.flatten(1))

@@ -5,16 +5,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepfm.models.layers import FactorizationMachine, SparseFeatures
+from deepfm.models.layers import FactorizationMachine, Features
 
 
 class FM(nn.Module):
-    def __init__(self, num_rows: int, num_fields: int, embed_dim: int = 16, **_: object) -> None:
+    def __init__(
+        self, num_rows: int, num_fields: int, num_dense: int = 0, embed_dim: int = 16, **_: object
+    ) -> None:
         super().__init__()
-        self.features = SparseFeatures(num_rows, embed_dim)
+        self.features = Features(num_rows, embed_dim, num_dense)
         self.fm = FactorizationMachine()
         self.bias = nn.Parameter(torch.zeros(1))
 
-    def forward(self, ids: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
-        linear, emb = self.features(ids, bags)
+    def forward(
+        self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        linear, emb = self.features(ids, bags, dense)
         return self.bias + linear + self.fm(emb)

@@ -1,8 +1,9 @@
-"""Shared layers, one idea each: the sparse part (fused embedding table) and the dense parts.
+"""Shared layers, one idea each: the input part (embeddings) and the interaction / dense parts.
 
-``SparseFeatures`` is the only place embeddings live: one table whose column 0 is the
-first-order (linear) weight and columns 1..D the field embedding, so a single gather serves
-the linear term, the FM term and the MLP input.
+``SparseFeatures`` is the only place categorical embeddings live: one table whose column 0 is the
+first-order (linear) weight and columns 1..D the field embedding, so a single gather serves the
+linear term, the FM term and the MLP input. ``DenseFeatures`` gives each numeric field the same
+``1 + D`` vector, scaled by its value. ``Features`` joins both: every model starts with it.
 """
 
 from __future__ import annotations
@@ -23,15 +24,41 @@ class SparseFeatures(nn.Module):
             self.table.weight[:, 0].zero_()
             self.table.weight[0].zero_()
 
-    def forward(
-        self, ids: torch.Tensor, bags: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ids`` [B, F], ``bags`` [B, S, L] (0 = padding) -> linear [B], embeddings [B, F+S, D]."""
+    def forward(self, ids: torch.Tensor, bags: torch.Tensor | None = None) -> torch.Tensor:
+        """``ids`` [B, F], ``bags`` [B, S, L] (0 = padding) -> rows [B, F+S, 1+D]."""
         rows = self.table(ids)  # [B, F, 1+D]
         if bags is not None:
             pooled = self.table(bags).sum(2)  # padding row is zero
             counts = (bags > 0).sum(2, keepdim=True).clamp_min(1)
             rows = torch.cat([rows, pooled / counts], dim=1)  # mean-pooled bag = one field
+        return rows
+
+
+class DenseFeatures(nn.Module):
+    """Numeric fields: each owns a ``1 + D`` vector scaled by its value -> rows [B, K, 1+D]."""
+
+    def __init__(self, num_dense: int, embed_dim: int, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_dense, 1 + embed_dim) * init_std)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return dense.unsqueeze(-1) * self.weight
+
+
+class Features(nn.Module):
+    """The input layer of every model: ``(ids, bags, dense)`` -> first-order sum [B], embeddings."""
+
+    def __init__(self, num_rows: int, embed_dim: int, num_dense: int = 0) -> None:
+        super().__init__()
+        self.sparse = SparseFeatures(num_rows, embed_dim)
+        self.dense = DenseFeatures(num_dense, embed_dim) if num_dense else None
+
+    def forward(
+        self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.sparse(ids, bags)
+        if dense is not None and self.dense is not None:
+            rows = torch.cat([rows, self.dense(dense)], dim=1)
         return rows[..., 0].sum(1), rows[..., 1:]
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
+from deepfm.data.tables import Tables, join_tables, tables_from_payload, tables_to_payload
 from deepfm.errors import CheckpointError
 from deepfm.models import build_model
 from deepfm.training.io import atomic_write
@@ -33,6 +34,7 @@ def model_from_config(config: TrainConfig, feature_map: FeatureMap) -> nn.Module
         config.model,
         num_rows=feature_map.num_rows,
         num_fields=len(feature_map.fields),
+        num_dense=len(feature_map.numerics),
         embed_dim=config.embed_dim,
         mlp=config.mlp,
         dropout=config.dropout,
@@ -47,6 +49,7 @@ class TrainedModel:
     module: nn.Module
     feature_map: FeatureMap
     config: TrainConfig
+    tables: Tables = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def predict_split(self, split: Split, batch_size: int = 65536) -> np.ndarray:
@@ -54,13 +57,18 @@ class TrainedModel:
         return predict_probs(self.module, split, batch_size)
 
     def predict(self, records: pd.DataFrame | list[dict[str, Any]]) -> np.ndarray:
-        """Probabilities for raw records (a DataFrame or list of dicts of raw field values)."""
+        """Probabilities for raw records (a DataFrame or list of dicts of raw field values).
+
+        Side features are looked up from the model's tables by their key columns, so MovieLens
+        records need only ``user_id`` and ``movie_id``. Unseen values go to OOV.
+        """
         frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame.from_records(records)
+        frame = join_tables(frame.copy(), self.tables)
         arrays = self.feature_map.encode(frame)
         return self.predict_split(Split.from_arrays(arrays, np.zeros(len(frame), np.float32)))
 
     def save(self, path: str | Path) -> Path:
-        return save_checkpoint(path, self.module, self.feature_map, self.config, self.extras)
+        return save_checkpoint(path, self.module, self.feature_map, self.config, self.tables, self.extras)
 
 
 def save_checkpoint(
@@ -68,6 +76,7 @@ def save_checkpoint(
     module: nn.Module,
     feature_map: FeatureMap,
     config: TrainConfig,
+    tables: Tables | None = None,
     extras: dict[str, Any] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
@@ -77,6 +86,7 @@ def save_checkpoint(
         "config": config.to_dict(),
         "feature_map": feature_map.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in (state_dict or module.state_dict()).items()},
+        "tables": tables_to_payload(tables or {}),
         "extras": extras or {},
     }
     return atomic_write(path, lambda f: torch.save(payload, f))
@@ -107,4 +117,5 @@ def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
     module = model_from_config(config, fmap)
     module.load_state_dict(payload["state_dict"])
     module.to(device).eval()
-    return TrainedModel(module, fmap, config, payload.get("extras", {}))
+    tables = tables_from_payload(payload.get("tables", {}))
+    return TrainedModel(module, fmap, config, tables, payload.get("extras", {}))

@@ -56,7 +56,7 @@ def train_epoch(
         dynamic_ncols=True,
     )
     for batch in split.batches(batch_size, generator=generator, shuffle=True):
-        logits = module(batch.ids, batch.bags)
+        logits = module(*batch.inputs)
         loss = loss_fn(logits, batch.label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,6 +78,6 @@ def predict_probs(module: nn.Module, split: Split, batch_size: int = 65536) -> n
     """Click probabilities for every row of ``split``, in order (eval mode, no autograd)."""
     was_training = module.training
     module.eval()
-    out = [torch.sigmoid(module(b.ids, b.bags)) for b in split.batches(batch_size)]
+    out = [torch.sigmoid(module(*b.inputs)) for b in split.batches(batch_size)]
     module.train(was_training)
     return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, dtype=np.float32)

@@ -93,7 +93,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             + ("  *" if improved else "")
         )
         if improved:
-            save_checkpoint(out / MODEL_FILE, module, data.feature_map, config, data.extras)
+            save_checkpoint(out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras)
         write_text(out / "history.csv", _csv(epochs))
         if stopper.should_stop:
             echo(f"early stop: no valid AUC gain for {config.patience} epochs")
@@ -101,7 +101,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
 
     if stopper.best_state is not None:
         module.load_state_dict(stopper.best_state)
-    model = TrainedModel(module, data.feature_map, config, data.extras)
+    model = TrainedModel(module, data.feature_map, config, data.tables, data.extras)
     test = evaluate(data.test.label.numpy(), model.predict_split(data.test, config.eval_batch_size))
     train_seconds = sum(e["train_seconds"] for e in epochs)
     train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
