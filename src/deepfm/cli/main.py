@@ -7,6 +7,8 @@ with status 2, without a traceback unless ``--debug`` is given.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 import traceback
 from collections.abc import Sequence
@@ -14,12 +16,20 @@ from collections.abc import Sequence
 from deepfm import __version__
 from deepfm.errors import DeepFMError
 
-COMMANDS = ("train",)
+# One module per command in deepfm.cli, each with ``add_parser(subparsers)``; listed in help order.
+COMMANDS = (
+    "train",
+    "compare",
+    "predict",
+    "recommend",
+    "export",
+    "serve",
+    "datasets",
+    "models",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from deepfm.cli import train
-
     parser = argparse.ArgumentParser(
         prog="deepfm",
         description="Train, evaluate and use DeepFM / FM click-through-rate models.",
@@ -27,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deepfm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (train,):
-        module.add_parser(sub)
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"deepfm.cli.{name}") is not None:
+            importlib.import_module(f"deepfm.cli.{name}").add_parser(sub)
     return parser
 
 

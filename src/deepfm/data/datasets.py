@@ -122,6 +122,8 @@ def prepare_raw(
     return PreparedData(name, fmap, encode(train_idx), encode(valid_idx), encode(test_idx), raw.extras)
 
 
+# Modules that register built-in data sets when imported (each calls ``register``).
+BUILTIN_MODULES = ("deepfm.data.builtin",)
 _BUILTINS_LOADED = False
 
 
@@ -129,4 +131,7 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from deepfm.data import builtin  # noqa: F401  (registers the built-in data sets)
+        import importlib
+
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
