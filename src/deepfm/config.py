@@ -34,6 +34,8 @@ class TrainConfig:
     batch_size: int = 1024
     epochs: int = 40
     patience: int = 3
+    lr_decay: float = 1.0  # multiply lr by this when valid AUC stalls (1.0 = constant lr)
+    lr_patience: int = 1  # epochs without a valid-AUC gain before the lr is decayed
     seed: int = 0
     eval_batch_size: int = 65536
     threads: int = 0  # 0 = let the toolkit choose
@@ -60,6 +62,10 @@ class TrainConfig:
             problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
         if not self.lr > 0:
             problems.append(f"--lr must be > 0, got {self.lr}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            problems.append(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_patience < 1:
+            problems.append(f"--lr-patience must be >= 1, got {self.lr_patience}")
         if self.weight_decay < 0:
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.min_count < 1:

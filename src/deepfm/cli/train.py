@@ -58,6 +58,18 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         default=s,
         help=f"stop after this many epochs without a valid-AUC gain (default {D.patience})",
     )
+    opt.add_argument(
+        "--lr-decay",
+        type=float,
+        default=s,
+        help=f"multiply the lr by this when valid AUC stalls; 1 keeps it constant (default {D.lr_decay})",
+    )
+    opt.add_argument(
+        "--lr-patience",
+        type=int,
+        default=s,
+        help=f"epochs without a valid-AUC gain before the lr decays (default {D.lr_patience})",
+    )
     opt.add_argument("--seed", type=int, default=s, help="seed of split, init and shuffling (default 0)")
     opt.add_argument("--threads", type=int, default=s, help="CPU threads (default: automatic)")
     opt.add_argument("--device", default=s, help="cpu (default) or cuda")

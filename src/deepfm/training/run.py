@@ -35,6 +35,17 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """Decay the lr by ``lr_decay`` after ``lr_patience`` epochs without a valid-AUC gain."""
+    if config.lr_decay >= 1.0:
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience - 1, threshold=0.0
+    )
+
+
 def load_data(config: TrainConfig) -> PreparedData:
     options = DataOptions(config.features, config.drop_neutral, config.min_count)
     return prepare(config.dataset, config.data_dir, options, seed=config.seed)
@@ -60,6 +71,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map)
     optimizer = make_optimizer(module, config)
+    scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience)
     params = sum(p.numel() for p in module.parameters())
@@ -84,9 +96,12 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             "valid_logloss": valid["logloss"],
             "train_seconds": stats.seconds,
             "train_samples_per_s": stats.samples_per_s,
+            "lr": optimizer.param_groups[0]["lr"],
         }
         epochs.append(record)
         improved = stopper.update(epoch, valid["auc"], module)
+        if scheduler is not None:
+            scheduler.step(valid["auc"])
         echo(
             f"epoch {epoch:3d}  loss {stats.loss:.4f}  valid AUC {valid['auc']:.4f}  "
             f"logloss {valid['logloss']:.4f}  {stats.samples_per_s / 1e3:,.0f}k samples/s"
