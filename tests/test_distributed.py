@@ -92,7 +92,6 @@ def test_world_size_one_is_a_no_op(monkeypatch):
     scores = np.arange(5, dtype=np.float32)
     assert ctx.predict(lambda s: s, scores) is scores
     assert ctx.all_sum([1.0, 2.0]) == [1.0, 2.0]
-    ctx.close()
     assert isinstance(DistContext(), DistContext)
 
 
@@ -155,3 +154,51 @@ def test_fm_data_parallel_matches_one_process_numerically(data, tmp_path):
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-4)
     table = one["features.sparse.table.weight"]
     assert table.abs().max() > 0.05  # and the weights did move: the comparison is not vacuous
+
+
+# -- the context on its own, in 2 spawned gloo workers ------------------------------------------
+def _toy_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
+    )
+    os.environ["LOCAL_RANK"] = str(rank)
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    torch.manual_seed(100 + rank)  # deliberately different initial weights on each rank
+    emb = torch.nn.Embedding(50, 4, sparse=True)  # sparse embedding gradients, all-reduced by gloo
+    head = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+    module = torch.nn.ModuleDict({"emb": emb, "head": head})
+    initial = {k: v.clone() for k, v in module.state_dict().items()}
+    net = ctx.wrap(torch.nn.Sequential(module["emb"], module["head"]), seed=0)
+    sparse_opt = torch.optim.SparseAdam(list(emb.parameters()), lr=0.05)
+    dense_opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    x = torch.randint(0, 50, (400,), generator=torch.Generator().manual_seed(1))
+    y = (x % 3 == 0).float()
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        for idx in ctx.shard.permutation(len(x), gen).split(25):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x[idx]).squeeze(1), y[idx])
+            sparse_opt.zero_grad()
+            dense_opt.zero_grad()
+            loss.backward()
+            sparse_opt.step()
+            dense_opt.step()
+    ctx.sync_buffers(net)
+    scores = ctx.predict(lambda part: part * 10.0, np.arange(7, dtype=np.float32))
+    torch.save({"initial": initial, "final": module.state_dict(), "scores": scores}, f"{out}/rank{rank}.pt")
+
+
+def test_ddp_broadcasts_rank0_weights_and_keeps_ranks_identical_with_sparse_gradients(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_toy_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert not torch.equal(a["initial"]["emb.weight"], b["initial"]["emb.weight"])  # seeded apart
+    for key, value in a["final"].items():
+        assert torch.equal(value, b["final"][key]), key
+    assert not torch.equal(a["final"]["emb.weight"], a["initial"]["emb.weight"])  # it trained
+    np.testing.assert_array_equal(a["scores"], np.arange(7, dtype=np.float32) * 10.0)
+    np.testing.assert_array_equal(b["scores"], a["scores"])

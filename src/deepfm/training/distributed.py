@@ -25,6 +25,7 @@ This module owns everything that differs between one process and many, behind on
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import inspect
 import os
@@ -91,7 +92,6 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
-    owns_group: bool = False  # this context initialised the process group and will destroy it
     _dump_dir: str | None = field(default=None, repr=False)
 
     @property
@@ -220,11 +220,15 @@ class DistContext:
         return out.astype(part.dtype, copy=False)
 
     def predict(self, predict: Callable[[Any], np.ndarray], split: Any) -> np.ndarray:
-        """``predict(split)`` over the whole split: each rank scores its chunk, chunks gathered in order."""
+        """``predict(split)`` over the whole split: each rank scores its chunk, chunks gathered in order.
+
+        ``split`` is a :class:`~deepfm.data.batching.Split` (or anything sliceable by rows).
+        """
         if not self.enabled:
             return predict(split)
         start, stop = self.shard.chunk(len(split))
-        part = predict(split.map(lambda t: t[start:stop]))
+        rows = split.map(lambda t: t[start:stop]) if hasattr(split, "map") else split[start:stop]
+        part = predict(rows)
         return self.gather_rows(part, len(split))
 
     # -- debugging and shutdown ----------------------------------------------------------------
@@ -236,10 +240,10 @@ class DistContext:
         state = {k: v.detach().cpu().clone() for k, v in self.unwrap(module).state_dict().items()}
         torch.save({"state_dict": state, **extra}, os.path.join(self._dump_dir, f"rank{self.rank}.pt"))
 
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def init_distributed(device: str = "cpu", timeout_s: float = 1800.0) -> DistContext:
@@ -266,15 +270,13 @@ def init_distributed(device: str = "cpu", timeout_s: float = 1800.0) -> DistCont
             )
         torch.cuda.set_device(local_rank)
     backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
-    owns = False
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # joined once per process; later train() calls reuse the group
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-        owns = True
+        atexit.register(_destroy)
     return DistContext(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=local_rank,
         backend=str(dist.get_backend()),
-        owns_group=owns,
         _dump_dir=dump,
     )

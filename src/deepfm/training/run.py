@@ -153,7 +153,6 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         f"(best epoch {stopper.best_epoch}, {metrics['train_samples_per_s'] / 1e3:,.0f}k train "
         f"samples/s) -> {out}"
     )
-    ddp.close()
     return metrics
 
 
