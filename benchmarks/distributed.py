@@ -9,7 +9,7 @@ epoch and test AUC read from each run's ``metrics.json``:
   2x(B/2)   torchrun 2 ranks, batch B/2 per rank (same global batch as 1proc)
   2xB       torchrun 2 ranks, batch B per rank   (global batch 2B)
 
-    python benchmarks/distributed.py --data-dir ../shared/data/ml-1m-half --epochs 20
+    python benchmarks/distributed.py --data-dir ../shared/data/ml-1m-half --epochs 10
 
 On a machine with few cores the ranks share them, so no speed-up is expected there; the point of
 the comparison is that the data-parallel runs reach the same test AUC.
@@ -71,21 +71,27 @@ def main() -> None:
             out = Path(tmp) / name
             metrics = run(name, [*launcher, *common, *extra, "--out", str(out)], out)
             rows.append((name, metrics))
-            print(f"done {name}: test AUC {metrics['test_auc']:.4f}", file=sys.stderr, flush=True)
+            print(row(name, metrics, rows[0][1]), file=sys.stderr, flush=True)  # as soon as known
 
-    base = rows[0][1]["train_samples_per_s"]
-    print(
-        f"{'setup':<10} {'ranks':>5} {'global batch':>12} {'wall s':>8} {'train s':>8} "
-        f"{'samples/s':>10} {'ratio':>6} {'best ep':>7} {'test AUC':>9} {'logloss':>8}"
-    )
+    print(HEADER)
     for name, m in rows:
-        d = m.get("distributed", {"world_size": 1, "global_batch_size": m["config"]["batch_size"]})
-        print(
-            f"{name:<10} {d['world_size']:>5} {d['global_batch_size']:>12} {m['process_seconds']:>8.1f} "
-            f"{m['train_seconds']:>8.1f} {m['train_samples_per_s']:>10,.0f} "
-            f"{m['train_samples_per_s'] / base:>6.2f} {m['best_epoch']:>7} {m['test_auc']:>9.4f} "
-            f"{m['test_logloss']:>8.4f}"
-        )
+        print(row(name, m, rows[0][1]))
+
+
+HEADER = (
+    f"{'setup':<10} {'ranks':>5} {'global batch':>12} {'wall s':>8} {'train s':>8} "
+    f"{'samples/s':>10} {'ratio':>6} {'best ep':>7} {'test AUC':>9} {'logloss':>8}"
+)
+
+
+def row(name: str, m: dict, base: dict) -> str:
+    d = m.get("distributed", {"world_size": 1, "global_batch_size": m["config"]["batch_size"]})
+    return (
+        f"{name:<10} {d['world_size']:>5} {d['global_batch_size']:>12} {m['process_seconds']:>8.1f} "
+        f"{m['train_seconds']:>8.1f} {m['train_samples_per_s']:>10,.0f} "
+        f"{m['train_samples_per_s'] / base['train_samples_per_s']:>6.2f} {m['best_epoch']:>7} "
+        f"{m['test_auc']:>9.4f} {m['test_logloss']:>8.4f}"
+    )
 
 
 if __name__ == "__main__":
