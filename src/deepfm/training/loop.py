@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deepfm.data.batching import Split
+from deepfm.training.distributed import Shard
 
 PROGRESS_EVERY = 32
 
@@ -39,15 +40,19 @@ def train_epoch(
     generator: torch.Generator,
     progress: bool = False,
     desc: str = "train",
+    shard: Shard | None = None,
 ) -> EpochStats:
+    """One pass over ``split`` (or, with ``shard``, over this rank's slice of the epoch's permutation)."""
     module.train()
+    # issue 7 (DDP): all ranks draw the same permutation; each visits its own disjoint slice
+    order = shard.permutation(len(split), generator) if shard is not None else None
     loss_fn = nn.BCEWithLogitsLoss()
     total = torch.zeros((), dtype=torch.float64)
     samples = 0
     steps = 0
     start = time.perf_counter()
     bar = tqdm(
-        total=split.num_batches(batch_size, shuffle=True),
+        total=split.num_batches(batch_size, shuffle=True, rows=None if order is None else len(order)),
         desc=desc,
         unit="batch",
         disable=not progress,
@@ -55,7 +60,7 @@ def train_epoch(
         mininterval=0.5,
         dynamic_ncols=True,
     )
-    for batch in split.batches(batch_size, generator=generator, shuffle=True):
+    for batch in split.batches(batch_size, generator=generator, shuffle=True, order=order):
         logits = module(*batch.inputs)
         loss = loss_fn(logits, batch.label)
         optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
+from deepfm.training.distributed import init_distributed
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.io import write_json, write_text
 from deepfm.training.loop import predict_probs, train_epoch
@@ -55,11 +56,16 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     """Train, early-stop, test and write every output; returns the ``metrics.json`` content."""
     config.validate()
     configure_threads(config.threads)
+    ddp = init_distributed(config.device)  # issue 7: torchrun ranks; world size 1 = no-op context
+    echo = echo if ddp.is_main else _silent
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if data is None:
-        data = load_data(config)
+        with ddp.main_first():  # issue 7: rank 0 prepares (downloads, caches) first, then the others
+            data = load_data(config)
+    sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
+    ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
     prep_seconds = time.perf_counter() - started
     summary = data.summary()
     echo(
@@ -70,25 +76,35 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map)
+    net = ddp.wrap(module, seed=config.seed)  # issue 7: DDP (rank 0's weights broadcast) when world > 1
     optimizer = make_optimizer(module, config)
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience)
     params = sum(p.numel() for p in module.parameters())
     echo(f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs")
+    if ddp.enabled:
+        echo(
+            f"data parallel: {ddp.world_size} ranks ({ddp.backend}), batch {config.batch_size} per rank, "
+            f"global batch {config.batch_size * ddp.world_size}"
+        )
 
     epochs: list[dict[str, Any]] = []
     for epoch in range(1, config.epochs + 1):
         stats = train_epoch(
-            module,
+            net,
             data.train,
             optimizer,
             config.batch_size,
             generator,
-            progress=config.progress,
+            progress=config.progress and ddp.is_main,
             desc=f"epoch {epoch}/{config.epochs}",
+            shard=ddp.shard if ddp.enabled else None,
         )
-        valid = evaluate(data.valid.label.numpy(), predict_probs(module, data.valid, config.eval_batch_size))
+        stats = ddp.reduce_stats(stats)  # issue 7: loss and samples/s over all ranks
+        ddp.sync_buffers(module)  # issue 7: same BatchNorm running stats on every rank
+        valid_probs = ddp.predict(lambda s: predict_probs(module, s, config.eval_batch_size), data.valid)
+        valid = evaluate(data.valid.label.numpy(), valid_probs)
         record = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -107,17 +123,20 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             f"logloss {valid['logloss']:.4f}  {stats.samples_per_s / 1e3:,.0f}k samples/s"
             + ("  *" if improved else "")
         )
-        if improved:
+        if improved and ddp.is_main:
             save_checkpoint(out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras)
-        write_text(out / "history.csv", _csv(epochs))
+        if ddp.is_main:
+            write_text(out / "history.csv", _csv(epochs))
         if stopper.should_stop:
             echo(f"early stop: no valid AUC gain for {config.patience} epochs")
             break
 
+    ddp.dump_state(module, best_state=stopper.best_state)  # issue 7: debug hook for tests
     if stopper.best_state is not None:
         module.load_state_dict(stopper.best_state)
     model = TrainedModel(module, data.feature_map, config, data.tables, data.extras)
-    test = evaluate(data.test.label.numpy(), model.predict_split(data.test, config.eval_batch_size))
+    test_probs = ddp.predict(lambda s: model.predict_split(s, config.eval_batch_size), data.test)
+    test = evaluate(data.test.label.numpy(), test_probs)
     train_seconds = sum(e["train_seconds"] for e in epochs)
     train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
     metrics = {
@@ -131,6 +150,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         "wall_seconds": time.perf_counter() - started,
         "params": params,
         "data": summary,
+        "distributed": ddp.describe(config.batch_size),
         "config": config.to_dict(),
         "epochs": epochs,
         "environment": {
@@ -140,14 +160,19 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             "threads": torch.get_num_threads(),
         },
     }
-    write_json(out / "metrics.json", metrics)
-    learning_curve(epochs, out / "learning_curve.png", f"{config.model} on {data.name}")
+    if ddp.is_main:  # issue 7: only rank 0 writes
+        write_json(out / "metrics.json", metrics)
+        learning_curve(epochs, out / "learning_curve.png", f"{config.model} on {data.name}")
     echo(
         f"test AUC {test['auc']:.4f}  test logloss {test['logloss']:.4f}  "
         f"(best epoch {stopper.best_epoch}, {metrics['train_samples_per_s'] / 1e3:,.0f}k train "
         f"samples/s) -> {out}"
     )
     return metrics
+
+
+def _silent(*_: Any, **__: Any) -> None:
+    """``echo`` of ranks other than 0."""
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
