@@ -36,7 +36,24 @@ def run(args: argparse.Namespace) -> int:
         f"user {result.user}{note}: top {len(result.items)} of {result.candidates:,} items "
         f"({result.excluded:,} rated in training skipped)"
     )
-    table = result.items.copy()
-    table.index = range(1, len(table) + 1)
-    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(format_table(result.items))
     return 0
+
+
+def format_table(table: Any) -> str:
+    """Rank, then the columns: text left-aligned, numbers right-aligned, scores to 4 places."""
+    import pandas as pd
+
+    header = ["#", *table.columns]
+    rows = [
+        [str(rank), *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in values)]
+        for rank, values in enumerate(table.itertuples(index=False), start=1)
+    ]
+    text = {c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])}
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if name in text else cell.rjust(w) for cell, w, name in zip(r, widths, header)
+        )
+        for r in [header, *rows]
+    ).rstrip()
