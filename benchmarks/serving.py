@@ -73,7 +73,9 @@ def train_model(args: argparse.Namespace, tmp: Path) -> Path:
     from deepfm.cli.main import main as deepfm_main
 
     out = tmp / "run"
-    code = deepfm_main(["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", "--no-progress"])
+    code = deepfm_main(
+        ["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", "--no-progress"]
+    )
     if code != 0:
         raise SystemExit(code)
     return out
@@ -81,6 +83,8 @@ def train_model(args: argparse.Namespace, tmp: Path) -> Path:
 
 def sample_records(model_dir: Path, n: int, seed: int) -> list[dict]:
     """Raw records drawn from the model's vocabularies (ids as in the data)."""
+    import pandas as pd
+
     import deepfm
     from deepfm.data.records import raw_columns
 
@@ -89,8 +93,8 @@ def sample_records(model_dir: Path, n: int, seed: int) -> list[dict]:
     columns = {}
     for c in raw_columns(model.feature_map, model.tables):
         vocab = model.feature_map.field(c.name).vocab
-        columns[c.name] = np.asarray(vocab, dtype=object)[rng.integers(0, len(vocab), n)]
-    return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in columns.items()} for i in range(n)]
+        columns[c.name] = np.asarray(vocab)[rng.integers(0, len(vocab), n)]
+    return json.loads(pd.DataFrame(columns).to_json(orient="records"))  # plain JSON, as a client sends
 
 
 def free_port() -> int:
@@ -230,7 +234,10 @@ def best_of(repeats: int, fn) -> tuple[float, np.ndarray]:
 
 
 def print_report(args: argparse.Namespace, server: dict, offline: dict) -> None:
-    print(f"\nHTTP (uvicorn on 127.0.0.1, {args.concurrency} client connection(s), torch threads {args.threads})")
+    print(
+        f"\nHTTP: uvicorn on 127.0.0.1, {args.concurrency} client connection(s), "
+        f"{args.threads} torch thread(s)"
+    )
     print(f"{'request':<24}{'requests':>9}{'req/s':>10}{'rows/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
     for name, r in server.items():
         print(
@@ -244,7 +251,8 @@ def print_report(args: argparse.Namespace, server: dict, offline: dict) -> None:
             f"batch {batch:>6}: PyTorch {t:>12,.0f} rows/s   ONNX Runtime {o:>12,.0f} rows/s   "
             f"ratio {o / t:.2f}x   max |diff| {offline[f'max |onnx - torch|, batch {batch}']:.1e}"
         )
-    print(f"raw records end to end (model.predict): {offline['raw records end to end (model.predict)']:,.0f} rows/s")
+    raw = offline["raw records end to end (model.predict)"]
+    print(f"raw records end to end (model.predict): {raw:,.0f} rows/s")
     print("\nnumbers are noisy on a shared machine; compare ratios measured in the same run")
 
 

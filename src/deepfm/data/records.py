@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from deepfm.data.features import FeatureMap, Field, FieldKind
@@ -95,24 +94,16 @@ def coerce_value(value: Any, dtype: ValueType) -> Any:
 def _field_type(f: Field) -> ValueType:
     if f.kind == "numeric":
         return "float"
-    return _values_type(f.vocab)
+    return INFERRED.get(f.index().inferred_type, "any")  # the cached vocabulary index: no scan
 
 
-def _values_type(values: list[Any]) -> ValueType:
-    if not values:
-        return "any"
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        return "int"
-    if all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
-        return "float"
-    if all(isinstance(v, str) for v in values):
-        return "str"
-    return "any"
+INFERRED: dict[str, ValueType] = {
+    "integer": "int",
+    "floating": "float",
+    "mixed-integer-float": "float",
+    "string": "str",
+}
 
 
 def _series_type(values: pd.Series) -> ValueType:
-    if pd.api.types.is_integer_dtype(values):
-        return "int"
-    if pd.api.types.is_float_dtype(values):
-        return "float"
-    return _values_type(values.head(1000).tolist())
+    return INFERRED.get(pd.api.types.infer_dtype(values, skipna=True), "any")

@@ -73,6 +73,23 @@ def record_model(columns: list[RawColumn]) -> type[BaseModel]:
     return create_model("Record", __config__=config, **fields)
 
 
+class BodyLimit:
+    """Pure ASGI middleware: 413 for a declared ``Content-Length`` over ``max_bytes``, before reading."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                detail = f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,}"
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int | None = None) -> FastAPI:
     """The FastAPI app serving ``model`` (use ``uvicorn.run(app)`` or FastAPI's ``TestClient``)."""
     model.module.eval()
@@ -87,15 +104,7 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
         description=f"{model.config.model} click-through-rate model; a record carries {names}.",
     )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
-            return JSONResponse(
-                {"detail": f"request body of {int(length):,} bytes is over the limit of {max_bytes:,}"},
-                status_code=413,
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
 
     @app.exception_handler(DeepFMError)
     async def deepfm_error(request: Request, exc: DeepFMError) -> JSONResponse:
