@@ -328,6 +328,10 @@ def test_post_predict_malformed_json_and_oversize_batches(client):
         "/predict", content=b"[" + b" " * 200_000 + b"]", headers={"content-type": "application/json"}
     )
     assert reply.status_code == 413
+    for number in (b"NaN", b"Infinity", b"1e400"):  # non-finite input echoed back as strict JSON
+        body = b'[{"user_id": ' + number + b', "movie_id": 2}]'
+        reply = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", 0, "user_id"]
     assert client.get("/health").status_code == 200  # still alive
 
 
@@ -358,3 +362,20 @@ def test_recommend_on_a_model_without_user_and_item_fields_is_404(tmp_path):
         reply = c.post("/predict", json=[{"site": "a", "hour": 3}, {"site": 7, "hour": 99}])
         assert reply.status_code == 200 and len(reply.json()["probabilities"]) == 2
         assert c.post("/predict", json=[{"site": "a"}]).status_code == 422
+
+
+def test_recommend_api_titles_with_gaps_are_null(model):
+    from fastapi.testclient import TestClient
+
+    from deepfm.serving.app import create_app
+
+    top = list(recommend(model, 7, k=4).items.movie_id)
+    titles = pd.DataFrame({"movie_id": top[:2], "title": ["First", "Second"]})  # no title for the rest
+    titled = TrainedModel(model.module, model.feature_map, model.config, {"movie_id": titles}, model.extras)
+    with TestClient(create_app(titled)) as c:
+        reply = c.get("/recommend", params={"user": 7, "k": 4})
+        assert reply.status_code == 200, reply.text
+        items = reply.json()["items"]
+    assert [i["movie_id"] for i in items] == top
+    assert [i["title"] for i in items] == ["First", "Second", None, None]
+    assert list(items[0]) == ["movie_id", "title", "score"]

@@ -58,7 +58,7 @@ class PreparedData:
     valid: Split
     test: Split
     tables: Tables = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # checkpointed: plain values and tensors
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -9,12 +9,15 @@ mode under ``torch.inference_mode()``; an unexpected failure becomes a 500 reply
 
 # No ``from __future__ import annotations``: FastAPI must see the real (locally built) Record type.
 import logging
+import math
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 import torch
 from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -35,17 +38,14 @@ class Probabilities(BaseModel):
     probabilities: list[float] = Field(description="click probability of each record, in order")
 
 
-class RecommendedItem(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the item id column (e.g. movie_id) and title
-    score: float
-
-
 class RecommendResponse(BaseModel):
     user: Any
     known_user: bool = Field(description="false: the user was not in training (scored as OOV)")
     excluded: int = Field(description="items skipped because the user rated them in training")
     candidates: int = Field(description="items scored")
-    items: list[RecommendedItem]
+    items: list[dict[str, Any]] = Field(
+        description="best first: the item id (e.g. movie_id), its title when the model has one, score"
+    )
 
 
 class Health(BaseModel):
@@ -105,6 +105,11 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
     )
 
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler fails (500) when the echoed input holds NaN / Infinity
+        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(DeepFMError)
     async def deepfm_error(request: Request, exc: DeepFMError) -> JSONResponse:
@@ -168,6 +173,17 @@ def _run(call: Any) -> Any:
     except Exception as exc:  # never let a request take the server down
         log.exception("prediction failed")
         raise HTTPException(500, f"internal error: {type(exc).__name__}") from None
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats as strings, so it renders as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _example(model: TrainedModel, column: RawColumn) -> Any:

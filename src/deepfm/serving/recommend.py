@@ -37,7 +37,7 @@ class Recommendations:
             "known_user": self.known_user,
             "excluded": self.excluded,
             "candidates": self.candidates,
-            "items": self.items.to_dict(orient="records"),
+            "items": self.items.astype(object).where(self.items.notna(), None).to_dict(orient="records"),
         }
 
 
