@@ -61,10 +61,13 @@ def prepare_records(
             f"missing column(s) {missing}; a record needs {[c.name for c in columns]}"
             + (f" (side features come from the model's tables keyed by {sorted(tables)})" if tables else "")
         )
-    frame = frame.copy()
+    frame = frame.copy(deep=False)  # new columns only; the caller's frame is never changed
     for c in columns:
         if c.kind == "categorical":
-            frame[c.name] = coerce(frame[c.name], c.dtype)
+            values = frame[c.name]
+            coerced = coerce(values, c.dtype)
+            if coerced is not values:
+                frame[c.name] = coerced
     return join_tables(frame, tables)
 
 
