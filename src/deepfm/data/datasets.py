@@ -17,6 +17,7 @@ import pandas as pd
 
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap, FieldKind
+from deepfm.data.rated import build_rated
 from deepfm.data.split import random_split
 from deepfm.data.tables import Tables
 from deepfm.errors import ConfigError, DataError
@@ -57,7 +58,7 @@ class PreparedData:
     valid: Split
     test: Split
     tables: Tables = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # checkpointed: plain values and tensors
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -119,7 +120,12 @@ def prepare_raw(
     def encode(idx: np.ndarray) -> Split:
         return Split.from_arrays(fmap.encode(frame.iloc[idx]), label[idx])
 
-    return PreparedData(name, fmap, encode(train_idx), encode(valid_idx), encode(test_idx), raw.extras)
+    train = encode(train_idx)
+    extras = dict(raw.extras)
+    rated = build_rated(fmap, train)  # for `deepfm recommend`: what each user rated in training
+    if rated is not None:
+        extras["rated"] = rated
+    return PreparedData(name, fmap, train, encode(valid_idx), encode(test_idx), raw.tables, extras)
 
 
 # Modules that register built-in data sets when imported (each calls ``register``).

@@ -45,7 +45,11 @@ class Field:
         return 0 if self.kind == "numeric" else len(self.vocab) + 1
 
     def index(self) -> pd.Index:
-        return pd.Index(self.vocab)
+        """The vocabulary as a hash index, built once (building it costs ~2 ms per 6k values)."""
+        cached = self.__dict__.get("_index")
+        if cached is None or len(cached) != len(self.vocab):
+            cached = self.__dict__["_index"] = pd.Index(self.vocab)
+        return cached
 
     def encode(self, values: pd.Series | np.ndarray, index: pd.Index | None = None) -> np.ndarray:
         """Global row indices of ``values`` (unseen values go to this field's OOV row)."""

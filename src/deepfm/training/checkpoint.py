@@ -18,7 +18,8 @@ from torch import nn
 from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
-from deepfm.data.tables import Tables, join_tables, tables_from_payload, tables_to_payload
+from deepfm.data.records import prepare_records
+from deepfm.data.tables import Tables, tables_from_payload, tables_to_payload
 from deepfm.errors import CheckpointError
 from deepfm.models import build_model
 from deepfm.training.io import atomic_write
@@ -60,10 +61,11 @@ class TrainedModel:
         """Probabilities for raw records (a DataFrame or list of dicts of raw field values).
 
         Side features are looked up from the model's tables by their key columns, so MovieLens
-        records need only ``user_id`` and ``movie_id``. Unseen values go to OOV.
+        records need only ``user_id`` and ``movie_id``. Unseen values go to OOV; a missing column
+        raises :class:`~deepfm.errors.DataError` naming it.
         """
         frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame.from_records(records)
-        frame = join_tables(frame.copy(), self.tables)
+        frame = prepare_records(frame, self.feature_map, self.tables)
         arrays = self.feature_map.encode(frame)
         return self.predict_split(Split.from_arrays(arrays, np.zeros(len(frame), np.float32)))
 

@@ -1,0 +1,260 @@
+"""Serving throughput: the real ``deepfm serve`` (uvicorn on 127.0.0.1) and offline prediction.
+
+1. Starts ``python -m deepfm serve`` on a free loopback port, waits for ``/health``, then a
+   separate client process sends ``--single`` one-record requests and ``--batches`` requests of
+   ``--batch-rows`` records each to ``POST /predict`` (one keep-alive connection, sequential by
+   default, ``--concurrency`` threads otherwise) and ``--recommend`` ``GET /recommend`` requests.
+   Reports requests/s, rows/s and p50 / p99 latency.
+2. Offline: the same encoded rows through PyTorch (``predict_split``) and ONNX Runtime (the
+   exported graph), side by side with the same thread count, plus raw records end to end
+   (``model.predict``: join, encode, forward). Reports rows/s and the ONNX / PyTorch ratio.
+
+    python benchmarks/serving.py --model runs/ml1m
+    python benchmarks/serving.py --data-dir ../shared/data/ml-1m-half   # trains 1 epoch first
+
+Without ``--model`` a model is trained for one epoch on ``--data-dir`` (default: the shared
+ml-1m-half when present, else generated MovieLens-format data) into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "ml-1m-half"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="run folder of 'deepfm train' (default: train one for 1 epoch)")
+    p.add_argument("--data-dir", help="data to train on when --model is not given")
+    p.add_argument("--single", type=int, default=2000, help="one-record requests (default 2000)")
+    p.add_argument("--batches", type=int, default=200, help="batch requests (default 200)")
+    p.add_argument("--batch-rows", type=int, default=1000, help="records a batch request (default 1000)")
+    p.add_argument("--recommend", type=int, default=200, help="GET /recommend requests (default 200)")
+    p.add_argument("--concurrency", type=int, default=1, help="client threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch / ONNX Runtime threads (default 1)")
+    p.add_argument("--offline-rows", type=int, default=500_000, help="rows for offline predict")
+    p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run as the client process
+    p.add_argument("--records", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        return client(args)
+
+    sys.path.insert(0, str(ROOT / "src"))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else train_model(args, Path(tmp))
+        records = sample_records(model_dir, max(args.single, args.batches * args.batch_rows), seed=0)
+        (Path(tmp) / "records.json").write_text(json.dumps(records))
+        server = serve_and_measure(args, model_dir, Path(tmp) / "records.json")
+        offline = offline_predict(args, model_dir, Path(tmp))
+    print_report(args, server, offline)
+    return 0
+
+
+def train_model(args: argparse.Namespace, tmp: Path) -> Path:
+    data_dir = Path(args.data_dir) if args.data_dir else SHARED if (SHARED / "ratings.dat").exists() else None
+    if data_dir is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import write_movielens
+
+        data_dir = write_movielens(tmp / "ml" / "ratings.dat", n_users=6000, n_movies=3700, n=400_000).parent
+    from deepfm.cli.main import main as deepfm_main
+
+    out = tmp / "run"
+    code = deepfm_main(
+        ["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", "--no-progress"]
+    )
+    if code != 0:
+        raise SystemExit(code)
+    return out
+
+
+def sample_records(model_dir: Path, n: int, seed: int) -> list[dict]:
+    """Raw records drawn from the model's vocabularies (ids as in the data)."""
+    import pandas as pd
+
+    import deepfm
+    from deepfm.data.records import raw_columns
+
+    model = deepfm.load(str(model_dir))
+    rng = np.random.default_rng(seed)
+    columns = {}
+    for c in raw_columns(model.feature_map, model.tables):
+        vocab = model.feature_map.field(c.name).vocab
+        columns[c.name] = np.asarray(vocab)[rng.integers(0, len(vocab), n)]
+    return json.loads(pd.DataFrame(columns).to_json(orient="records"))  # plain JSON, as a client sends
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_and_measure(args: argparse.Namespace, model_dir: Path, records: Path) -> dict:
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "deepfm", "serve", "--model", str(model_dir), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--threads", str(args.threads), "--max-batch", str(args.batch_rows)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not start")
+            time.sleep(0.2)
+        client_cmd = [sys.executable, __file__, "--client", url, "--records", str(records)]
+        for flag in ("single", "batches", "batch_rows", "recommend", "concurrency"):
+            client_cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        done = subprocess.run(client_cmd, env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def client(args: argparse.Namespace) -> int:
+    """The client process: timed requests against ``args.client``; prints JSON results."""
+    import httpx
+
+    records = json.loads(Path(args.records).read_text())
+    users = sorted({r["user_id"] for r in records[:1000]}) if records and "user_id" in records[0] else []
+    results = {}
+    with httpx.Client(base_url=args.client, timeout=60) as http:
+        for r in records[:20]:  # warm-up
+            http.post("/predict", json=[r]).raise_for_status()
+
+        def run(name: str, count: int, send, rows: int) -> None:
+            if count <= 0:
+                return
+            latencies = np.zeros(count)
+
+            def one(i: int) -> None:
+                start = time.perf_counter()
+                send(i).raise_for_status()
+                latencies[i] = time.perf_counter() - start
+
+            start = time.perf_counter()
+            if args.concurrency > 1:
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    list(pool.map(one, range(count)))
+            else:
+                for i in range(count):
+                    one(i)
+            seconds = time.perf_counter() - start
+            results[name] = {
+                "requests": count,
+                "rows_per_request": rows,
+                "requests_per_s": count / seconds,
+                "rows_per_s": count * rows / seconds,
+                "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+                "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+            }
+
+        n, b = len(records), args.batch_rows
+        run("predict, 1 record", args.single, lambda i: http.post("/predict", json=[records[i % n]]), 1)
+        batch = lambda i: http.post("/predict", json=records[(i * b) % n : (i * b) % n + b])  # noqa: E731
+        run(f"predict, {b} records", args.batches, batch, b)
+        if users and http.get("/health").json()["recommend"]:
+            rec = lambda i: http.get("/recommend", params={"user": users[i % len(users)], "k": 10})  # noqa: E731
+            run("recommend, k=10", args.recommend, rec, 1)
+    print(json.dumps(results))
+    return 0
+
+
+def offline_predict(args: argparse.Namespace, model_dir: Path, tmp: Path) -> dict:
+    import onnxruntime as ort
+    import pandas as pd
+    import torch
+
+    import deepfm
+    from deepfm.data.batching import Split
+    from deepfm.data.records import prepare_records
+    from deepfm.serving.export import export_model, input_names
+
+    torch.set_num_threads(args.threads)
+    model = deepfm.load(str(model_dir))
+    frame = pd.DataFrame.from_records(sample_records(model_dir, args.offline_rows, seed=1))
+    arrays = model.feature_map.encode(prepare_records(frame, model.feature_map, model.tables))
+    split = Split.from_arrays(arrays, np.zeros(len(frame), np.float32))
+    names = input_names(model.feature_map)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(export_model(model, "onnx", tmp / "model.onnx")), options, providers=["CPUExecutionProvider"]
+    )
+    out: dict = {"rows": len(frame), "threads": args.threads}
+    for batch in (1024, 65536):
+
+        def onnx_run(bs: int = batch) -> np.ndarray:
+            parts = []
+            for start in range(0, len(frame), bs):
+                feeds = {k: arrays[k][start : start + bs] for k in names}
+                parts.append(session.run(None, feeds)[0])
+            return np.concatenate(parts)
+
+        torch_s, torch_p = best_of(3, lambda bs=batch: model.predict_split(split, bs))
+        onnx_s, onnx_p = best_of(3, onnx_run)
+        out[f"pytorch, batch {batch}"] = len(frame) / torch_s
+        out[f"onnxruntime, batch {batch}"] = len(frame) / onnx_s
+        out[f"max |onnx - torch|, batch {batch}"] = float(np.abs(onnx_p - torch_p).max())
+    raw_s, _ = best_of(3, lambda: model.predict(frame))
+    out["raw records end to end (model.predict)"] = len(frame) / raw_s
+    return out
+
+
+def best_of(repeats: int, fn) -> tuple[float, np.ndarray]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def print_report(args: argparse.Namespace, server: dict, offline: dict) -> None:
+    print(
+        f"\nHTTP: uvicorn on 127.0.0.1, {args.concurrency} client connection(s), "
+        f"{args.threads} torch thread(s)"
+    )
+    print(f"{'request':<24}{'requests':>9}{'req/s':>10}{'rows/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, r in server.items():
+        print(
+            f"{name:<24}{r['requests']:>9,}{r['requests_per_s']:>10,.0f}{r['rows_per_s']:>12,.0f}"
+            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+        )
+    print(f"\noffline predict, {offline['rows']:,} rows, {offline['threads']} thread(s), best of 3")
+    for batch in (1024, 65536):
+        t, o = offline[f"pytorch, batch {batch}"], offline[f"onnxruntime, batch {batch}"]
+        print(
+            f"batch {batch:>6}: PyTorch {t:>12,.0f} rows/s   ONNX Runtime {o:>12,.0f} rows/s   "
+            f"ratio {o / t:.2f}x   max |diff| {offline[f'max |onnx - torch|, batch {batch}']:.1e}"
+        )
+    raw = offline["raw records end to end (model.predict)"]
+    print(f"raw records end to end (model.predict): {raw:,.0f} rows/s")
+    print("\nnumbers are noisy on a shared machine; compare ratios measured in the same run")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Top-K items for a user: score every item the user did not rate in training, in one pass.
+
+Works for models with a user field and an item field (MovieLens: ``user_id`` / ``movie_id``).
+The candidates are the item vocabulary (every item seen in training); the items the user rated in
+the training split come from the checkpoint's ``extras["rated"]`` (see :mod:`deepfm.data.rated`).
+Titles come from the item table when the model carries one with a ``title`` column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepfm.data.batching import Split
+from deepfm.data.rated import ITEM_FIELD, USER_FIELD, rated_positions
+from deepfm.data.records import coerce_value, prepare_records, raw_columns
+from deepfm.errors import ConfigError, DataError
+from deepfm.training.checkpoint import TrainedModel
+
+TITLE = "title"
+
+
+@dataclass
+class Recommendations:
+    user: Any
+    known_user: bool  # False: the user was not in training and is scored as the OOV user
+    excluded: int  # items skipped because the user rated them in training
+    candidates: int  # items scored
+    items: pd.DataFrame  # item id, title (when known), score; best first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "known_user": self.known_user,
+            "excluded": self.excluded,
+            "candidates": self.candidates,
+            "items": self.items.astype(object).where(self.items.notna(), None).to_dict(orient="records"),
+        }
+
+
+def can_recommend(model: TrainedModel) -> bool:
+    user, item = _fields(model)
+    names = {f.name for f in model.feature_map.categorical}
+    return user in names and item in names
+
+
+def parse_user(model: TrainedModel, user: Any) -> Any:
+    """``user`` in the user vocabulary's type; :class:`DataError` naming the field otherwise."""
+    name, _ = _fields(model)
+    dtype = next(c.dtype for c in raw_columns(model.feature_map, model.tables) if c.name == name)
+    try:
+        return coerce_value(user, dtype)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{user!r} is not a valid {name} (this model's ids are {dtype})", field=name
+        ) from None
+
+
+def recommend(model: TrainedModel, user: Any, k: int = 10, exclude_rated: bool = True) -> Recommendations:
+    """The ``k`` highest-scoring items for ``user``, excluding those rated in training."""
+    if not can_recommend(model):
+        raise ConfigError(
+            f"recommend needs a model with {USER_FIELD!r} and {ITEM_FIELD!r} fields; this model has "
+            f"{[f.name for f in model.feature_map.fields]}"
+        )
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    user_name, item_name = _fields(model)
+    others = [c.name for c in raw_columns(model.feature_map, model.tables) if c.name not in _fields(model)]
+    if others:
+        raise ConfigError(f"recommend cannot fill the per-request column(s) {others} of this model")
+    user = parse_user(model, user)
+    fu, fi = model.feature_map.field(user_name), model.feature_map.field(item_name)
+    position = int(fu.index().get_indexer([user])[0])
+    items = np.asarray(fi.vocab)
+    keep = np.ones(len(items), dtype=bool)
+    rated = model.extras.get("rated")
+    if exclude_rated and rated is not None and position >= 0:
+        keep[rated_positions(rated, position)] = False
+    candidates = items[keep]
+    frame = pd.DataFrame(
+        {user_name: np.repeat(np.asarray([user], dtype=object), len(candidates)), item_name: candidates}
+    )
+    frame = prepare_records(frame, model.feature_map, model.tables)
+    split = Split.from_arrays(model.feature_map.encode(frame), np.zeros(len(frame), np.float32))
+    scores = model.predict_split(split, batch_size=max(len(split), 1))  # one forward pass
+    top = np.argsort(-scores, kind="stable")[: min(k, len(scores))]
+    table = pd.DataFrame({item_name: candidates[top]})
+    titles = model.tables.get(item_name)
+    if titles is not None and TITLE in titles.columns:
+        lookup = titles.drop_duplicates(item_name).set_index(item_name)[TITLE]
+        table[TITLE] = lookup.reindex(table[item_name].to_numpy()).to_numpy()
+    table["score"] = scores[top].astype(np.float64)
+    return Recommendations(user, position >= 0, int((~keep).sum()), len(candidates), table)
+
+
+def _fields(model: TrainedModel) -> tuple[str, str]:
+    rated = model.extras.get("rated") or {}
+    return rated.get("user", USER_FIELD), rated.get("item", ITEM_FIELD)
