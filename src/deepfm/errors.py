@@ -43,3 +43,12 @@ class DownloadError(DeepFMError):
 
 class CheckpointError(DeepFMError):
     """A checkpoint is missing, unreadable or from an incompatible version."""
+
+
+class NumericalError(DeepFMError):
+    """Training diverged (NaN/inf loss or weights); names the epoch and step where it happened."""
+
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None) -> None:
+        self.epoch = epoch
+        self.step = step
+        super().__init__(message)

@@ -18,12 +18,14 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
+from deepfm.errors import NumericalError
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.io import write_json, write_text
 from deepfm.training.loop import predict_probs, train_epoch
 from deepfm.training.metrics import evaluate
 from deepfm.training.plots import learning_curve
+from deepfm.training.state import TrainingState
 
 
 def configure_threads(threads: int) -> None:
@@ -50,6 +52,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     if data is None:
         data = load_data(config)
     prep_seconds = time.perf_counter() - started
+    config.check_data(len(data.train))  # [issue 8] e.g. a batch larger than the training split
     summary = data.summary()
     echo(
         f"{data.name}: {summary['rows']['train']:,} train / {summary['rows']['valid']:,} valid / "
@@ -65,17 +68,27 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     params = sum(p.numel() for p in module.parameters())
     echo(f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs")
 
-    epochs: list[dict[str, Any]] = []
-    for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(
-            module,
-            data.train,
-            optimizer,
-            config.batch_size,
-            generator,
-            progress=config.progress,
-            desc=f"epoch {epoch}/{config.epochs}",
-        )
+    # [issue 8] DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
+    state = TrainingState(out, config, module, optimizer, generator, stopper)
+    if config.resume:
+        echo(f"resuming from {state.restore().path} ({state.saved})")
+    epochs: list[dict[str, Any]] = state.history
+    for epoch in range(state.next_epoch, config.epochs + 1):
+        if stopper.should_stop:  # [issue 8] a resumed run that had already stopped early
+            break
+        try:
+            stats = train_epoch(
+                module,
+                data.train,
+                optimizer,
+                config.batch_size,
+                generator,
+                progress=config.progress,
+                desc=f"epoch {epoch}/{config.epochs}",
+                **state.loop_options(epoch),  # [issue 8]
+            )
+        except NumericalError as exc:  # [issue 8] NaN/inf: stop, keep the last good state
+            raise state.diverged(exc) from None
         valid = evaluate(data.valid.label.numpy(), predict_probs(module, data.valid, config.eval_batch_size))
         record = {
             "epoch": epoch,
@@ -95,6 +108,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         if improved:
             save_checkpoint(out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras)
         write_text(out / "history.csv", _csv(epochs))
+        state.end_epoch(epoch)  # [issue 8]
         if stopper.should_stop:
             echo(f"early stop: no valid AUC gain for {config.patience} epochs")
             break
