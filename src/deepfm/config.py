@@ -163,21 +163,28 @@ def parse_mlp(value: Any) -> tuple[int, ...]:
             return tuple(int(p) for p in parts)
         except ValueError:
             raise ConfigError(f"--mlp takes comma-separated integers like 16,16, got {value!r}") from None
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
-    raise ConfigError(f"mlp must be a list of widths, got {value!r}")
+    if isinstance(value, (list, tuple)) and all(type(v) is int for v in value):
+        return tuple(value)
+    raise ConfigError(f"mlp must be a list of integer widths like [16, 16], got {value!r}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"config file {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:  # one line: where and what
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({what})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -52,3 +52,10 @@ class NumericalError(DeepFMError):
         self.epoch = epoch
         self.step = step
         super().__init__(message)
+
+
+def brief(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message, cut to ``limit`` characters (for one-line errors)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from deepfm.config import TrainConfig
-from deepfm.errors import CheckpointError, ConfigError, NumericalError
+from deepfm.errors import CheckpointError, ConfigError, NumericalError, brief
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.io import atomic_write
 from deepfm.training.loop import EpochPosition, check_weights
@@ -97,8 +97,8 @@ class TrainingState:
             )
             self._resume_generator = payload["epoch_generator"]
             _set_rng(payload["rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{self.path} does not match this run ({exc})") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{self.path} is damaged or not from this run ({brief(exc)})") from None
         self.saved = _where(self._resume)
         _remove_stale_temp_files(self.path)
         return self
@@ -183,7 +183,7 @@ def read_state(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign or corrupt file
-        raise CheckpointError(f"{path} is not a readable deepfm training state ({exc})") from None
+        raise CheckpointError(f"{path} is not a readable deepfm training state ({brief(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a deepfm training state")
     if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
@@ -199,9 +199,9 @@ def resume_config(out: str | Path, given: dict[str, Any]) -> TrainConfig:
     """
     payload = read_state(Path(out) / STATE_FILE)
     try:
-        stored = TrainConfig.from_dict(payload["config"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{Path(out) / STATE_FILE} holds no valid config ({exc})") from None
+        stored = TrainConfig.from_dict(payload["config"]).validate()
+    except (KeyError, TypeError, AttributeError, ConfigError) as exc:
+        raise CheckpointError(f"{Path(out) / STATE_FILE} holds no valid config ({brief(exc)})") from None
     values = stored.to_dict()
     check = TrainConfig.from_dict({k: v for k, v in given.items() if k not in ("out", "resume")})
     conflicts = []
