@@ -8,13 +8,16 @@ values, ``model.pt`` and ``state.pt`` files, and raw records given to ``TrainedM
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from fuzzing import (
+    COUNTS,
     FUZZ_EXAMPLES,
     delimited_files,
     fuzz_settings,
@@ -35,6 +38,17 @@ from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.state import TrainingState, read_state, resume_config
 
 INT64_MAX = 2**63 - 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_counts():
+    """With DEEPFM_FUZZ_REPORT=FILE, write how many examples each reader was called with."""
+    yield
+    target = os.environ.get("DEEPFM_FUZZ_REPORT")
+    if target:
+        Path(target).write_text(json.dumps(dict(COUNTS), indent=2) + "\n")
+
+
 RATING_LINE = re.compile(rb"[ \t]*(\d+)[ \t]*::[ \t]*(\d+)[ \t]*::[ \t]*(\d+)[ \t]*::[ \t]*(\d+)[ \t]*")
 
 rating_files = delimited_files(
