@@ -18,7 +18,6 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
-from deepfm.errors import NumericalError
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.io import write_json, write_text
@@ -76,19 +75,17 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     for epoch in range(state.next_epoch, config.epochs + 1):
         if stopper.should_stop:  # [issue 8] a resumed run that had already stopped early
             break
-        try:
-            stats = train_epoch(
-                module,
-                data.train,
-                optimizer,
-                config.batch_size,
-                generator,
-                progress=config.progress,
-                desc=f"epoch {epoch}/{config.epochs}",
-                **state.loop_options(epoch),  # [issue 8]
-            )
-        except NumericalError as exc:  # [issue 8] NaN/inf: stop, keep the last good state
-            raise state.diverged(exc) from None
+        # [issue 8] state.guard: a NaN/inf error also says where the last good state is
+        stats = state.guard(train_epoch)(
+            module,
+            data.train,
+            optimizer,
+            config.batch_size,
+            generator,
+            progress=config.progress,
+            desc=f"epoch {epoch}/{config.epochs}",
+            **state.loop_options(epoch),  # [issue 8] resume position, step hook
+        )
         valid = evaluate(data.valid.label.numpy(), predict_probs(module, data.valid, config.eval_batch_size))
         record = {
             "epoch": epoch,

@@ -17,11 +17,13 @@ checked too, so after a NaN/inf the last good ``state.pt`` is kept.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.io import atomic_write
 from deepfm.training.loop import EpochPosition, check_weights
 
+T = TypeVar("T")
 STATE_FILE = "state.pt"
 FORMAT = "deepfm-train-state"
 VERSION = 1
@@ -121,6 +124,18 @@ class TrainingState:
         self._epoch_generator = self.generator.get_state()
         self._steps_before = self.global_step
         self.save(EpochPosition(epoch + 1))
+
+    def guard(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` whose :class:`NumericalError` also says where the last good state is."""
+
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except NumericalError as exc:
+                raise self.diverged(exc) from None
+
+        return guarded
 
     def diverged(self, exc: NumericalError) -> NumericalError:
         """``exc`` with where the last good state and the best model are."""
