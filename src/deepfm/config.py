@@ -8,6 +8,9 @@ A YAML file (``--config``) may set any field; command-line options override it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,14 +44,20 @@ class TrainConfig:
     threads: int = 0  # 0 = let the toolkit choose
     device: str = "cpu"
     progress: bool = True
+    checkpoint_every: int = 0  # also save DIR/state.pt every N optimizer steps (0 = epoch ends only)
+    resume: bool = False  # continue the run in ``out`` from its state.pt
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
         from deepfm.models import MODELS
 
-        problems = []
+        problems = _type_problems(self)  # [issue 8] e.g. "epochs: ten" in a YAML file
+        if problems:
+            raise ConfigError("; ".join(problems))
         if self.model not in MODELS:
             problems.append(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
+        else:
+            problems += _model_option_problems(MODELS[self.model], self.extra.get("model_options", {}))
         if self.features not in ("ids", "all"):
             problems.append(f"--features must be 'ids' or 'all', got {self.features!r}")
         for name in ("embed_dim", "batch_size", "epochs", "eval_batch_size"):
@@ -60,14 +69,16 @@ class TrainConfig:
             problems.append(f"--mlp widths must be >= 1, got {','.join(map(str, self.mlp))}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not self.lr > 0:
-            problems.append(f"--lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"--lr must be a finite number > 0, got {self.lr}")
         if not 0.0 < self.lr_decay <= 1.0:
             problems.append(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.lr_patience < 1:
             problems.append(f"--lr-patience must be >= 1, got {self.lr_patience}")
-        if self.weight_decay < 0:
-            problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.checkpoint_every < 0:
+            problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.min_count < 1:
             problems.append(f"--min-count must be >= 1, got {self.min_count}")
         if self.threads < 0:
@@ -76,6 +87,17 @@ class TrainConfig:
             problems.append(f"--device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+        return self
+
+    def check_data(self, train_rows: int) -> TrainConfig:
+        """[issue 8] Checks that need the prepared data: the batch size must fit the training split."""
+        if train_rows < 2:
+            raise ConfigError(f"the training split has {train_rows} row(s); at least 2 are needed")
+        if self.batch_size > train_rows:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is larger than the training split ({train_rows:,} rows); "
+                f"use a batch size between 2 and {train_rows}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +117,50 @@ class TrainConfig:
         return cls(**data)
 
 
+def _type_problems(config: TrainConfig) -> list[str]:
+    """[issue 8] Options whose value has the wrong type (bools are not numbers, ints are floats)."""
+    hints = typing.get_type_hints(TrainConfig)
+    problems = []
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        allowed = {
+            int: (int,),
+            float: (int, float),
+            bool: (bool,),
+            str: (str,),
+        }.get(hint)
+        if hint == (str | None):
+            allowed = (str, type(None))
+        elif hint == tuple[int, ...]:
+            ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if not (isinstance(value, tuple) and ints):
+                problems.append(f"--{f.name.replace('_', '-')} must be a list of integers, got {value!r}")
+            continue
+        elif hint == dict[str, Any]:
+            allowed = (dict,)
+        if allowed is None:
+            continue
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+            problems.append(f"--{f.name.replace('_', '-')} must be {names}, got {value!r}")
+    return problems
+
+
+def _model_option_problems(cls: type, options: Any) -> list[str]:
+    """[issue 8] ``extra.model_options`` must name keyword arguments the model accepts."""
+    if not isinstance(options, dict):
+        return [f"model_options must be a mapping of option: value, got {options!r}"]
+    reserved = {"self", "num_rows", "num_fields", "num_dense", "embed_dim", "mlp", "dropout"}
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    known = sorted(set(params) - reserved)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        return [f"unknown model option(s) {unknown} for {cls.__name__}; it accepts {known}"]
+    return []
+
+
 def parse_mlp(value: Any) -> tuple[int, ...]:
     """``"16,16"``, ``[16, 16]`` or ``""`` (no hidden layer) -> a tuple of widths."""
     if isinstance(value, str):
@@ -103,21 +169,28 @@ def parse_mlp(value: Any) -> tuple[int, ...]:
             return tuple(int(p) for p in parts)
         except ValueError:
             raise ConfigError(f"--mlp takes comma-separated integers like 16,16, got {value!r}") from None
-    if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value)
-    raise ConfigError(f"mlp must be a list of widths, got {value!r}")
+    if isinstance(value, (list, tuple)) and all(type(v) is int for v in value):
+        return tuple(value)
+    raise ConfigError(f"mlp must be a list of integer widths like [16, 16], got {value!r}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"config file {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:  # one line: where and what
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({what})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

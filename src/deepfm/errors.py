@@ -43,3 +43,19 @@ class DownloadError(DeepFMError):
 
 class CheckpointError(DeepFMError):
     """A checkpoint is missing, unreadable or from an incompatible version."""
+
+
+class NumericalError(DeepFMError):
+    """Training diverged (NaN/inf loss or weights); names the epoch and step where it happened."""
+
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None) -> None:
+        self.epoch = epoch
+        self.step = step
+        super().__init__(message)
+
+
+def brief(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message, cut to ``limit`` characters (for one-line errors)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -79,11 +79,16 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of options (command-line options override it)")
 
 
-def config_from_args(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> TrainConfig:
+def given_options(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Options set in ``--config`` and on the command line (the latter win)."""
     values: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
     skip = {"config", "run", "command", *ignore}
     values.update({k: v for k, v in vars(args).items() if k not in skip})
-    return TrainConfig.from_dict(values).validate()
+    return values
+
+
+def config_from_args(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> TrainConfig:
+    return TrainConfig.from_dict(given_options(args, ignore)).validate()
 
 
 def add_parser(sub: Any) -> None:
@@ -100,11 +105,31 @@ def add_parser(sub: Any) -> None:
         help="deepfm (default) or fm; see 'deepfm models' for all",
     )
     add_train_options(p)
+    # [issue 8] resumable training
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="also save the training state (DIR/state.pt) every N steps; it is always saved at the "
+        "end of every epoch",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="continue the run in --out from its state.pt, with the options it was started with",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from deepfm.training.run import train
 
+    if getattr(args, "resume", False):  # [issue 8]
+        from deepfm.training.state import resume_config
+
+        train(resume_config(getattr(args, "out", D.out), given_options(args)))
+        return 0
     train(config_from_args(args))
     return 0

@@ -18,9 +18,9 @@ from torch import nn
 from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
-from deepfm.data.records import prepare_records
+from deepfm.data.records import prepare_records, records_frame
 from deepfm.data.tables import Tables, tables_from_payload, tables_to_payload
-from deepfm.errors import CheckpointError
+from deepfm.errors import CheckpointError, DeepFMError, brief
 from deepfm.models import build_model
 from deepfm.training.io import atomic_write
 from deepfm.training.loop import predict_probs
@@ -64,7 +64,7 @@ class TrainedModel:
         records need only ``user_id`` and ``movie_id``. Unseen values go to OOV; a missing column
         raises :class:`~deepfm.errors.DataError` naming it.
         """
-        frame = records if isinstance(records, pd.DataFrame) else pd.DataFrame.from_records(records)
+        frame = records_frame(records, self.feature_map)  # bad values -> DataError
         frame = prepare_records(frame, self.feature_map, self.tables)
         arrays = self.feature_map.encode(frame)
         return self.predict_split(Split.from_arrays(arrays, np.zeros(len(frame), np.float32)))
@@ -109,15 +109,21 @@ def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
     try:
         payload = torch.load(file, map_location=device, weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"{file} is not a readable deepfm checkpoint ({exc})") from None
+        raise CheckpointError(f"{file} is not a readable deepfm checkpoint ({brief(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a deepfm checkpoint")
-    if payload.get("version", 0) > VERSION:
+    if not isinstance(payload.get("version"), int):
+        raise CheckpointError(f"{file} is damaged (no format version)")
+    if payload["version"] > VERSION:
         raise CheckpointError(f"{file} was written by a newer deepfm (format {payload['version']})")
-    config = TrainConfig.from_dict(payload["config"])
-    fmap = FeatureMap.from_dict(payload["feature_map"])
-    module = model_from_config(config, fmap)
-    module.load_state_dict(payload["state_dict"])
-    module.to(device).eval()
-    tables = tables_from_payload(payload.get("tables", {}))
-    return TrainedModel(module, fmap, config, tables, payload.get("extras", {}))
+    try:  # [issue 8] a damaged payload (missing keys, wrong types, wrong shapes) is our error
+        config = TrainConfig.from_dict(payload["config"])
+        fmap = FeatureMap.from_dict(payload["feature_map"])
+        module = model_from_config(config, fmap)
+        module.load_state_dict(payload["state_dict"])
+        module.to(device).eval()
+        tables = tables_from_payload(payload.get("tables", {}))
+        extras = payload.get("extras", {})
+    except (DeepFMError, KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{file} is damaged or incompatible ({brief(exc)})") from None
+    return TrainedModel(module, fmap, config, tables, extras)

@@ -25,6 +25,7 @@ from deepfm.training.io import write_json, write_text
 from deepfm.training.loop import predict_probs, train_epoch
 from deepfm.training.metrics import evaluate
 from deepfm.training.plots import learning_curve
+from deepfm.training.state import TrainingState
 
 
 def configure_threads(threads: int) -> None:
@@ -67,6 +68,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
     ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
     prep_seconds = time.perf_counter() - started
+    config.check_data(len(data.train))  # [issue 8] e.g. a batch larger than the training split
     summary = data.summary()
     echo(
         f"{data.name}: {summary['rows']['train']:,} train / {summary['rows']['valid']:,} valid / "
@@ -89,9 +91,16 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             f"global batch {config.batch_size * ddp.world_size}"
         )
 
-    epochs: list[dict[str, Any]] = []
-    for epoch in range(1, config.epochs + 1):
-        stats = train_epoch(
+    # [issue 8] DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
+    state = TrainingState(out, config, module, optimizer, generator, stopper, scheduler, writer=ddp.is_main)
+    if config.resume:
+        echo(f"resuming from {state.restore().path} ({state.saved})")
+    epochs: list[dict[str, Any]] = state.history
+    for epoch in range(state.next_epoch, config.epochs + 1):
+        if stopper.should_stop:  # [issue 8] a resumed run that had already stopped early
+            break
+        # [issue 8] state.guard: a NaN/inf error also says where the last good state is
+        stats = state.guard(train_epoch)(
             net,
             data.train,
             optimizer,
@@ -100,6 +109,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             progress=config.progress and ddp.is_main,
             desc=f"epoch {epoch}/{config.epochs}",
             shard=ddp.shard if ddp.enabled else None,
+            **state.loop_options(epoch),  # [issue 8] resume position, step hook
         )
         stats = ddp.reduce_stats(stats)  # issue 7: loss and samples/s over all ranks
         ddp.sync_buffers(module)  # issue 7: same BatchNorm running stats on every rank
@@ -127,6 +137,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             save_checkpoint(out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras)
         if ddp.is_main:
             write_text(out / "history.csv", _csv(epochs))
+        state.end_epoch(epoch)  # [issue 8] (writes on rank 0 only)
         if stopper.should_stop:
             echo(f"early stop: no valid AUC gain for {config.patience} epochs")
             break

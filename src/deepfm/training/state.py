@@ -1,0 +1,279 @@
+"""Resumable training: the run's full state in ``DIR/state.pt``, saved atomically and restored.
+
+``model.pt`` is the self-contained best model; ``state.pt`` is everything needed to continue a
+run exactly where it stopped: model and optimizer (and LR scheduler, when one is used), the
+early-stopping state with its best weights, the RNG states (torch global and CUDA, the shuffling
+generator, NumPy and Python), the epoch and the optimizer steps done in it, the running loss of
+the unfinished epoch, the per-epoch history so far and the run's config.
+
+It is written at the end of every epoch and every ``--checkpoint-every`` steps. A mid-epoch
+resume re-derives the epoch's permutation from the shuffling generator's state at the start of
+that epoch and skips the batches already trained on, so a run resumed after a kill ends with the
+same metrics as an uninterrupted one (bit for bit on CPU with the same thread count).
+
+Nothing non-finite is ever saved: the losses are checked before every save and the weights are
+checked too, so after a NaN/inf the last good ``state.pt`` is kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepfm.config import TrainConfig
+from deepfm.errors import CheckpointError, ConfigError, NumericalError, brief
+from deepfm.training.early_stopping import EarlyStopping
+from deepfm.training.io import atomic_write
+from deepfm.training.loop import EpochPosition, check_weights
+
+T = TypeVar("T")
+STATE_FILE = "state.pt"
+FORMAT = "deepfm-train-state"
+VERSION = 1
+# Test hook: seconds to sleep after every optimizer step (makes "kill mid-epoch" easy to hit).
+STEP_DELAY_ENV = "DEEPFM_TEST_STEP_DELAY"
+# Options a resumed run may change: they do not change what is computed (epochs only extends it).
+RESUME_OVERRIDABLE = ("progress", "data_dir", "epochs", "eval_batch_size", "checkpoint_every")
+
+
+class TrainingState:
+    """Owns ``DIR/state.pt`` for one run: restores it on ``--resume`` and saves it as training goes."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        config: TrainConfig,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        stopper: EarlyStopping,
+        scheduler: Any | None = None,
+        writer: bool = True,
+    ) -> None:
+        self.path = Path(out) / STATE_FILE
+        self.writer = writer  # False on DDP ranks other than 0: they check but never write
+        self.config = config
+        self.module = module
+        self.optimizer = optimizer
+        self.generator = generator
+        self.stopper = stopper
+        self.scheduler = scheduler
+        self.history: list[dict[str, Any]] = []
+        self.next_epoch = 1
+        self.global_step = 0
+        self.saved: str | None = None  # where the last good state stands, for messages
+        self._resume: EpochPosition | None = None
+        self._resume_generator: torch.Tensor | None = None
+        self._epoch_generator = generator.get_state()
+        self._steps_before = 0  # global steps before the current epoch
+        delay = os.environ.get(STEP_DELAY_ENV, "")
+        self.delay = float(delay) if delay else 0.0
+
+    # --- restore -------------------------------------------------------------------------------
+    def restore(self) -> TrainingState:
+        """Load ``state.pt`` into the model, optimizer, stopper and RNGs; set the resume position."""
+        payload = read_state(self.path)
+        try:
+            self.module.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            if self.scheduler is not None and payload.get("scheduler") is not None:
+                self.scheduler.load_state_dict(payload["scheduler"])
+            stop = payload["early_stopping"]
+            self.stopper.best = float(stop["best"])
+            self.stopper.best_epoch = int(stop["best_epoch"])
+            self.stopper.bad_epochs = int(stop["bad_epochs"])
+            self.stopper.best_state = stop["best_state"]
+            pos = payload["position"]
+            self.history = [dict(r) for r in payload["history"]]
+            self.next_epoch = int(pos["epoch"])
+            self.global_step = int(payload["global_step"])
+            self._steps_before = self.global_step - int(pos["step"])
+            self._resume = EpochPosition(
+                int(pos["epoch"]), int(pos["step"]), pos["loss_sum"].clone(), int(pos["samples"])
+            )
+            self._resume_generator = payload["epoch_generator"]
+            _set_rng(payload["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise CheckpointError(f"{self.path} is damaged or not from this run ({brief(exc)})") from None
+        self.saved = _where(self._resume)
+        _remove_stale_temp_files(self.path)
+        return self
+
+    # --- per epoch -----------------------------------------------------------------------------
+    def loop_options(self, epoch: int) -> dict[str, Any]:
+        """Keyword arguments for :func:`train_epoch` for ``epoch`` (resume position, step hook)."""
+        start = EpochPosition(epoch)
+        if self._resume is not None and self._resume.epoch == epoch:
+            start = self._resume
+            self.generator.set_state(self._resume_generator)
+        self._resume = None
+        self._epoch_generator = self.generator.get_state()
+        self._steps_before = self.global_step - start.step
+        every = 1 if self.delay else self.config.checkpoint_every
+        return {"start": start, "on_step": self._on_step, "step_every": every}
+
+    def end_epoch(self, epoch: int) -> None:
+        """Save the state after ``epoch`` (its history row and early-stopping update are done)."""
+        self._epoch_generator = self.generator.get_state()
+        self._steps_before = self.global_step
+        self.save(EpochPosition(epoch + 1))
+
+    def guard(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` whose :class:`NumericalError` also says where the last good state is."""
+
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except NumericalError as exc:
+                raise self.diverged(exc) from None
+
+        return guarded
+
+    def diverged(self, exc: NumericalError) -> NumericalError:
+        """``exc`` with where the last good state and the best model are."""
+        kept = f"last good state kept in {self.path} ({self.saved})" if self.saved else "no state saved yet"
+        best = f"; {self.path.parent / 'model.pt'} holds the best epoch ({self.stopper.best_epoch})"
+        return NumericalError(
+            f"{exc}; {kept}{best if self.stopper.best_epoch else ''}", epoch=exc.epoch, step=exc.step
+        )
+
+    def _on_step(self, pos: EpochPosition) -> None:
+        self.global_step = self._steps_before + pos.step
+        if self.delay:
+            time.sleep(self.delay)
+        every = self.config.checkpoint_every
+        if every and pos.step % every == 0:
+            self.save(pos)
+
+    # --- save ----------------------------------------------------------------------------------
+    def save(self, pos: EpochPosition) -> Path:
+        """Write ``state.pt`` atomically at ``pos``; refuses (NumericalError) if weights are NaN/inf."""
+        check_weights(self.module, pos)
+        if not self.writer:
+            self.saved = _where(pos)
+            return self.path
+        loss_sum = pos.loss_sum if pos.loss_sum is not None else torch.zeros((), dtype=torch.float64)
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": self.config.to_dict(),
+            "position": {
+                "epoch": pos.epoch,
+                "step": pos.step,
+                "samples": pos.samples,
+                "loss_sum": loss_sum.detach().cpu().clone(),
+            },
+            "global_step": self.global_step,
+            "epoch_generator": self._epoch_generator,
+            "model": {k: v.detach().cpu() for k, v in self.module.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "early_stopping": {
+                "best": self.stopper.best,
+                "best_epoch": self.stopper.best_epoch,
+                "bad_epochs": self.stopper.bad_epochs,
+                "best_state": self.stopper.best_state,
+            },
+            "rng": _get_rng(),
+            "history": self.history,
+        }
+        atomic_write(self.path, lambda f: torch.save(payload, f))
+        self.saved = _where(pos)
+        return self.path
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """Load and check a ``state.pt`` file (``weights_only``: no pickled code is run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no training state to resume in {path.parent} (expected {path.name}, written at the end of "
+            "every epoch and every --checkpoint-every steps); start the run without --resume"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign or corrupt file
+        raise CheckpointError(f"{path} is not a readable deepfm training state ({brief(exc)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a deepfm training state")
+    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
+        raise CheckpointError(f"{path} was written by a newer deepfm (format {payload.get('version')})")
+    return payload
+
+
+def resume_config(out: str | Path, given: dict[str, Any]) -> TrainConfig:
+    """The config a run in ``out`` was started with, for ``--resume``.
+
+    ``given`` holds options set on the command line (or in ``--config``); those in
+    ``RESUME_OVERRIDABLE`` replace the stored ones, any other one must equal the stored value.
+    """
+    payload = read_state(Path(out) / STATE_FILE)
+    try:
+        stored = TrainConfig.from_dict(payload["config"]).validate()
+    except (KeyError, TypeError, AttributeError, ConfigError) as exc:
+        raise CheckpointError(f"{Path(out) / STATE_FILE} holds no valid config ({brief(exc)})") from None
+    values = stored.to_dict()
+    check = TrainConfig.from_dict({k: v for k, v in given.items() if k not in ("out", "resume")})
+    conflicts = []
+    for key in given:
+        if key in ("out", "resume"):
+            continue
+        new = getattr(check, key)
+        new = list(new) if isinstance(new, tuple) else new
+        if key in RESUME_OVERRIDABLE:
+            values[key] = new
+        elif new != values[key]:
+            conflicts.append(f"--{key.replace('_', '-')} (started with {values[key]!r}, given {new!r})")
+    if conflicts:
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDABLE)
+        raise ConfigError(
+            f"--resume continues {out} with the options it was started with; these differ: "
+            f"{', '.join(conflicts)}. Only {allowed} may change on resume"
+        )
+    values.update(out=str(out), resume=True)
+    return TrainConfig.from_dict(values).validate()
+
+
+def _where(pos: EpochPosition) -> str:
+    if pos.step == 0:
+        return f"after epoch {pos.epoch - 1}" if pos.epoch > 1 else "before epoch 1"
+    return f"epoch {pos.epoch}, step {pos.step}"
+
+
+def _get_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), *(np_state[2:])],
+        "python": list(random.getstate()),
+        "cuda": None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temporary files left by a kill in the middle of an atomic write."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
