@@ -102,6 +102,5 @@ def main() -> None:
         print(f"| {name} | {bs} | {rate:,.0f} | {rate / base_rate:.2f} | {test_auc:.4f} |")
 
 
-
 if __name__ == "__main__":
     main()

@@ -31,12 +31,13 @@ class TrainConfig:
     dropout: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 1e-6
+    optimizer: str = "fused"  # fused | adam (reference kernels) | lazy (row-wise embeddings)
     batch_size: int = 1024
     epochs: int = 40
     patience: int = 3
     seed: int = 0
     eval_batch_size: int = 65536
-    threads: int = 0  # 0 = let the toolkit choose
+    threads: int = 0  # 0 = automatic (1 intra-op thread: see docs/speed.md)
     device: str = "cpu"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +63,8 @@ class TrainConfig:
             problems.append(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in ("fused", "adam", "lazy"):
+            problems.append(f"--optimizer must be one of fused, adam, lazy, got {self.optimizer!r}")
         if self.min_count < 1:
             problems.append(f"--min-count must be >= 1, got {self.min_count}")
         if self.threads < 0:

@@ -18,6 +18,7 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
+from deepfm.training import optim
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.io import write_json, write_text
@@ -27,12 +28,12 @@ from deepfm.training.plots import learning_curve
 
 
 def configure_threads(threads: int) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """``threads`` intra-op threads; 0 = automatic: one (see ``deepfm.training.optim``)."""
+    torch.set_num_threads(threads if threads > 0 else optim.AUTO_THREADS)
 
 
 def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return optim.make_optimizer(module, config.optimizer, config.lr, config.weight_decay)
 
 
 def load_data(config: TrainConfig) -> PreparedData:
@@ -58,7 +59,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     )
 
     torch.manual_seed(config.seed)
-    module = model_from_config(config, data.feature_map)
+    module = model_from_config(config, data.feature_map).to(config.device)
     optimizer = make_optimizer(module, config)
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience)
