@@ -41,6 +41,7 @@ class _TableFM(torch.autograd.Function):
     For categorical ids only (no bags, no numeric fields): ``rows = table[ids]`` viewed as
     ``[B, F*W]`` (``W = 1 + D``) and ``s = sum_f rows_f`` ``[B, W]`` holds the first-order sum
     (column 0) and ``sum_f e_f`` (columns 1..D), so with ``m`` = 0 on column 0 and 1 elsewhere
+    (the kernel stores ``-m`` tiled over the fields)
 
         out = s[:, 0] + 0.5 * (||s * m||^2 - ||rows * m||^2)        (first order + FM), and
         d out / d rows_f = (s with column 0 set to 1) - rows_f * m.
@@ -52,16 +53,17 @@ class _TableFM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table, ids, padding_idx, sparse, consts):  # noqa: ANN001, ANN205
-        mask, emb_cols, col_mask = consts
+        neg_mask, col_mask = consts
         batch, fields = ids.shape
         width = table.shape[1]
         flat_ids = ids.reshape(-1)
         rows = table.index_select(0, flat_ids).view(batch, fields * width)
-        s = rows[:, :width]
-        for f in range(1, fields):  # F - 1 adds beat a strided reduction or a tiny GEMM here
-            s = s + rows[:, f * width : (f + 1) * width]
-        out = torch.add(s[:, 0], (s * s) @ col_mask - (rows * rows) @ mask, alpha=0.5)
-        emb = rows.index_select(1, emb_cols)  # [B, F*D], the MLP input
+        # field sum: F - 1 adds beat a strided reduction or a tiny GEMM here
+        s = rows[:, :width] + rows[:, width : 2 * width] if fields > 1 else rows.clone()
+        for f in range(2, fields):
+            s += rows[:, f * width : (f + 1) * width]
+        out = torch.add(s[:, 0], (s * s) @ col_mask + (rows * rows) @ neg_mask, alpha=0.5)
+        emb = rows.view(batch, fields, width)[:, :, 1:].reshape(batch, -1)  # [B, F*D], MLP input
         ctx.save_for_backward(rows, s, flat_ids)
         ctx.consts, ctx.padding_idx, ctx.sparse, ctx.num_rows = consts, padding_idx, sparse, table.shape[0]
         return out, emb
@@ -69,15 +71,15 @@ class _TableFM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, grad_emb):  # noqa: ANN001, ANN205
         rows, s, flat_ids = ctx.saved_tensors
-        mask, emb_cols, _ = ctx.consts
+        neg_mask, _ = ctx.consts
         width = s.shape[1]
         fields = rows.shape[1] // width
-        u = s.clone()
-        u[:, 0] = 1.0
-        grad_rows = u.repeat(1, fields).sub_(rows * mask).mul_(grad_out.unsqueeze(1))
-        if grad_emb is not None:
-            grad_rows.index_add_(1, emb_cols, grad_emb)
+        s[:, 0] = 1.0  # s is ours (saved, not used elsewhere); column 0 carries the linear term
+        grad_rows = rows * neg_mask  # -1 on embedding columns, 0 on column 0
+        grad_rows.view(-1, fields, width).add_(s.unsqueeze(1)).mul_(grad_out.view(-1, 1, 1))
         grad_rows = grad_rows.view(-1, width)
+        if grad_emb is not None:
+            grad_rows[:, 1:] += grad_emb.reshape(grad_rows.shape[0], -1)
         if ctx.sparse:
             if ctx.padding_idx is not None:
                 grad_rows = grad_rows.masked_fill((flat_ids == ctx.padding_idx).unsqueeze(1), 0.0)
@@ -95,8 +97,7 @@ def _table_fm_consts(fields: int, width: int, device: torch.device, dtype: torch
     """Constants of :class:`_TableFM` for ``fields`` fields of ``width = 1 + D`` columns."""
     col_mask = torch.ones(width, dtype=dtype, device=device)
     col_mask[0] = 0
-    cols = torch.arange(fields * width, device=device).view(fields, width)[:, 1:].reshape(-1)
-    return col_mask.repeat(fields), cols, col_mask
+    return -col_mask.repeat(fields), col_mask
 
 
 class DenseFeatures(nn.Module):
@@ -186,15 +187,36 @@ def keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor:
 
 
 class FastDropout(nn.Dropout):
-    """``nn.Dropout`` with the keep mask from :func:`keep_mask` (same distribution, ~10x cheaper).
+    """``nn.Dropout`` with keep masks from :func:`keep_mask`: the same distribution, ~10x cheaper.
 
-    Uses ``nn.Dropout`` off the CPU, where ``bernoulli_`` is already fast.
+    On the CPU, masks for ``POOL`` consecutive calls of the same input shape are drawn in one go
+    and handed out in turn (one generator call and one unpack per ``POOL`` steps instead of per
+    step). Masks therefore come from the generator state at the time the block is drawn. Other
+    devices use ``nn.Dropout``, where ``bernoulli_`` is already fast.
     """
+
+    POOL = 64
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__(p, inplace)
+        self._pool: torch.Tensor | None = None
+        self._next = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        return x * keep_mask(tuple(x.shape), self.p).to(x.dtype)
+        return x * self.keep(tuple(x.shape)).to(x.dtype)
+
+    def keep(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The next scaled keep mask of ``shape`` (a view into the current block)."""
+        pool = self._pool
+        if pool is not None and tuple(pool.shape[1:]) != shape:
+            return keep_mask(shape, self.p)  # an odd shape (last batch): keep the block
+        if pool is None or self._next == pool.shape[0]:
+            pool = self._pool = keep_mask((self.POOL, *shape), self.p)
+            self._next = 0
+        self._next += 1
+        return pool[self._next - 1]
 
 
 class MLP(nn.Module):
