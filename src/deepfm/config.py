@@ -71,6 +71,8 @@ class TrainConfig:
             problems.append(f"--threads must be >= 0, got {self.threads}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             problems.append(f"--device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        elif self.device.startswith("cuda") and not _cuda_available():
+            problems.append(f"--device {self.device}: PyTorch sees no CUDA GPU here")
         if problems:
             raise ConfigError("; ".join(problems))
         return self
@@ -90,6 +92,12 @@ class TrainConfig:
         if "mlp" in data:
             data["mlp"] = parse_mlp(data["mlp"])
         return cls(**data)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def parse_mlp(value: Any) -> tuple[int, ...]:

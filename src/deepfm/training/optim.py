@@ -82,31 +82,36 @@ class FusedAdam(torch.optim.Adam):
         if closure is not None or any(_unusual(g) for g in self.param_groups):
             return super().step(closure)
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
+            params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            fresh = [p for p in params if not self.state[p]]
+            if fresh:  # parameters starting together share one step counter
+                counter = torch.zeros((), dtype=torch.float32, device=fresh[0].device)
+                for p in fresh:
+                    self.state[p].update(
+                        step=counter,
+                        exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                        exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format),
+                    )
+            states = [self.state[p] for p in params]
+            if len(params) < len(group["params"]):  # a shared counter may not advance for all
+                copies: dict[int, torch.Tensor] = {}
+                for state in states:
+                    old = state["step"]
+                    if id(old) not in copies:
+                        copies[id(old)] = old.clone()
+                    state["step"] = copies[id(old)]
+            for counter in {id(s["step"]): s["step"] for s in states}.values():
+                counter.add_(1)  # one add per distinct counter, not one per parameter
             beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
             torch._fused_adam_(
                 params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
                 [],
-                steps,
+                [s["step"] for s in states],
                 amsgrad=False,
                 lr=group["lr"],
                 beta1=beta1,
@@ -118,6 +123,15 @@ class FusedAdam(torch.optim.Adam):
                 found_inf=None,
             )
         return None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # share equal step counters again (see ``step``)
+            counters: dict[float, torch.Tensor] = {}
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = counters.setdefault(float(state["step"]), state["step"])
 
 
 def _unusual(group: dict) -> bool:
