@@ -137,12 +137,14 @@ class Features(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(first-order sum + fm(emb) [B], emb [B, F, D])``: what FM and DeepFM need.
 
-        Categorical ids alone take the fused :class:`_TableFM` kernel; bags or numeric fields
-        take the general path (``forward`` then ``fm``). Both compute the same numbers.
+        Training on categorical ids alone takes the fused :class:`_TableFM` kernel; bags, numeric
+        fields, eval mode and no-grad take the general path (``forward`` then ``fm``, plain ops
+        that export and trace). Both compute the same numbers.
         """
         table = self.sparse.table
-        if bags is not None or (dense is not None and self.dense is not None) or ids.dim() != 2:
-            linear, emb = self(ids, bags, dense)
+        fused = self.training and torch.is_grad_enabled() and ids.dim() == 2
+        if not fused or bags is not None or (dense is not None and self.dense is not None):
+            linear, emb = self(ids, bags, dense)  # also eval / export: plain traceable ops
             return linear + fm(emb), emb
         weight = table.weight
         key = (ids.shape[1], weight.shape[1], weight.device, weight.dtype)
