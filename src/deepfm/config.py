@@ -34,6 +34,7 @@ class TrainConfig:
     dropout: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 1e-6
+    optimizer: str = "fused"  # fused | adam (reference kernels) | lazy (row-wise embeddings)
     batch_size: int = 1024
     epochs: int = 40
     patience: int = 3
@@ -41,7 +42,7 @@ class TrainConfig:
     lr_patience: int = 1  # epochs without a valid-AUC gain before the lr is decayed
     seed: int = 0
     eval_batch_size: int = 65536
-    threads: int = 0  # 0 = let the toolkit choose
+    threads: int = 0  # 0 = automatic (1 intra-op thread: see docs/speed.md)
     device: str = "cpu"
     progress: bool = True
     checkpoint_every: int = 0  # also save DIR/state.pt every N optimizer steps (0 = epoch ends only)
@@ -79,12 +80,16 @@ class TrainConfig:
             problems.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.checkpoint_every < 0:
             problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.optimizer not in ("fused", "adam", "lazy"):
+            problems.append(f"--optimizer must be one of fused, adam, lazy, got {self.optimizer!r}")
         if self.min_count < 1:
             problems.append(f"--min-count must be >= 1, got {self.min_count}")
         if self.threads < 0:
             problems.append(f"--threads must be >= 0, got {self.threads}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             problems.append(f"--device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        elif self.device.startswith("cuda") and not _cuda_available():
+            problems.append(f"--device {self.device}: PyTorch sees no CUDA GPU here")
         if problems:
             raise ConfigError("; ".join(problems))
         return self
@@ -159,6 +164,12 @@ def _model_option_problems(cls: type, options: Any) -> list[str]:
     if unknown:
         return [f"unknown model option(s) {unknown} for {cls.__name__}; it accepts {known}"]
     return []
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def parse_mlp(value: Any) -> tuple[int, ...]:

@@ -45,6 +45,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--weight-decay", type=float, default=s, help=f"Adam L2 weight decay (default {D.weight_decay})"
     )
+    opt.add_argument(
+        "--optimizer",
+        default=s,
+        choices=["fused", "adam", "lazy"],
+        help="fused: Adam in fused kernels (default, same updates as adam); adam: the reference "
+        "torch.optim.Adam; lazy: row-wise Adam on embeddings, only rows in the batch updated",
+    )
     opt.add_argument("--batch-size", type=int, default=s, help=f"default {D.batch_size}")
     opt.add_argument(
         "--epochs",
@@ -71,7 +78,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         help=f"epochs without a valid-AUC gain before the lr decays (default {D.lr_patience})",
     )
     opt.add_argument("--seed", type=int, default=s, help="seed of split, init and shuffling (default 0)")
-    opt.add_argument("--threads", type=int, default=s, help="CPU threads (default: automatic)")
+    opt.add_argument("--threads", type=int, default=s, help="CPU threads (default: automatic = 1)")
     opt.add_argument("--device", default=s, help="cpu (default) or cuda")
     opt.add_argument(
         "--no-progress", dest="progress", action="store_false", default=s, help="no progress bars"

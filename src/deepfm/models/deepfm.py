@@ -28,5 +28,5 @@ class DeepFM(nn.Module):
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
-        linear, emb = self.features(ids, bags, dense)
-        return self.bias + linear + self.fm(emb) + self.mlp(emb.flatten(1))
+        first_order_fm, emb = self.features.first_order_fm(ids, bags, dense, self.fm)
+        return self.bias + first_order_fm + self.mlp(emb.flatten(1))

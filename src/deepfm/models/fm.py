@@ -20,5 +20,5 @@ class FM(nn.Module):
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
-        linear, emb = self.features(ids, bags, dense)
-        return self.bias + linear + self.fm(emb)
+        first_order_fm, _ = self.features.first_order_fm(ids, bags, dense, self.fm)
+        return self.bias + first_order_fm

@@ -1,25 +1,28 @@
 """The inner loops: one training epoch over shuffled tensor batches, and batched prediction.
 
-Hot-loop rules: batches are slices of pre-shuffled tensors, the loss is ``BCEWithLogits`` on
-logits, the running loss stays a tensor (no ``.item()`` per step), and the progress bar is
-advanced every few dozen steps, not every step.
+Hot-loop rules: batches are views of the epoch's pre-shuffled tensors (one gather per epoch, on
+the model's device), the loss is ``BCEWithLogits`` on logits, per-step losses stay tensors (no
+``.item()`` or host sync per step), and the progress bar is advanced every few dozen steps.
 
-Resumable training (issue 8): ``start`` resumes an epoch after its first ``start.step`` batches
-(same permutation, same running loss), ``on_step`` is called every ``step_every`` steps with the
+Resumable training: ``start`` resumes an epoch after its first ``start.step`` batches (same
+permutation, same running loss), ``on_step`` is called every ``step_every`` steps with the
 position (to write ``state.pt``), and the losses are checked for NaN/inf every ``CHECK_EVERY``
-steps and before every ``on_step`` call, without a device sync per step.
+steps and before every ``on_step`` call. Data-parallel training: with ``shard`` every rank draws
+the same permutation and visits its own disjoint slice of it.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from deepfm.data.batching import Split
@@ -27,12 +30,14 @@ from deepfm.errors import NumericalError
 from deepfm.training.distributed import Shard
 
 PROGRESS_EVERY = 32
-CHECK_EVERY = 32  # [issue 8] steps between NaN/inf checks of the loss (one sync each)
+CHECK_EVERY = 32  # steps between NaN/inf checks of the loss (one sync each)
+
+Inputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]
 
 
 @dataclass
 class EpochPosition:
-    """[issue 8] Where an epoch stands: optimizer steps done and the running loss sum so far."""
+    """Where an epoch stands: optimizer steps done and the running loss sum so far."""
 
     epoch: int
     step: int = 0
@@ -64,23 +69,26 @@ def train_epoch(
     on_step: Callable[[EpochPosition], None] | None = None,
     step_every: int = 0,
 ) -> EpochStats:
-    """One pass over ``split`` (or, with ``shard``, over this rank's slice of the epoch's permutation)."""
+    """One pass over ``split`` in a fresh random order drawn from ``generator``.
+
+    Per step: forward, loss, ``zero_grad``, backward, optimizer step. Returns the mean loss.
+    """
+    t0 = time.perf_counter()
     module.train()
-    # issue 7 (DDP): all ranks draw the same permutation; each visits its own disjoint slice
-    order = shard.permutation(len(split), generator) if shard is not None else None
-    loss_fn = nn.BCEWithLogitsLoss()
-    total = torch.zeros((), dtype=torch.float64)
-    samples = 0
-    steps = 0
-    # [issue 8] resume mid-epoch: same permutation (caller restored the generator), skip done steps
     pos = start or EpochPosition(0)
+    if shard is not None:
+        perm = shard.permutation(len(split), generator)
+    else:
+        perm = torch.randperm(len(split), generator=generator)
+    sizes, batches = _epoch_batches(split, perm, batch_size, _device_of(module))
+    forward_loss = _forward_loss(module)
+    total = torch.zeros((), dtype=torch.float64)
     if pos.loss_sum is not None:
         total += pos.loss_sum.to(total)
-    samples, steps = pos.samples, pos.step
-    window: list[torch.Tensor] = []  # losses since the last finiteness check
-    start = time.perf_counter()
+    samples = pos.samples
+    window: list[torch.Tensor] = []  # losses since the last flush (finiteness check + sum)
     bar = tqdm(
-        total=split.num_batches(batch_size, shuffle=True, rows=None if order is None else len(order)),
+        total=len(sizes),
         desc=desc,
         unit="batch",
         disable=not progress,
@@ -88,54 +96,79 @@ def train_epoch(
         mininterval=0.5,
         dynamic_ncols=True,
     )
-    bar.update(steps)  # [issue 8] resumed steps
-    batches = split.batches(batch_size, generator=generator, shuffle=True, order=order)
-    for batch in itertools.islice(batches, steps, None):
-        logits = module(*batch.inputs)
-        loss = loss_fn(logits, batch.label)
+    bar.update(pos.step)
+    steps = pos.step
+    for steps, (ids, bags, dense, label) in enumerate(
+        itertools.islice(batches, pos.step, None), pos.step + 1
+    ):
+        loss = forward_loss(ids, bags, dense, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n = batch.label.shape[0]
-        total += loss.detach() * n
-        samples += n
-        steps += 1
+        window.append(loss.detach())
+        hook = on_step is not None and step_every and steps % step_every == 0
+        # flush at absolute step numbers, so a resumed epoch sums its losses in the same groups
+        if hook or steps % CHECK_EVERY == 0:
+            total, samples = _flush(window, sizes, steps, pos.epoch, total, samples)
+            if hook:
+                on_step(EpochPosition(pos.epoch, steps, total, samples))
         if steps % PROGRESS_EVERY == 0:
             bar.update(steps - bar.n)
-        window.append(loss.detach())  # [issue 8]
-        if on_step is not None and step_every and steps % step_every == 0:
-            _check_finite(window, steps, pos.epoch)
-            on_step(EpochPosition(pos.epoch, steps, total, samples))
-        elif len(window) >= CHECK_EVERY:
-            _check_finite(window, steps, pos.epoch)
-    _check_finite(window, steps, pos.epoch)  # [issue 8]
+    total, samples = _flush(window, sizes, steps, pos.epoch, total, samples)
     check_weights(module, EpochPosition(pos.epoch, steps))
     bar.update(steps - bar.n)
     bar.close()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - t0
     return EpochStats(float(total) / max(samples, 1), samples, seconds)
 
 
-def _check_finite(window: list[torch.Tensor], steps: int, epoch: int) -> None:
-    """[issue 8] Raise :class:`NumericalError` naming the first step whose loss was NaN/inf."""
+def _epoch_batches(
+    split: Split, perm: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[list[int], Iterator[Inputs]]:
+    """Batch sizes and batches of ``split`` in ``perm`` order.
+
+    An in-memory split is gathered once in that order (on ``device``) and cut into views; other
+    splits (memory-mapped, larger than RAM) gather batch by batch. A trailing batch of one row
+    is dropped: BatchNorm cannot train on it.
+    """
+    full, rest = divmod(len(perm), batch_size)
+    sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
+    n_used = sum(sizes)
+    if isinstance(split, Split):
+        data = _to_device(split, device).take(perm[:n_used].to(device, non_blocking=True))
+        fields = (data.ids, data.bags, data.dense, data.label)
+        parts = [t.split(sizes) if t is not None else [None] * len(sizes) for t in fields]
+        return sizes, zip(*parts)
+    batches = split.batches(batch_size, shuffle=True, order=perm[:n_used])
+    return sizes, ((b.ids, b.bags, b.dense, b.label) for b in batches)
+
+
+def _flush(
+    window: list[torch.Tensor], sizes: list[int], steps: int, epoch: int, total: torch.Tensor, samples: int
+) -> tuple[torch.Tensor, int]:
+    """Check the window's losses are finite and add them, weighted by batch rows, to the sum."""
     if not window:
-        return
-    losses = torch.stack(window)
+        return total, samples
+    losses = torch.stack(window).double().cpu()
+    first = steps - len(window)
     window.clear()
     finite = torch.isfinite(losses)
     if not bool(finite.all()):
-        first = int((~finite).nonzero()[0, 0])
-        step = steps - len(losses) + first + 1
+        bad = int((~finite).nonzero()[0, 0])
+        step = first + bad + 1
         raise NumericalError(
-            f"training loss became {float(losses[first])} at epoch {epoch}, step {step}; stopped "
+            f"training loss became {float(losses[bad])} at epoch {epoch}, step {step}; stopped "
             "(lower --lr, or check the data for extreme values)",
             epoch=epoch,
             step=step,
         )
+    rows = sizes[first:steps]
+    total = total + (losses * torch.tensor(rows, dtype=torch.float64)).sum()
+    return total, samples + sum(rows)
 
 
 def check_weights(module: nn.Module, pos: EpochPosition) -> None:
-    """[issue 8] Raise :class:`NumericalError` if any parameter or buffer of ``module`` is NaN/inf."""
+    """Raise :class:`NumericalError` if any parameter or buffer of ``module`` is NaN/inf."""
     tensors = [t for t in module.state_dict().values() if t.is_floating_point() and t.numel()]
     # a float64 sum is NaN/inf iff some element is (finite float32 values cannot overflow it),
     # and needs no tensor-sized temporary (a big embedding table stays a single pass)
@@ -148,11 +181,45 @@ def check_weights(module: nn.Module, pos: EpochPosition) -> None:
         )
 
 
+def _forward_loss(module: nn.Module) -> Callable[..., torch.Tensor]:
+    def forward_loss(ids, bags, dense, label):  # noqa: ANN001, ANN202
+        return F.binary_cross_entropy_with_logits(module(ids, bags, dense), label)
+
+    return forward_loss
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+_ON_DEVICE: dict[tuple[int, str], tuple[weakref.ref, Split]] = {}
+
+
+def _to_device(split: Split, device: torch.device) -> Split:
+    """``split`` on ``device``: itself when already there, else a copy made once and reused
+    while ``split`` lives (pinned memory, non-blocking copies), so every epoch after the
+    first gathers on the GPU with no host-to-device traffic."""
+    if split.ids.device == device:
+        return split
+    key = (id(split), str(device))
+    cached = _ON_DEVICE.get(key)
+    if cached is not None and cached[0]() is split:
+        return cached[1]
+    for k in [k for k, (ref, _) in _ON_DEVICE.items() if ref() is None]:
+        del _ON_DEVICE[k]
+    pin = device.type == "cuda" and torch.cuda.is_available()
+    moved = split.map(lambda t: (t.pin_memory() if pin else t).to(device, non_blocking=pin))
+    _ON_DEVICE[key] = (weakref.ref(split), moved)
+    return moved
+
+
 @torch.inference_mode()
 def predict_probs(module: nn.Module, split: Split, batch_size: int = 65536) -> np.ndarray:
     """Click probabilities for every row of ``split``, in order (eval mode, no autograd)."""
     was_training = module.training
     module.eval()
-    out = [torch.sigmoid(module(*b.inputs)) for b in split.batches(batch_size)]
+    device = _device_of(module)
+    out = [torch.sigmoid(module(*b.inputs)) for b in _to_device(split, device).batches(batch_size)]
     module.train(was_training)
     return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, dtype=np.float32)

@@ -18,6 +18,7 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
+from deepfm.training import optim
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.distributed import init_distributed
 from deepfm.training.early_stopping import EarlyStopping
@@ -29,12 +30,12 @@ from deepfm.training.state import TrainingState
 
 
 def configure_threads(threads: int) -> None:
-    if threads > 0:
-        torch.set_num_threads(threads)
+    """``threads`` intra-op threads; 0 = automatic: one (see ``deepfm.training.optim``)."""
+    torch.set_num_threads(threads if threads > 0 else optim.AUTO_THREADS)
 
 
 def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return optim.make_optimizer(module, config.optimizer, config.lr, config.weight_decay)
 
 
 def make_scheduler(
@@ -77,7 +78,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     )
 
     torch.manual_seed(config.seed)
-    module = model_from_config(config, data.feature_map)
+    module = model_from_config(config, data.feature_map).to(config.device)
     net = ddp.wrap(module, seed=config.seed)  # issue 7: DDP (rank 0's weights broadcast) when world > 1
     optimizer = make_optimizer(module, config)
     scheduler = make_scheduler(optimizer, config)

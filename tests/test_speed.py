@@ -1,0 +1,199 @@
+"""The fast training path computes what the plain one does: kernels, optimizers, dropout, loop."""
+
+import copy
+import io
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from deepfm.cli.main import main
+from deepfm.config import TrainConfig
+from deepfm.data.batching import Split
+from deepfm.errors import ConfigError
+from deepfm.models import build_model
+from deepfm.models.layers import FastDropout, keep_mask
+from deepfm.training.loop import train_epoch
+from deepfm.training.optim import FusedAdam, LazyAdam, make_optimizer
+
+
+def _general_logits(model, ids):
+    """The unfused path: Features -> first-order sum, FactorizationMachine, MLP."""
+    linear, emb = model.features(ids)
+    out = model.bias + linear + model.fm(emb)
+    return out + model.mlp(emb.flatten(1)) if hasattr(model, "mlp") else out
+
+
+@pytest.mark.parametrize("fields", [1, 2, 4])
+@pytest.mark.parametrize("name", ["deepfm", "fm"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fused_table_fm_kernel_equals_general_path(fields, name, sparse):
+    torch.manual_seed(fields)
+    model = build_model(name, num_rows=40, num_fields=fields, embed_dim=4, mlp=(8,), dropout=0.0).double()
+    with torch.no_grad():
+        model.features.sparse.table.weight.normal_()
+        model.features.sparse.table.weight[0] = 0
+    model.features.sparse.table.sparse = sparse
+    reference = copy.deepcopy(model)
+    ids = torch.randint(0, 40, (32, fields))
+    ids[0, 0] = 0  # the padding row gets no gradient
+    ids[1] = ids[2]  # repeated rows accumulate
+    out, ref = model(ids), _general_logits(reference, ids)
+    torch.testing.assert_close(out, ref)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (n, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad.to_dense(), q.grad.to_dense(), msg=n)
+    assert model.features.sparse.table.weight.grad.to_dense()[0].abs().sum() == 0
+
+
+def _train_steps(model, optimizer, steps=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        ids = torch.randint(1, 60, (64, 2), generator=g)
+        y = torch.randint(0, 2, (64,), generator=g).float()
+        optimizer.zero_grad()
+        F.binary_cross_entropy_with_logits(model(ids), y).backward()
+        if step == 5:
+            model.bias.grad = None  # a parameter that skips a step
+        optimizer.step()
+
+
+def _deepfm():
+    torch.manual_seed(0)
+    return build_model("deepfm", num_rows=60, num_fields=2, embed_dim=4, mlp=(8, 8), dropout=0.0)
+
+
+def test_fused_adam_is_torch_fused_adam_bit_for_bit_and_close_to_reference_adam():
+    models = [_deepfm() for _ in range(3)]
+    opts = [
+        FusedAdam(models[0].parameters(), lr=1e-2, weight_decay=1e-3),
+        torch.optim.Adam(models[1].parameters(), lr=1e-2, weight_decay=1e-3, fused=True),
+        torch.optim.Adam(models[2].parameters(), lr=1e-2, weight_decay=1e-3),
+    ]
+    for model, opt in zip(models, opts, strict=True):
+        _train_steps(model, opt)
+    for (name, a), b, c in zip(
+        models[0].named_parameters(), models[1].parameters(), models[2].parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4, msg=name)
+    steps = {k: float(v["step"]) for k, v in opts[0].state_dict()["state"].items()}
+    assert steps == {k: float(v["step"]) for k, v in opts[1].state_dict()["state"].items()}
+    assert sorted(set(steps.values())) == [11.0, 12.0]  # the bias skipped one step
+
+
+def test_fused_adam_state_round_trip_continues_identically():
+    a, b = _deepfm(), _deepfm()
+    opt_a = FusedAdam(a.parameters(), lr=1e-2)
+    opt_b = FusedAdam(b.parameters(), lr=1e-2)
+    _train_steps(a, opt_a, steps=4)
+    _train_steps(b, opt_b, steps=4)
+    buffer = io.BytesIO()
+    torch.save(opt_b.state_dict(), buffer)
+    buffer.seek(0)
+    opt_b = FusedAdam(b.parameters(), lr=1e-2)
+    opt_b.load_state_dict(torch.load(buffer))
+    _train_steps(a, opt_a, steps=4, seed=1)
+    _train_steps(b, opt_b, steps=4, seed=1)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_lazy_adam_equals_dense_adam_when_every_row_is_touched():
+    torch.manual_seed(0)
+    table = torch.randn(5, 3)
+    dense, lazy = table.clone().requires_grad_(), table.clone().requires_grad_()
+    opt_dense = torch.optim.Adam([dense], lr=0.1, weight_decay=0.01)
+    opt_lazy = LazyAdam([lazy], lr=0.1, weight_decay=0.01)
+    for step in range(5):
+        ids = torch.tensor([4, 0, 1, 2, 3, 1, step % 5])  # every row, some twice
+        weights = torch.randn(len(ids), 3)
+        (F.embedding(ids, dense) * weights).sum().backward()
+        (F.embedding(ids, lazy, sparse=True) * weights).sum().backward()
+        assert lazy.grad.is_sparse
+        for opt in (opt_dense, opt_lazy):
+            opt.step()
+            opt.zero_grad()
+    torch.testing.assert_close(lazy, dense)
+
+
+def test_lazy_adam_leaves_untouched_rows_alone():
+    table = torch.randn(6, 3)
+    weight = table.clone().requires_grad_()
+    opt = LazyAdam([weight], lr=0.1, weight_decay=0.1)
+    F.embedding(torch.tensor([1, 3]), weight, sparse=True).sum().backward()
+    opt.step()
+    changed = (weight.detach() != table).any(1)
+    assert changed.tolist() == [False, True, False, True, False, False]
+
+
+def test_lazy_optimizer_switches_embeddings_to_sparse_and_trains_planted_signal(tiny_ml, tmp_path):
+    code = main(
+        ["train", "--data-dir", str(tiny_ml), "--out", str(tmp_path / "run"), "--epochs", "6"]
+        + ["--lr", "0.01", "--no-progress", "--optimizer", "lazy"]
+    )
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test_auc"] > 0.70, metrics["test_auc"]
+    assert metrics["config"]["optimizer"] == "lazy"
+
+
+def test_make_optimizer_choices():
+    model = _deepfm()
+    assert type(make_optimizer(model, "adam")) is torch.optim.Adam
+    assert isinstance(make_optimizer(model, "fused"), FusedAdam)
+    assert not model.features.sparse.table.sparse
+    make_optimizer(model, "lazy")
+    assert model.features.sparse.table.sparse
+    with pytest.raises(ConfigError):
+        make_optimizer(model, "sgd")
+    with pytest.raises(ConfigError, match="--optimizer"):
+        TrainConfig(optimizer="sgd").validate()
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_keep_mask_is_scaled_bernoulli(p):
+    torch.manual_seed(0)
+    mask = keep_mask((2000, 16), p)
+    assert mask.dtype == torch.float32 and mask.shape == (2000, 16)
+    values = mask.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p))
+    assert abs((mask == 0).float().mean().item() - p) < 0.01
+    torch.manual_seed(0)
+    assert torch.equal(mask, keep_mask((2000, 16), p))  # seeded by torch.manual_seed
+
+
+def test_fast_dropout_fresh_masks_each_step_and_eval_identity():
+    torch.manual_seed(0)
+    drop = FastDropout(0.5)
+    x = torch.ones(1024, 16)
+    masks = torch.stack([drop(x) for _ in range(5)])
+    assert abs(masks.mean().item() - 1.0) < 0.02  # unbiased: E[dropout(x)] = x (std 0.0035 here)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[4])
+    assert drop(torch.ones(3, 8)).shape == (3, 8)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
+def test_train_epoch_drops_a_single_row_tail_and_reports_the_mean_loss():
+    torch.manual_seed(0)
+    n = 2 * 64 + 1
+    split = Split(ids=torch.randint(1, 60, (n, 2)), label=torch.randint(0, 2, (n,)).float())
+    model = _deepfm()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay put: the loss is checkable
+    stats = train_epoch(model, split, opt, 64, torch.Generator().manual_seed(0))
+    assert stats.samples == 128
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:128]  # the same order
+    losses = [
+        F.binary_cross_entropy_with_logits(model(split.ids[idx]), split.label[idx]) for idx in perm.split(64)
+    ]
+    assert stats.loss == pytest.approx(float(torch.stack(losses).mean().detach()), abs=1e-6)
+
+
+def test_cuda_device_without_a_gpu_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="cuda"):
+        TrainConfig(device="cuda").validate()
