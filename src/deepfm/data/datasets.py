@@ -18,7 +18,7 @@ import pandas as pd
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap, FieldKind
 from deepfm.data.split import random_split
-from deepfm.data.tables import Tables
+from deepfm.data.tables import Tables, join_tables
 from deepfm.errors import ConfigError, DataError
 
 
@@ -108,7 +108,7 @@ def prepare_raw(
     seed: int = 0,
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> PreparedData:
-    frame = raw.frame
+    frame = join_tables(raw.frame, raw.tables)
     if len(frame) < 10:
         raise DataError(f"data set {name!r} has {len(frame)} rows; at least 10 are needed to split")
     train_idx, valid_idx, test_idx = random_split(len(frame), ratios, seed)
@@ -119,7 +119,9 @@ def prepare_raw(
     def encode(idx: np.ndarray) -> Split:
         return Split.from_arrays(fmap.encode(frame.iloc[idx]), label[idx])
 
-    return PreparedData(name, fmap, encode(train_idx), encode(valid_idx), encode(test_idx), raw.extras)
+    return PreparedData(
+        name, fmap, encode(train_idx), encode(valid_idx), encode(test_idx), raw.tables, raw.extras
+    )
 
 
 # Modules that register built-in data sets when imported (each calls ``register``).
