@@ -85,19 +85,24 @@ def test_interaction_models_beat_first_order_lr(family):
 
 def test_compare_cli_writes_csv_markdown_png_and_prints_the_table(tiny_ml, tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--data-dir", str(tiny_ml), "--models", "lr,fm", "--seeds", "2", "--out", str(out)]
+    args = ["compare", "--data-dir", str(tiny_ml), "--models", "fm,deepfm", "--seeds", "2", "--out", str(out)]
     assert main([*args, "--epochs", "2", "--lr", "0.01", "--embed-dim", "4"]) == 0
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == COLUMNS and [r["model"] for r in rows] == ["lr", "fm"]
+    assert tuple(rows[0]) == COLUMNS and [r["model"] for r in rows] == ["fm", "deepfm"]
     assert all(float(r["test_auc_std"]) > 0 for r in rows)  # two seeds: two different splits
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "comparison.md").read_text()
-    assert "| fm |" in md and "±" in md
+    assert "| fm |" in md and "±" in md and "deepfm - fm test AUC, paired by seed" in md
     printed = capsys.readouterr().out
-    assert "| lr |" in printed and "comparison.csv" in printed
+    assert "| deepfm |" in printed and "comparison.csv" in printed
     runs = json.loads((out / "comparison.json").read_text())["runs"]
-    assert sorted((r["model"], r["seed"]) for r in runs) == [("fm", 0), ("fm", 1), ("lr", 0), ("lr", 1)]
+    assert sorted((r["model"], r["seed"]) for r in runs) == [
+        ("deepfm", 0),
+        ("deepfm", 1),
+        ("fm", 0),
+        ("fm", 1),
+    ]
     # deterministic: the same seeds reproduce the same numbers
     again = tmp_path / "again"
     assert main([*args[:-1], str(again), "--epochs", "2", "--lr", "0.01", "--embed-dim", "4"]) == 0

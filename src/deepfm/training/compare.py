@@ -103,7 +103,9 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(rows: list[dict[str, Any]], base: TrainConfig, seeds: list[int]) -> str:
+def to_markdown(
+    rows: list[dict[str, Any]], runs: list[dict[str, Any]], base: TrainConfig, seeds: list[int]
+) -> str:
     """The table (mean ± std over seeds) with a header naming data, features and seeds."""
     labelling = "rating-3 rows dropped" if base.drop_neutral else "rating > 3"
     lines = [
@@ -122,21 +124,40 @@ def to_markdown(rows: list[dict[str, Any]], base: TrainConfig, seeds: list[int])
             f"{r['test_logloss_mean']:.4f} ± {r['test_logloss_std']:.4f} | "
             f"{r['train_seconds']:.0f} | {r['params']:,} |"
         )
-    by_name = {r["model"]: r for r in rows}
-    if "deepfm" in by_name and "fm" in by_name and len(seeds) > 1:
-        d, f = by_name["deepfm"], by_name["fm"]
-        gap = d["test_auc_mean"] - f["test_auc_mean"]
-        spread = max(d["test_auc_std"], f["test_auc_std"])
-        ratio = f"{gap / spread:+.1f}x the larger std" if spread > 0 else "std 0"
-        lines += ["", f"DeepFM - FM test AUC: {gap:+.4f} ({ratio})."]
+    lines += paired_gap(runs, "deepfm", "fm")
     return "\n".join(lines) + "\n"
+
+
+def paired_gap(runs: list[dict[str, Any]], model: str, other: str) -> list[str]:
+    """``model`` - ``other`` test AUC, per seed (same split), as mean ± std and against 2 std.
+
+    The spread of each model over seeds is mostly the spread of the splits; the per-seed
+    difference removes it, so it is the fairer test of which model is better.
+    """
+    auc = {(r["model"], r["seed"]): r["test_auc"] for r in runs}
+    seeds = sorted({s for m, s in auc if m == model} & {s for m, s in auc if m == other})
+    if len(seeds) < 2:
+        return []
+    gaps = np.array([auc[model, s] - auc[other, s] for s in seeds])
+    mean, std = float(gaps.mean()), _std(gaps)
+    by_model = {m: np.array([auc[m, s] for s in seeds]) for m in (model, other)}
+    spread = max(_std(by_model[model]), _std(by_model[other]))
+    text = (
+        f"{model} - {other} test AUC, paired by seed: {mean:+.4f} ± {std:.4f} "
+        f"(per seed {', '.join(f'{g:+.4f}' for g in gaps)})"
+    )
+    if spread > 0:
+        text += f"; the gap of the means is {mean / spread:+.1f}x the larger per-model std ({spread:.4f})"
+    if std > 0:
+        text += f", {mean / std:+.1f}x the std of the paired gaps"
+    return ["", text + "."]
 
 
 def write_report(
     out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any]], base: TrainConfig, seeds: list[int]
 ) -> None:
     write_text(out / "comparison.csv", to_csv(rows))
-    write_text(out / "comparison.md", to_markdown(rows, base, seeds))
+    write_text(out / "comparison.md", to_markdown(rows, runs, base, seeds))
     write_json(
         out / "comparison.json", {"config": base.to_dict(), "seeds": seeds, "summary": rows, "runs": runs}
     )
