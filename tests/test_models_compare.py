@@ -58,8 +58,14 @@ def test_lr_has_no_embedding_columns():
 def family(tiny_ml_module, tmp_path_factory):
     """Every registered model trained on the same planted-signal data (one compare run)."""
     out = tmp_path_factory.mktemp("family")
-    base = TrainConfig(data_dir=str(tiny_ml_module), epochs=5, lr=0.01, progress=False, embed_dim=8)
-    rows = compare(base, list(MODELS), [0], out, echo=lambda _m: None)
+    threads = torch.get_num_threads()
+    base = TrainConfig(
+        data_dir=str(tiny_ml_module), epochs=5, lr=0.01, progress=False, embed_dim=8, threads=1
+    )
+    try:
+        rows = compare(base, list(MODELS), [0], out, echo=lambda _m: None)
+    finally:
+        torch.set_num_threads(threads)  # tiny models: one thread is faster and shares the machine
     return {r["model"]: r for r in rows}, out
 
 
@@ -83,10 +89,17 @@ def test_interaction_models_beat_first_order_lr(family):
     assert rows["fm"]["test_auc_mean"] > rows["lr"]["test_auc_mean"] + 0.01
 
 
-def test_compare_cli_writes_csv_markdown_png_and_prints_the_table(tiny_ml, tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_compare_cli_writes_csv_markdown_png_and_prints_the_table(tiny_ml, tmp_path, capsys, one_thread):
     out = tmp_path / "cmp"
     args = ["compare", "--data-dir", str(tiny_ml), "--models", "fm,deepfm", "--seeds", "2", "--out", str(out)]
-    assert main([*args, "--epochs", "2", "--lr", "0.01", "--embed-dim", "4"]) == 0
+    assert main([*args, "--epochs", "2", "--lr", "0.01", "--embed-dim", "4", "--threads", "1"]) == 0
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == COLUMNS and [r["model"] for r in rows] == ["fm", "deepfm"]
@@ -105,7 +118,10 @@ def test_compare_cli_writes_csv_markdown_png_and_prints_the_table(tiny_ml, tmp_p
     ]
     # deterministic: the same seeds reproduce the same numbers
     again = tmp_path / "again"
-    assert main([*args[:-1], str(again), "--epochs", "2", "--lr", "0.01", "--embed-dim", "4"]) == 0
+    assert (
+        main([*args[:-1], str(again), "--epochs", "2", "--lr", "0.01", "--embed-dim", "4", "--threads", "1"])
+        == 0
+    )
     with open(again / "comparison.csv") as f:
         rows_again = list(csv.DictReader(f))
     for a, b in zip(rows, rows_again):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import deepfm
 from deepfm.cli.main import main
@@ -53,6 +54,14 @@ def write_side_movielens(folder: Path, n_users: int, n_movies: int, n: int, seed
     lines = [f"{a + 1}::{b + 1}::{r}::{t}" for a, b, r, t in zip(u, m, rating, ts)]
     (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """The trainings below run with --threads 1 (tiny data); put the global setting back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +164,7 @@ def test_features_all_learns_a_signal_that_lives_in_side_features(side_ml, tmp_p
             "--features",
             features,
         ]
-        assert main([*args, "--epochs", "4", "--lr", "0.01", "--no-progress"]) == 0
+        assert main([*args, "--epochs", "4", "--lr", "0.01", "--no-progress", "--threads", "1"]) == 0
         aucs[features] = (
             deepfm.load(str(out)).config,
             json.loads((out / "metrics.json").read_text()),
@@ -167,7 +176,7 @@ def test_features_all_learns_a_signal_that_lives_in_side_features(side_ml, tmp_p
 def test_checkpoint_carries_side_tables_so_ids_alone_predict(side_ml, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data-dir", str(side_ml), "--out", str(out), "--features", "all", "--seed", "3"]
-    assert main([*args, "--epochs", "1", "--no-progress"]) == 0
+    assert main([*args, "--epochs", "1", "--no-progress", "--threads", "1"]) == 0
     model = deepfm.load(str(out))
     assert set(model.tables) == {"user_id", "movie_id"}
     data = prepare("movielens-1m", side_ml, DataOptions(features="all"), seed=3)
@@ -212,7 +221,10 @@ def test_movielens_100k_builtin_reads_its_layout(tmp_path):
     assert data.feature_map.field("genres").kind == "sequence"
     out = tmp_path / "run"
     args = ["train", "--dataset", "movielens-100k", "--data-dir", str(folder), "--out", str(out)]
-    assert main([*args, "--features", "all", "--epochs", "5", "--lr", "0.01", "--no-progress"]) == 0
+    assert (
+        main([*args, "--features", "all", "--epochs", "5", "--lr", "0.01", "--no-progress", "--threads", "1"])
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["test_auc"] > 0.7
 
 
