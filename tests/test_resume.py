@@ -228,7 +228,7 @@ def test_nan_from_cli_is_one_line_exit_2(small_ml, tmp_path, capsys):
         (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
         (["--lr", "inf"], "--lr must be a finite number > 0"),
         (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),
-        (["--model", "widedeep"], "--model must be one of ['deepfm', 'fm']"),
+        (["--model", "xgboost"], "--model must be one of ['dcnv2', 'deepfm', 'fm', 'lr', 'widedeep']"),
     ],
 )
 def test_impossible_options_are_refused_with_what_is_allowed(small_ml, tmp_path, capsys, args, needle):

@@ -59,8 +59,8 @@ class TrainConfig:
             problems.append(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
         else:
             problems += _model_option_problems(MODELS[self.model], self.extra.get("model_options", {}))
-        if self.features not in ("ids", "all"):
-            problems.append(f"--features must be 'ids' or 'all', got {self.features!r}")
+        if self.features not in ("ids", "all", "all+time"):
+            problems.append(f"--features must be 'ids', 'all' or 'all+time', got {self.features!r}")
         for name in ("embed_dim", "batch_size", "epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -24,8 +24,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--features",
         default=s,
-        choices=["ids", "all"],
-        help="'ids': user and movie id only (the reference); 'all': side features too",
+        choices=["ids", "all", "all+time"],
+        help="'ids': user and movie id only (the reference); 'all': side features too; "
+        "'all+time': also hour and weekday of the rating",
     )
     data.add_argument(
         "--drop-neutral",

@@ -19,7 +19,7 @@ from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap, FieldKind
 from deepfm.data.rated import build_rated
 from deepfm.data.split import random_split
-from deepfm.data.tables import Tables
+from deepfm.data.tables import Tables, join_tables
 from deepfm.errors import ConfigError, DataError
 
 
@@ -109,7 +109,7 @@ def prepare_raw(
     seed: int = 0,
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> PreparedData:
-    frame = raw.frame
+    frame = join_tables(raw.frame, raw.tables)
     if len(frame) < 10:
         raise DataError(f"data set {name!r} has {len(frame)} rows; at least 10 are needed to split")
     train_idx, valid_idx, test_idx = random_split(len(frame), ratios, seed)

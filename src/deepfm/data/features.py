@@ -187,7 +187,7 @@ def _encode_lists(f: Field, column: pd.Series, width: int) -> np.ndarray:
 def _longest(column: pd.Series, kind: str) -> int:
     if kind != "sequence" or len(column) == 0:
         return 0
-    return int(column.map(len).max())
+    return int(column.map(lambda v: len(v) if isinstance(v, (list, tuple, np.ndarray)) else 0).max())
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

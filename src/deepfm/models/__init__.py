@@ -8,12 +8,18 @@ from __future__ import annotations
 from torch import nn
 
 from deepfm.errors import ConfigError
+from deepfm.models.dcnv2 import DCNv2
 from deepfm.models.deepfm import DeepFM
 from deepfm.models.fm import FM
+from deepfm.models.lr import LR
+from deepfm.models.widedeep import WideDeep
 
 MODELS: dict[str, type[nn.Module]] = {
+    "lr": LR,
     "fm": FM,
+    "widedeep": WideDeep,
     "deepfm": DeepFM,
+    "dcnv2": DCNv2,
 }
 
 

@@ -1,0 +1,210 @@
+"""``deepfm compare``: several models trained on the same split per seed, summarised as a report.
+
+For each seed the data set is prepared once (split, vocabularies, encoding) and every model is
+trained on it with :func:`deepfm.training.run.train` (same options except ``model``), so the
+models differ only in their architecture. Outputs in ``out``: ``comparison.csv`` (one row per
+model), ``comparison.md``, ``comparison.png`` and ``comparison.json`` (every run), plus each
+run's own folder ``runs/MODEL-seedS``. Training on CPU is deterministic, so the same seeds give
+the same AUC / logloss columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepfm.config import TrainConfig
+from deepfm.training.io import write_json, write_text
+from deepfm.training.run import load_data, train
+
+COLUMNS = (
+    "model",
+    "test_auc_mean",
+    "test_auc_std",
+    "test_logloss_mean",
+    "test_logloss_std",
+    "train_seconds",
+    "params",
+)
+
+
+def compare(
+    base: TrainConfig, models: list[str], seeds: list[int], out: str | Path, echo: Any = print
+) -> list[dict[str, Any]]:
+    """Train every model for every seed; write the report files; return one summary row a model."""
+    out = Path(out)
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        data = load_data(dataclasses.replace(base, seed=seed))
+        for model in models:
+            config = dataclasses.replace(
+                base, model=model, seed=seed, out=str(out / "runs" / f"{model}-seed{seed}")
+            )
+            metrics = train(config, data=data, echo=lambda _msg: None)
+            echo(
+                f"{model:>10s} seed {seed}: test AUC {metrics['test_auc']:.4f}  logloss "
+                f"{metrics['test_logloss']:.4f}  best epoch {metrics['best_epoch']}  "
+                f"{metrics['train_seconds']:.0f}s"
+            )
+            runs.append(
+                {
+                    "model": model,
+                    "seed": seed,
+                    "test_auc": metrics["test_auc"],
+                    "test_logloss": metrics["test_logloss"],
+                    "best_epoch": metrics["best_epoch"],
+                    "train_seconds": metrics["train_seconds"],
+                    "params": metrics["params"],
+                    "valid_auc": [e["valid_auc"] for e in metrics["epochs"]],
+                }
+            )
+    rows = summarise(runs, models)
+    write_report(out, rows, runs, base, seeds)
+    return rows
+
+
+def summarise(runs: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for model in models:
+        mine = [r for r in runs if r["model"] == model]
+        auc = np.array([r["test_auc"] for r in mine])
+        loss = np.array([r["test_logloss"] for r in mine])
+        rows.append(
+            {
+                "model": model,
+                "test_auc_mean": float(auc.mean()),
+                "test_auc_std": _std(auc),
+                "test_logloss_mean": float(loss.mean()),
+                "test_logloss_std": _std(loss),
+                "train_seconds": float(np.mean([r["train_seconds"] for r in mine])),
+                "params": int(mine[0]["params"]),
+            }
+        )
+    return rows
+
+
+def _std(values: np.ndarray) -> float:
+    """Sample standard deviation across seeds (0 for a single seed)."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def to_markdown(
+    rows: list[dict[str, Any]], runs: list[dict[str, Any]], base: TrainConfig, seeds: list[int]
+) -> str:
+    """The table (mean ± std over seeds) with a header naming data, features and seeds."""
+    labelling = "rating-3 rows dropped" if base.drop_neutral else "rating > 3"
+    lines = [
+        f"Dataset `{base.dataset}`, features `{base.features}`, label {labelling}, "
+        f"seeds {', '.join(map(str, seeds))}; embed {base.embed_dim}, MLP "
+        f"{','.join(map(str, base.mlp)) or 'none'}, dropout {base.dropout}, lr {base.lr}, "
+        f"weight decay {base.weight_decay}, batch {base.batch_size}, early stopping (patience "
+        f"{base.patience}).",
+        "",
+        "| model | test AUC | test logloss | train s | params |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['test_auc_mean']:.4f} ± {r['test_auc_std']:.4f} | "
+            f"{r['test_logloss_mean']:.4f} ± {r['test_logloss_std']:.4f} | "
+            f"{r['train_seconds']:.0f} | {r['params']:,} |"
+        )
+    lines += paired_gap(runs, "deepfm", "fm")
+    return "\n".join(lines) + "\n"
+
+
+def paired_gap(runs: list[dict[str, Any]], model: str, other: str) -> list[str]:
+    """``model`` - ``other`` test AUC, per seed (same split), as mean ± std and against 2 std.
+
+    The spread of each model over seeds is mostly the spread of the splits; the per-seed
+    difference removes it, so it is the fairer test of which model is better.
+    """
+    auc = {(r["model"], r["seed"]): r["test_auc"] for r in runs}
+    seeds = sorted({s for m, s in auc if m == model} & {s for m, s in auc if m == other})
+    if len(seeds) < 2:
+        return []
+    gaps = np.array([auc[model, s] - auc[other, s] for s in seeds])
+    mean, std = float(gaps.mean()), _std(gaps)
+    by_model = {m: np.array([auc[m, s] for s in seeds]) for m in (model, other)}
+    spread = max(_std(by_model[model]), _std(by_model[other]))
+    text = (
+        f"{model} - {other} test AUC, paired by seed: {mean:+.4f} ± {std:.4f} "
+        f"(per seed {', '.join(f'{g:+.4f}' for g in gaps)})"
+    )
+    if spread > 0:
+        text += f"; the gap of the means is {mean / spread:+.1f}x the larger per-model std ({spread:.4f})"
+    if std > 0:
+        text += f", {mean / std:+.1f}x the std of the paired gaps"
+    return ["", text + "."]
+
+
+def write_report(
+    out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any]], base: TrainConfig, seeds: list[int]
+) -> None:
+    write_text(out / "comparison.csv", to_csv(rows))
+    write_text(out / "comparison.md", to_markdown(rows, runs, base, seeds))
+    write_json(
+        out / "comparison.json", {"config": base.to_dict(), "seeds": seeds, "summary": rows, "runs": runs}
+    )
+    plot(rows, runs, out / "comparison.png", f"{base.dataset}, features {base.features}")
+
+
+def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Bars of test AUC and logloss (error bars = std over seeds) and valid AUC per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from deepfm.training.io import atomic_write
+
+    names = [r["model"] for r in rows]
+    colours = {name: f"C{i}" for i, name in enumerate(names)}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    x = np.arange(len(names))
+    for ax, metric, label in ((axes[0], "test_auc", "test AUC"), (axes[1], "test_logloss", "test logloss")):
+        means = np.array([r[f"{metric}_mean"] for r in rows])
+        stds = np.array([r[f"{metric}_std"] for r in rows])
+        ax.bar(x, means, yerr=stds, capsize=4, color=[colours[n] for n in names])
+        low, high = float((means - stds).min()), float((means + stds).max())
+        pad = max(high - low, 1e-3) * 0.6
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_xticks(x, names)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    ax = axes[2]
+    for run in runs:
+        curve = run["valid_auc"]
+        seed_label = run["model"] if run["seed"] == min(r["seed"] for r in runs) else None
+        ax.plot(
+            range(1, len(curve) + 1), curve, "-", color=colours[run["model"]], alpha=0.8, label=seed_label
+        )
+    finite = [v for run in runs for v in run["valid_auc"] if not math.isnan(v)]
+    if finite:
+        top = max(finite)
+        ax.set_ylim(max(min(finite), top - 0.05), top + 0.005)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation AUC (one line per seed)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
