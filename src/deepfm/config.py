@@ -21,6 +21,8 @@ from deepfm.errors import ConfigError
 class TrainConfig:
     dataset: str = "movielens-1m"
     data_dir: str | None = None
+    spec: str | None = None  # a dataset spec file (YAML/TOML); replaces --dataset
+    on_bad_lines: str = "error"  # spec / streamed data sets: "error" or "skip"
     out: str = "runs/deepfm"
     model: str = "deepfm"
     features: str = "ids"
@@ -62,6 +64,8 @@ class TrainConfig:
             problems.append(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.on_bad_lines not in ("error", "skip"):
+            problems.append(f"--on-bad-lines must be 'error' or 'skip', got {self.on_bad_lines!r}")
         if self.min_count < 1:
             problems.append(f"--min-count must be >= 1, got {self.min_count}")
         if self.threads < 0:

@@ -37,6 +37,11 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
 
 def load_data(config: TrainConfig) -> PreparedData:
     options = DataOptions(config.features, config.drop_neutral, config.min_count)
+    options.on_bad_lines = config.on_bad_lines
+    if config.spec:
+        from deepfm.data.preprocess import prepare_spec_file
+
+        return prepare_spec_file(config.spec, options, seed=config.seed)
     return prepare(config.dataset, config.data_dir, options, seed=config.seed)
 
 
