@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(n) for n in names)
     for name in names:
         print(f"{name:<{width}}  {REGISTRY[name].description}")
-    print("\nAny other data: 'deepfm train --spec FILE.yaml' (deepfm datasets --show criteo prints a template).")
+    print("\nAny other data: deepfm train --spec FILE.yaml (deepfm datasets --show criteo: a template).")
     return 0

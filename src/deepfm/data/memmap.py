@@ -25,7 +25,11 @@ class NpyColumn:
         self.path = path
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = header(f)
             self.offset = f.tell()
         if fortran:

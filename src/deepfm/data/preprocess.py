@@ -314,8 +314,14 @@ def _tokens(f: FieldSpec, frame: pl.DataFrame, transform: dict[str, Any] | None 
 
 def _collect_stats(plan: _Plan, options: PrepareOptions, bad: BadLines) -> dict[str, Any]:
     spec = plan.spec
-    counts = {f.name: _Counts() for f in spec.fields if f.model_kind != "numeric" and f.transform != "quantile"}
-    samples = {f.name: _Sample(SAMPLE_SIZE, np.random.default_rng(plan.seed + 1)) for f in spec.fields if f.transform == "quantile"}
+    counts = {
+        f.name: _Counts() for f in spec.fields if f.model_kind != "numeric" and f.transform != "quantile"
+    }
+    samples = {
+        f.name: _Sample(SAMPLE_SIZE, np.random.default_rng(plan.seed + 1))
+        for f in spec.fields
+        if f.transform == "quantile"
+    }
     moments = {f.name: _Moments() for f in spec.fields if f.model_kind == "numeric"}
     rows = np.zeros(3, dtype=np.int64)
     positives = np.zeros(3, dtype=np.int64)
@@ -372,7 +378,9 @@ def _feature_map(spec: DatasetSpec, stats: dict[str, Any], options: PrepareOptio
             transform = {"type": f.transform or "string", "column": f.source}
             if f.transform in tf_time():
                 transform["time_format"] = f.time_format
-            fields.append(Field(f.name, "categorical", stats["counts"][f.name].vocab(min_count), transform=transform))
+            fields.append(
+                Field(f.name, "categorical", stats["counts"][f.name].vocab(min_count), transform=transform)
+            )
     return FeatureMap(fields).with_offsets()
 
 
@@ -402,7 +410,9 @@ class _Encoder:
         """Local rows (1 + vocab position; 0 = OOV) of ``values``."""
         lookup = self.lookups[name]
         if isinstance(lookup, pd.Index):
-            return lookup.get_indexer(values.to_numpy()) + 1 if len(lookup) else np.zeros(len(values), np.int64)
+            return (
+                lookup.get_indexer(values.to_numpy()) + 1 if len(lookup) else np.zeros(len(values), np.int64)
+            )
         frame = pl.DataFrame({"value": values.cast(pl.String)})
         joined = frame.join(lookup, on="value", how="left", maintain_order="left")
         return joined["local"].fill_null(0).to_numpy()
@@ -438,7 +448,10 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
     if spec.split.method == "time":
         assert spec.split.column is not None
         _say(options, f"{spec.name}: pass 0/2, finding the time split")
-        times = [c.frame[spec.split.column].to_numpy() for c, _ in plan.stream(BadLines("skip"), [spec.split.column, spec.label.column])]
+        times = [
+            c.frame[spec.split.column].to_numpy()
+            for c, _ in plan.stream(BadLines("skip"), [spec.split.column, spec.label.column])
+        ]
         t = np.concatenate(times) if times else np.zeros(0)
         r0, r1, _ = spec.split.ratios
         plan.thresholds = [float(np.quantile(t, r0)), float(np.quantile(t, r0 + r1))] if len(t) else []
@@ -448,7 +461,10 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
     stats = _collect_stats(plan, options, bad)
     rows = stats["rows"]
     if rows.sum() < 10 or rows[0] == 0:
-        raise DataError(f"data set {spec.name!r} has {int(rows.sum())} usable rows ({int(rows[0])} for training); at least 10 are needed")
+        raise DataError(
+            f"data set {spec.name!r} has {int(rows.sum())} usable rows ({int(rows[0])} for "
+            "training); at least 10 are needed"
+        )
     fmap = _feature_map(spec, stats, options)
     counted = time.perf_counter()
 

@@ -17,6 +17,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -49,9 +50,7 @@ class BadLines:
 
     def found(self, message: str, path: Path, line: int | None, column: str | None) -> None:
         if self.mode == "error":
-            raise DataError(
-                f"{message} (use --on-bad-lines skip to drop bad rows)", path, line, column
-            )
+            raise DataError(f"{message} (use --on-bad-lines skip to drop bad rows)", path, line, column)
         self.count += 1
         if len(self.examples) < 5:
             self.examples.append(str(DataError(message, path, line, column)))
@@ -102,17 +101,23 @@ def _read_text_table(
             "check the spec's fields, label and input.columns"
         )
     invalid: list[int] = []  # line numbers of rows with the wrong number of columns
+    pending: list[tuple[int, str | None, str]] = []  # their problems, not reported yet
 
-    def on_invalid(row: pacsv.InvalidRow) -> str:
+    def on_invalid(row: pacsv.InvalidRow) -> str:  # must not raise: it is called from C++
         number = row.number if row.number is not None else -1
         bisect.insort(invalid, number)
-        bad.found(
-            f"expected {row.expected_columns} columns, found {row.actual_columns}", path, number, None
-        )
+        pending.append((number, None, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
         return "skip"
 
-    reader = pacsv.open_csv(
-        str(path),
+    def report(problems: list[tuple[int, str | None, str]], upto: float) -> None:
+        """Report ``problems`` and the pending invalid rows up to line ``upto``, in line order."""
+        due = [p for p in pending if p[0] <= upto]
+        pending[:] = [p for p in pending if p[0] > upto]
+        for line, column, message in sorted(problems + due, key=lambda p: p[0]):
+            bad.found(message, path, line, column)
+
+    opened = _open_csv(
+        path,
         read_options=pacsv.ReadOptions(
             use_threads=False,
             block_size=BLOCK_BYTES,
@@ -127,21 +132,30 @@ def _read_text_table(
         ),
     )
     kept = 0
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except pa.ArrowInvalid as exc:  # e.g. an unterminated quote
-            raise DataError(f"cannot parse: {exc}", path) from None
+    for batch in opened:
         n = batch.num_rows
         lines = _line_numbers(first_line + kept, n, invalid)
         kept += n
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        chunk = _parse_numeric(Chunk(frame, path, lines), numeric, bad)
+        chunk, problems = _parse_numeric(Chunk(frame, path, lines), numeric)
+        report(problems, lines[-1] if n else 0)
         if chunk.frame.height:
             yield chunk
+    report([], float("inf"))
+
+
+def _open_csv(path: Path, **options: Any) -> Iterator[pa.RecordBatch]:
+    """Batches of a csv reader; parse failures (e.g. an unterminated quote) become DataError."""
+    try:
+        reader = pacsv.open_csv(str(path), **options)
+        while True:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                return
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"cannot parse: {exc}", path) from None
 
 
 def _line_numbers(start: int, n: int, invalid: list[int]) -> np.ndarray:
@@ -161,8 +175,13 @@ def _line_numbers(start: int, n: int, invalid: list[int]) -> np.ndarray:
         lines = shifted
 
 
-def _parse_numeric(chunk: Chunk, numeric: set[str], bad: BadLines) -> Chunk:
-    """Parse the ``numeric`` text columns; unparsable values are bad rows ("" = missing)."""
+Problem = tuple[int, "str | None", str]  # line, column, message
+
+
+def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem]]:
+    """Parse the ``numeric`` text columns; rows with unparsable values ("" = missing) are dropped
+    and returned as problems."""
+    problems: list[Problem] = []
     frame = chunk.frame
     text_numeric = [c for c in frame.columns if c in numeric and frame.schema[c] == pl.String]
     if text_numeric:
@@ -185,16 +204,17 @@ def _parse_numeric(chunk: Chunk, numeric: set[str], bad: BadLines) -> Chunk:
             text = chunk.frame
             for r, c in sorted(first.items()):
                 column = text_numeric[c]
-                bad.found(f"{text[column][r]!r} is not a number", chunk.path, int(chunk.lines[r]), column)
+                problems.append((int(chunk.lines[r]), column, f"{text[column][r]!r} is not a number"))
             keep = np.ones(frame.height, dtype=bool)
             keep[list(first)] = False
             frame = frame.filter(pl.Series(keep))
             chunk = Chunk(frame, chunk.path, chunk.lines[keep])
-            return chunk
-    for c in frame.columns:
-        if c not in numeric and frame.schema[c] == pl.String:
-            frame = frame.with_columns(pl.col(c).fill_null(""))
-    return Chunk(frame, chunk.path, chunk.lines)
+    fill = [
+        pl.col(c).fill_null("") for c in frame.columns if c not in numeric and frame.schema[c] == pl.String
+    ]
+    if fill:
+        frame = frame.with_columns(fill)
+    return Chunk(frame, chunk.path, chunk.lines), problems
 
 
 def _read_parquet(
@@ -223,7 +243,9 @@ def _read_parquet(
             frame = frame.with_columns(casts)
         lines = np.arange(start, start + frame.height, dtype=np.int64)
         start += frame.height
-        chunk = _parse_numeric(Chunk(frame, path, lines), numeric, bad)
+        chunk, problems = _parse_numeric(Chunk(frame, path, lines), numeric)
+        for line, column, message in problems:
+            bad.found(message, path, line, column)
         if chunk.frame.height:
             yield chunk
 
@@ -234,8 +256,8 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
 
     Features with value 0 are dropped; other values are ignored (binary features).
     """
-    reader = pacsv.open_csv(
-        str(path),
+    reader = _open_csv(
+        path,
         read_options=pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, column_names=[TEXT_COLUMN]),
         parse_options=pacsv.ParseOptions(
             delimiter="\x1e", quote_char=False, escape_char=False, ignore_empty_lines=False
@@ -281,11 +303,15 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
             lists = feats.group_by("row").agg(pl.col("p").list.get(0).alias("features"))
             frame = frame.join(lists, on="row", how="left", maintain_order="left")
         else:
-            feats = feats.with_columns(pl.col("p").list.get(0).alias("field"), pl.col("p").list.get(1).alias("idx"))
+            feats = feats.with_columns(
+                pl.col("p").list.get(0).alias("field"), pl.col("p").list.get(1).alias("idx")
+            )
             for column in columns:
                 if column == "label":
                     continue
-                lists = feats.filter(pl.col("field") == column).group_by("row").agg(pl.col("idx").alias(column))
+                lists = (
+                    feats.filter(pl.col("field") == column).group_by("row").agg(pl.col("idx").alias(column))
+                )
                 frame = frame.join(lists, on="row", how="left", maintain_order="left")
         keep = np.ones(n, dtype=bool)
         keep[list(bad_rows)] = False

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import glob
 import re
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 from deepfm.errors import ConfigError
@@ -27,7 +27,9 @@ TIME_FORMATS = ("yymmddhh", "unix")
 SPLIT_METHODS = ("random", "time", "files")
 BAD_LINES = ("error", "skip")
 PARTS = ("train", "valid", "test")
-_LABEL_RULE = re.compile(r"^\s*(?:(?P<column>[A-Za-z_][\w.-]*)\s*)?(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$")
+_LABEL_RULE = re.compile(
+    r"^\s*(?:(?P<column>[A-Za-z_][\w.-]*)\s*)?(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$"
+)
 
 
 @dataclass
@@ -141,7 +143,9 @@ def load_spec(path: str | Path) -> DatasetSpec:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({exc})") from None
+        raise ConfigError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({exc})"
+        ) from None
     return spec_from_dict(data, source=str(path), base_dir=path.resolve().parent)
 
 
@@ -219,7 +223,17 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
     r.known(
         raw,
         key,
-        {"name", "column", "kind", "transform", "min_count", "buckets", "separator", "max_len", "time_format"},
+        {
+            "name",
+            "column",
+            "kind",
+            "transform",
+            "min_count",
+            "buckets",
+            "separator",
+            "max_len",
+            "time_format",
+        },
     )
     name = r.typed(r.required(raw, "name", key), f"{key}.name", str)
     kind = r.choice(raw.get("kind", "categorical"), f"{key}.kind", KINDS + ("sequence",))
