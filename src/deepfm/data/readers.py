@@ -185,14 +185,23 @@ def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem
     frame = chunk.frame
     text_numeric = [c for c in frame.columns if c in numeric and frame.schema[c] == pl.String]
     if text_numeric:
-        stripped = {c: pl.col(c).str.strip_chars() for c in text_numeric}
         frame = frame.with_columns(
-            [s.cast(pl.Float64, strict=False).alias(c) for c, s in stripped.items()]
-            + [
-                (s.is_not_null() & (s != "") & s.cast(pl.Float64, strict=False).is_null()).alias(f"__bad_{c}")
-                for c, s in stripped.items()
+            [
+                pl.col(c).str.strip_chars().cast(pl.Float64, strict=False).alias(f"__num_{c}")
+                for c in text_numeric
             ]
         )
+        frame = frame.with_columns(
+            [
+                (
+                    pl.col(f"__num_{c}").is_null()
+                    & pl.col(c).is_not_null()
+                    & (pl.col(c).str.strip_chars() != "")
+                ).alias(f"__bad_{c}")
+                for c in text_numeric
+            ]
+        ).with_columns([pl.col(f"__num_{c}").alias(c) for c in text_numeric])
+        frame = frame.drop([f"__num_{c}" for c in text_numeric])
         flags = frame.select([f"__bad_{c}" for c in text_numeric]).to_numpy()
         frame = frame.drop([f"__bad_{c}" for c in text_numeric])
         rows, cols = np.nonzero(flags)
