@@ -463,3 +463,19 @@ def test_avazu_hour_becomes_hour_of_day_and_weekday(tmp_path):
 def test_spec_file_prepare_helper_uses_run_options(tmp_path):
     data = prepare_spec_file(csv_spec(tmp_path), DataOptions(min_count=10**6), seed=3)
     assert data.feature_map.field("user").vocab == []  # --min-count is a floor on every field
+
+
+def test_real_criteo_sample_trains_above_chance(tmp_path):
+    from conftest import SHARED
+
+    from deepfm.cli.main import main
+
+    folder = SHARED / "criteo-sample" / "wide-resdnn"
+    if not (folder / "train.csv").exists():
+        pytest.skip("../shared/data/criteo-sample not present")
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "criteo", "--data-dir", str(folder), "--out", str(out)]
+    assert main(args + ["--epochs", "3", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(metrics["data"]["rows"].values()) == 8000  # train.csv + dev.csv + test.csv
+    assert metrics["test_auc"] > 0.65
