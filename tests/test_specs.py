@@ -217,7 +217,13 @@ def test_libsvm_and_libfm(tmp_path):
         base_dir=tmp_path,
     )
     data = prepare_spec(spec, PrepareOptions(progress=False))
-    assert [f.kind for f in data.feature_map.fields] == ["categorical", "categorical", "sequence"]
+    fmap = data.feature_map
+    assert [f.kind for f in fmap.fields] == ["categorical", "categorical", "sequence"]
+    # the predict path encodes libfm-style list records the same way
+    raw = pd.DataFrame({"0": [["3"]], "1": [["7"]], "2": [["3", "5"]]})
+    encoded = fmap.encode(raw)
+    c = fmap.field("c")
+    assert encoded["bags"][0, 0].tolist() == [c.offset + 1 + c.vocab.index(v) for v in ("3", "5")]
     assert data.feature_map.field("c").max_len == 2 and data.train.ids.shape[1] == 2
 
 

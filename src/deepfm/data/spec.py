@@ -188,6 +188,12 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
         if label.column not in inp.columns and fmt in ("csv", "tsv"):
             r.fail("label", f"{label.column!r} is not one of input.columns")
 
+    if fmt in ("libsvm", "libfm"):
+        if label.column != "label":
+            r.fail("label", f"{fmt} files have their label in the first token; use label: label")
+        for i, f in enumerate(fields):
+            if fmt == "libsvm" and f.source != "features":
+                r.fail(f"fields[{i}].column", "a libsvm file has one column, 'features'")
     split = _split(r, data.get("split", {}))
     if split.method != "files" and not inp.files:
         r.fail("input.files", "list the input files (or use split.method: files)")
@@ -245,9 +251,10 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
         transform = r.choice(transform, f"{key}.transform", CATEGORICAL_TRANSFORMS)
     elif transform is not None:
         r.fail(f"{key}.transform", "multi-valued fields take no transform")
+    column = raw.get("column", "")
     f = FieldSpec(
         name=name,
-        column=r.typed(raw.get("column", ""), f"{key}.column", str),
+        column=r.typed(str(column) if isinstance(column, int) else column, f"{key}.column", str),
         kind=kind,
         transform=transform,
         min_count=r.typed(raw.get("min_count"), f"{key}.min_count", int, optional=True),

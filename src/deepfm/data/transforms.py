@@ -93,9 +93,17 @@ def strings(values: Any) -> np.ndarray:
 
 
 def split_lists(values: Any, sep: str) -> pd.Series:
-    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
-    text = series.astype(object).where(series.notna(), "").astype(str)
-    return text.str.split(sep, regex=False).map(lambda parts: [p for p in parts if p])
+    """Lists of non-empty strings; list cells (libsvm/libfm records) pass through as text."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+
+    def cut(v: Any) -> list[str]:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return [str(p) for p in v]
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return []
+        return [p for p in str(v).split(sep) if p]
+
+    return series.map(cut)
 
 
 def apply(transform: dict[str, Any], values: Any) -> Any:
