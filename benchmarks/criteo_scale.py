@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--min-count", type=int, default=10)
     parser.add_argument("--max-batches", type=int, default=0, help="cut the epoch (0 = whole epoch)")
     parser.add_argument("--keep", action="store_true", help="keep the generated file and cache")
+    parser.add_argument("--input", help="use this existing Criteo TSV instead of generating one (kept)")
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="deepfm-criteo-scale-"))
@@ -153,14 +154,19 @@ def main() -> None:
     try:
         tsv = data / "train.txt"
         t = time.perf_counter()
-        rate = generate(tsv, args.rows)
+        if args.input:
+            tsv.symlink_to(Path(args.input).resolve())
+            rate = float("nan")
+        else:
+            rate = generate(tsv, args.rows)
         results["generate"] = {"seconds": time.perf_counter() - t, "bytes": tsv.stat().st_size, "ctr": rate}
         print(f"generated {args.rows:,} rows, {tsv.stat().st_size / 1e9:.2f} GB, CTR {rate:.3f}, "
               f"in {results['generate']['seconds']:.0f}s")  # fmt: skip
 
         prep, peak = child(CHILD_PREPROCESS, [str(data), str(args.min_count)], env)
-        results["preprocess"] = prep | {"peak_rss_bytes": peak, "rows_per_s": args.rows / prep["seconds"]}
-        print(f"preprocess: {args.rows / prep['seconds']:,.0f} rows/s ({prep['seconds']:.0f}s), "
+        rows = sum(prep["rows"].values())
+        results["preprocess"] = prep | {"peak_rss_bytes": peak, "rows_per_s": rows / prep["seconds"]}
+        print(f"preprocess: {rows:,} rows, {rows / prep['seconds']:,.0f} rows/s ({prep['seconds']:.0f}s), "
               f"peak RSS {peak / 2**30:.2f} GiB, passes {prep['passes']}")  # fmt: skip
 
         epoch, peak = child(CHILD_EPOCH, [prep["folder"], str(args.max_batches)], env)

@@ -441,6 +441,28 @@ class _Encoder:
         return out
 
 
+class _NpyWriter:
+    """Appends rows to a ``.npy`` file of known shape with plain writes.
+
+    Not a memory map: written pages stay in the page cache instead of the process's RSS, so
+    memory does not grow with the output size.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        offset = header.offset
+        del header
+        self.dtype = np.dtype(dtype)
+        self.file = open(path, "r+b")  # noqa: SIM115 - closed in close()
+        self.file.seek(offset)
+
+    def write(self, rows: np.ndarray) -> None:
+        np.ascontiguousarray(rows, dtype=self.dtype).tofile(self.file)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOptions, out: Path) -> None:
     started = time.perf_counter()
     seed = spec.split.seed if spec.split.seed is not None else options.seed
@@ -472,7 +494,7 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
     encoder = _Encoder(spec, fmap)
     seqs = fmap.sequences
     width = max((f.max_len for f in seqs), default=0)
-    arrays: dict[str, list[np.memmap]] = {}
+    arrays: dict[str, list[_NpyWriter]] = {}
     for p, part in enumerate(PARTS):
         n = int(rows[p])
         cols = {
@@ -484,9 +506,7 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
         if fmap.numerics:
             cols["dense"] = ((n, len(fmap.numerics)), np.float32)
         for name, (shape, dtype) in cols.items():
-            arrays.setdefault(name, []).append(
-                np.lib.format.open_memmap(out / f"{part}_{name}.npy", mode="w+", dtype=dtype, shape=shape)
-            )
+            arrays.setdefault(name, []).append(_NpyWriter(out / f"{part}_{name}.npy", shape, dtype))
     cursor = np.zeros(3, dtype=np.int64)
     for chunk, parts in plan.stream(BadLines("skip")):
         encoded = encoder.encode(chunk.frame)
@@ -499,14 +519,13 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
             if cursor[p] + m > rows[p]:
                 raise DataError("input files changed during preprocessing; run again", chunk.path)
             for name, value in encoded.items():
-                arrays[name][p][cursor[p] : cursor[p] + m] = value[mask]
+                arrays[name][p].write(value[mask])
             cursor[p] += m
     if not np.array_equal(cursor, rows):
         raise DataError("input files changed during preprocessing; run again")
     for column in arrays.values():
-        for mm in column:
-            mm.flush()
-    del arrays
+        for writer in column:
+            writer.close()
     seconds = time.perf_counter() - started
     (out / "feature_map.json").write_text(json.dumps(fmap.to_dict()))
     meta = {
