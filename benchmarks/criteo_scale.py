@@ -105,14 +105,14 @@ fmap = FeatureMap.from_dict(json.loads((folder / "feature_map.json").read_text()
 split = MemmapSplit(folder, "train")
 proc = psutil.Process()
 samples = []
-class Capped:  # the real split, cut to max_batches, recording RSS every 100 batches
+class Capped:  # the real split, cut to max_batches, recording RSS every 20 batches
     label = split.label
     def __len__(self): return min(len(split), max_batches * 4096) if max_batches else len(split)
     def num_batches(self, b, shuffle=False): return len(self) // b
     def batches(self, b, generator=None, shuffle=False):
         for k, batch in enumerate(split.batches(b, generator, shuffle)):
             if max_batches and k >= max_batches: return
-            if k % 100 == 0: samples.append((k, proc.memory_info().rss))
+            if k % 20 == 0: samples.append((k, proc.memory_info().rss))
             yield batch
 torch.manual_seed(0)
 model = build_model("deepfm", num_rows=fmap.num_rows, num_fields=len(fmap.fields), embed_dim=16,
@@ -160,8 +160,8 @@ def main() -> None:
         else:
             rate = generate(tsv, args.rows)
         results["generate"] = {"seconds": time.perf_counter() - t, "bytes": tsv.stat().st_size, "ctr": rate}
-        print(f"generated {args.rows:,} rows, {tsv.stat().st_size / 1e9:.2f} GB, CTR {rate:.3f}, "
-              f"in {results['generate']['seconds']:.0f}s")  # fmt: skip
+        what = f"using {args.input}" if args.input else f"generated {args.rows:,} rows"
+        print(f"{what}: {tsv.stat().st_size / 1e9:.2f} GB, CTR {rate:.3f}, in {time.perf_counter() - t:.0f}s")
 
         prep, peak = child(CHILD_PREPROCESS, [str(data), str(args.min_count)], env)
         rows = sum(prep["rows"].values())
