@@ -24,6 +24,8 @@ from deepfm.errors import ConfigError
 class TrainConfig:
     dataset: str = "movielens-1m"
     data_dir: str | None = None
+    spec: str | None = None  # a dataset spec file (YAML/TOML); replaces --dataset
+    on_bad_lines: str = "error"  # spec / streamed data sets: "error" or "skip"
     out: str = "runs/deepfm"
     model: str = "deepfm"
     features: str = "ids"
@@ -82,6 +84,8 @@ class TrainConfig:
             problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.optimizer not in ("fused", "adam", "lazy"):
             problems.append(f"--optimizer must be one of fused, adam, lazy, got {self.optimizer!r}")
+        if self.on_bad_lines not in ("error", "skip"):
+            problems.append(f"--on-bad-lines must be 'error' or 'skip', got {self.on_bad_lines!r}")
         if self.min_count < 1:
             problems.append(f"--min-count must be >= 1, got {self.min_count}")
         if self.threads < 0:

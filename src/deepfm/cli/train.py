@@ -22,6 +22,19 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "or $DEEPFM_CACHE)",
     )
     data.add_argument(
+        "--spec",
+        default=s,
+        help="dataset spec file (YAML or TOML) declaring files, label, fields and split; replaces "
+        "--dataset (see docs/data-specs.md)",
+    )
+    data.add_argument(
+        "--on-bad-lines",
+        default=s,
+        choices=["error", "skip"],
+        help="spec/streamed data: stop at a malformed row naming file, line and column (error, "
+        "default) or skip such rows and report how many",
+    )
+    data.add_argument(
         "--features",
         default=s,
         choices=["ids", "all", "all+time"],

@@ -30,6 +30,7 @@ class DataOptions:
     features: str = "ids"  # "ids" (the reference) or "all" (side features where a data set has them)
     drop_neutral: bool = False  # MovieLens: drop rating-3 rows instead of labelling them 0
     min_count: int = 1
+    on_bad_lines: str = "error"  # streamed (spec) data sets: "error" or "skip" malformed rows
 
 
 @dataclass
@@ -48,6 +49,7 @@ class DatasetInfo:
     name: str
     description: str
     load: Callable[[Path | None, DataOptions], RawData]
+    spec: Callable[[Path | None], Any] | None = None  # a DatasetSpec: streamed + cached instead of load
 
 
 @dataclass
@@ -98,6 +100,13 @@ def prepare(
 ) -> PreparedData:
     """Read, split, fit the vocabularies on train and encode all three parts."""
     options = options or DataOptions()
+    _load_builtins()
+    info = REGISTRY.get(name)
+    if info is not None and info.spec is not None:
+        from deepfm.data.preprocess import prepare_spec_options
+
+        spec = info.spec(Path(data_dir) if data_dir is not None else None)
+        return prepare_spec_options(spec, options, seed)
     raw = load_raw(name, data_dir, options)
     return prepare_raw(name, raw, options, seed, ratios)
 
@@ -129,7 +138,7 @@ def prepare_raw(
 
 
 # Modules that register built-in data sets when imported (each calls ``register``).
-BUILTIN_MODULES = ("deepfm.data.builtin",)
+BUILTIN_MODULES = ("deepfm.data.builtin", "deepfm.data.ctr_datasets")
 _BUILTINS_LOADED = False
 
 

@@ -38,11 +38,25 @@ class Field:
     offset: int = 0
     max_len: int = 0  # sequence fields: values kept per row (longer lists are cut)
     pooling: str = "mean"  # sequence fields: "mean" or "sum"
+    transform: dict[str, Any] | None = None  # spec-declared transform (see deepfm.data.transforms)
 
     @property
     def size(self) -> int:
         """Rows this field owns in the fused table (numeric fields own none)."""
         return 0 if self.kind == "numeric" else len(self.vocab) + 1
+
+    @property
+    def source(self) -> str:
+        """The raw column this field is read from."""
+        return (self.transform or {}).get("column", self.name)
+
+    def values(self, frame: pd.DataFrame) -> Any:
+        """This field's raw column, transformed when the field declares a transform."""
+        if not self.transform:
+            return frame[self.name]
+        from deepfm.data.transforms import apply
+
+        return apply(self.transform, frame[self.source])
 
     def index(self) -> pd.Index:
         """The vocabulary as a hash index, built once (building it costs ~2 ms per 6k values)."""
@@ -128,27 +142,30 @@ class FeatureMap:
         ``ids`` [N, F] int64 for categorical fields, ``bags`` [N, S, L] int64 for sequence fields
         (0 = padding), ``dense`` [N, K] float32 for numeric fields (missing -> 0).
         """
-        missing = [f.name for f in self.fields if f.name not in frame.columns]
+        missing = sorted({f.source for f in self.fields if f.source not in frame.columns})
         if missing:
-            raise DataError(f"missing column(s) {missing}; expected {[f.name for f in self.fields]}")
+            raise DataError(f"missing column(s) {missing}; expected {[f.source for f in self.fields]}")
         n = len(frame)
         out: dict[str, np.ndarray] = {}
         cats = self.categorical
         ids = np.empty((n, len(cats)), dtype=np.int64)
         for j, f in enumerate(cats):
-            ids[:, j] = f.encode(frame[f.name])
+            ids[:, j] = f.encode(f.values(frame))
         out["ids"] = ids
         seqs = self.sequences
         if seqs:
             width = max(f.max_len for f in seqs)
             bags = np.zeros((n, len(seqs), width), dtype=np.int64)
             for j, f in enumerate(seqs):
-                bags[:, j, :] = _encode_lists(f, frame[f.name], width)
+                bags[:, j, :] = _encode_lists(f, pd.Series(f.values(frame)), width)
             out["bags"] = bags
         nums = self.numerics
         if nums:
-            values = frame[[f.name for f in nums]].apply(pd.to_numeric, errors="coerce")
-            out["dense"] = np.nan_to_num(values.to_numpy(dtype=np.float32), nan=0.0)
+            dense = np.empty((n, len(nums)), dtype=np.float32)
+            for j, f in enumerate(nums):
+                column = np.asarray(f.values(frame)) if f.transform else frame[f.name]
+                dense[:, j] = pd.to_numeric(pd.Series(column), errors="coerce").to_numpy(np.float32)
+            out["dense"] = np.nan_to_num(dense, nan=0.0)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +178,7 @@ class FeatureMap:
                     "offset": f.offset,
                     "max_len": f.max_len,
                     "pooling": f.pooling,
+                    **({"transform": f.transform} if f.transform else {}),
                 }
                 for f in self.fields
             ]

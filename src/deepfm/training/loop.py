@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from deepfm.data.batching import Split
-from deepfm.errors import NumericalError
+from deepfm.errors import ConfigError, NumericalError
 from deepfm.training.distributed import Shard
 
 PROGRESS_EVERY = 32
@@ -76,11 +76,7 @@ def train_epoch(
     t0 = time.perf_counter()
     module.train()
     pos = start or EpochPosition(0)
-    if shard is not None:
-        perm = shard.permutation(len(split), generator)
-    else:
-        perm = torch.randperm(len(split), generator=generator)
-    sizes, batches = _epoch_batches(split, perm, batch_size, _device_of(module))
+    sizes, batches = _epoch_batches(split, batch_size, generator, shard, _device_of(module))
     forward_loss = _forward_loss(module)
     total = torch.zeros((), dtype=torch.float64)
     if pos.loss_sum is not None:
@@ -123,24 +119,33 @@ def train_epoch(
 
 
 def _epoch_batches(
-    split: Split, perm: torch.Tensor, batch_size: int, device: torch.device
+    split: Split, batch_size: int, generator: torch.Generator, shard: Shard | None, device: torch.device
 ) -> tuple[list[int], Iterator[Inputs]]:
-    """Batch sizes and batches of ``split`` in ``perm`` order.
+    """Batch sizes and batches of one epoch, in a random order drawn from ``generator``.
 
-    An in-memory split is gathered once in that order (on ``device``) and cut into views; other
-    splits (memory-mapped, larger than RAM) gather batch by batch. A trailing batch of one row
-    is dropped: BatchNorm cannot train on it.
+    An in-memory split is gathered once in permutation order (on ``device``) and cut into views;
+    with ``shard`` (DDP) each rank takes its own slice of the same permutation. A split that is
+    not in memory (memory-mapped, larger than RAM) shuffles blocks itself, batch by batch. A
+    trailing batch of one row is dropped: BatchNorm cannot train on it.
     """
+    if not isinstance(split, Split):
+        if shard is not None:
+            raise ConfigError("data-parallel training needs the data set in memory (it is memory-mapped)")
+        full, rest = divmod(len(split), batch_size)
+        sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
+        batches = split.batches(batch_size, generator=generator, shuffle=True)
+        return sizes, ((b.ids, b.bags, b.dense, b.label) for b in batches)
+    if shard is not None:
+        perm = shard.permutation(len(split), generator)
+    else:
+        perm = torch.randperm(len(split), generator=generator)
     full, rest = divmod(len(perm), batch_size)
     sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
     n_used = sum(sizes)
-    if isinstance(split, Split):
-        data = _to_device(split, device).take(perm[:n_used].to(device, non_blocking=True))
-        fields = (data.ids, data.bags, data.dense, data.label)
-        parts = [t.split(sizes) if t is not None else [None] * len(sizes) for t in fields]
-        return sizes, zip(*parts)
-    batches = split.batches(batch_size, shuffle=True, order=perm[:n_used])
-    return sizes, ((b.ids, b.bags, b.dense, b.label) for b in batches)
+    data = _to_device(split, device).take(perm[:n_used].to(device, non_blocking=True))
+    fields = (data.ids, data.bags, data.dense, data.label)
+    parts = [t.split(sizes) if t is not None else [None] * len(sizes) for t in fields]
+    return sizes, zip(*parts)
 
 
 def _flush(

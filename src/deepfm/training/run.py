@@ -51,6 +51,11 @@ def make_scheduler(
 
 def load_data(config: TrainConfig) -> PreparedData:
     options = DataOptions(config.features, config.drop_neutral, config.min_count)
+    options.on_bad_lines = config.on_bad_lines
+    if config.spec:
+        from deepfm.data.preprocess import prepare_spec_file
+
+        return prepare_spec_file(config.spec, options, seed=config.seed)
     return prepare(config.dataset, config.data_dir, options, seed=config.seed)
 
 

@@ -1,0 +1,120 @@
+"""Built-in click-log data sets declared as specs (registered on import): Criteo and Avazu.
+
+Neither can be downloaded automatically (both are behind Kaggle / Criteo licence pages), so
+both need ``--data-dir``; without it the error says where to get the files and where to put them.
+Both are streamed and cached by :mod:`deepfm.data.preprocess`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deepfm.data.datasets import DataOptions, DatasetInfo, register
+from deepfm.data.spec import DatasetSpec, spec_from_dict
+from deepfm.errors import ConfigError, DataError
+
+CRITEO_INTS = [f"I{i}" for i in range(1, 14)]
+CRITEO_CATS = [f"C{i}" for i in range(1, 27)]
+TEXT_SUFFIXES = (".txt", ".tsv", ".csv", ".txt.gz", ".tsv.gz", ".csv.gz")
+
+AVAZU_COLUMNS = [
+    "id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category",
+    "app_id", "app_domain", "app_category", "device_id", "device_ip", "device_model",
+    "device_type", "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21",
+]  # fmt: skip
+
+
+def criteo_spec_dict(files: list[str] | None = None) -> dict[str, Any]:
+    """The Criteo Display Advertising Challenge layout: label, I1-I13, C1-C26, tab-separated."""
+    return {
+        "name": "criteo",
+        "input": {
+            "files": files or ["train.txt"],
+            "format": "tsv",
+            "header": False,
+            "columns": ["label", *CRITEO_INTS, *CRITEO_CATS],
+        },
+        "label": "label",
+        "fields": [{"name": c, "kind": "numeric", "transform": "log2bucket"} for c in CRITEO_INTS]
+        + [{"name": c} for c in CRITEO_CATS],
+        "split": {"method": "random", "ratios": [0.8, 0.1, 0.1]},
+    }
+
+
+def avazu_spec_dict(files: list[str] | None = None) -> dict[str, Any]:
+    """The Avazu CSV (header; ``click`` label; ``hour`` YYMMDDHH -> hour of day and weekday)."""
+    plain = [c for c in AVAZU_COLUMNS if c not in ("id", "click", "hour")]
+    return {
+        "name": "avazu",
+        "input": {"files": files or ["train.csv"], "format": "csv", "header": True},
+        "label": "click",
+        "fields": [
+            {"name": "hour_of_day", "column": "hour", "transform": "hour_of_day"},
+            {"name": "weekday", "column": "hour", "transform": "weekday"},
+            *({"name": c} for c in plain),
+        ],
+        "split": {"method": "random", "ratios": [0.8, 0.1, 0.1]},
+    }
+
+
+def _files(data_dir: Path | None, dataset: str, names: tuple[str, ...], where: str) -> list[str]:
+    if data_dir is None:
+        raise ConfigError(f"{dataset} cannot be downloaded automatically. {where}")
+    if not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir} is not a folder")
+    found = sorted(
+        str(p)
+        for p in data_dir.iterdir()
+        if p.is_file() and (p.name in names or p.name.lower().endswith(TEXT_SUFFIXES))
+    )
+    if not found:
+        raise DataError(f"no {dataset} files (*.txt, *.tsv, *.csv, optionally .gz) in {data_dir}. {where}")
+    return found
+
+
+CRITEO_WHERE = (
+    "Get the Criteo Display Advertising Challenge data (dac.tar.gz, from https://ailab.criteo.com/"
+    "ressources/ or the Kaggle 'criteo-display-ad-challenge' page), unpack it, put train.txt "
+    "(label, I1-I13, C1-C26, tab-separated; any number of such .txt/.tsv/.csv files, gzipped or "
+    "not) in a folder without the unlabelled test.txt, and pass --data-dir FOLDER."
+)
+AVAZU_WHERE = (
+    "Get the Avazu click-through data from the Kaggle 'avazu-ctr-prediction' page, put its "
+    "labelled train file (train, train.gz or train.csv, with header) in a folder and pass --data-dir FOLDER."
+)
+
+
+def criteo_spec(data_dir: Path | None) -> DatasetSpec:
+    files = _files(data_dir, "criteo", (), CRITEO_WHERE)
+    return spec_from_dict(criteo_spec_dict(files), source="criteo", base_dir=data_dir or ".")
+
+
+def avazu_spec(data_dir: Path | None) -> DatasetSpec:
+    files = _files(data_dir, "avazu", ("train", "train.gz"), AVAZU_WHERE)
+    return spec_from_dict(avazu_spec_dict(files), source="avazu", base_dir=data_dir or ".")
+
+
+def _no_raw(name: str) -> Any:
+    def load(data_dir: Path | None, options: DataOptions) -> Any:
+        raise ConfigError(f"{name} is a streamed data set; use deepfm.data.datasets.prepare")
+
+    return load
+
+
+register(
+    DatasetInfo(
+        "criteo",
+        "Criteo Display Advertising Challenge TSV (label, I1-I13 log2-bucketed, C1-C26); needs --data-dir",
+        _no_raw("criteo"),
+        spec=criteo_spec,
+    )
+)
+register(
+    DatasetInfo(
+        "avazu",
+        "Avazu CTR CSV (click; hour -> hour of day + weekday; id dropped); needs --data-dir",
+        _no_raw("avazu"),
+        spec=avazu_spec,
+    )
+)

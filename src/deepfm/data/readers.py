@@ -1,0 +1,336 @@
+"""Streaming readers: csv/tsv (optionally gzipped), parquet and libsvm/libfm files in chunks.
+
+Every reader yields :class:`Chunk` s of a bounded number of rows as Polars frames holding only the
+needed columns: numeric columns as ``Float64`` (missing = null), the others as text (missing =
+``""``) or, for libsvm/libfm feature columns, lists of feature indices. Each row keeps its
+1-based line number (row number for parquet), so a bad row is reported as file, line and column.
+
+Bad rows (wrong number of columns, unparsable number, missing label) raise :class:`DataError`
+with ``on_bad_lines="error"``; with ``"skip"`` they are dropped and counted in :class:`BadLines`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from deepfm.data.spec import InputSpec
+from deepfm.errors import ConfigError, DataError
+
+BLOCK_BYTES = 16 << 20  # csv text parsed per chunk
+PARQUET_ROWS = 65536
+TEXT_COLUMN = "__text__"
+
+
+@dataclass
+class Chunk:
+    frame: pl.DataFrame
+    path: Path
+    lines: np.ndarray  # int64, 1-based line (row) number of each row in ``path``
+
+
+@dataclass
+class BadLines:
+    """What to do with bad rows, and how many were skipped (with the first few examples)."""
+
+    mode: str = "error"
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def found(self, message: str, path: Path, line: int | None, column: str | None) -> None:
+        if self.mode == "error":
+            raise DataError(f"{message} (use --on-bad-lines skip to drop bad rows)", path, line, column)
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append(str(DataError(message, path, line, column)))
+
+
+def read_chunks(
+    path: Path,
+    spec: InputSpec,
+    columns: list[str],
+    numeric: set[str],
+    bad: BadLines,
+    source: str = "spec",
+) -> Iterator[Chunk]:
+    """Stream ``path`` as chunks holding ``columns`` (those in ``numeric`` parsed as floats)."""
+    if spec.format in ("csv", "tsv"):
+        yield from _read_text_table(path, spec, columns, numeric, bad, source)
+    elif spec.format == "parquet":
+        yield from _read_parquet(path, columns, numeric, bad, source)
+    else:
+        yield from _read_svm(path, spec.format, columns, bad)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def _separator(spec: InputSpec) -> str:
+    return spec.separator or ("\t" if spec.format == "tsv" else ",")
+
+
+def _read_text_table(
+    path: Path, spec: InputSpec, columns: list[str], numeric: set[str], bad: BadLines, source: str
+) -> Iterator[Chunk]:
+    sep = _separator(spec)
+    if spec.header:
+        with _open_text(path) as f:
+            names = [n.strip().strip('"') for n in f.readline().rstrip("\r\n").split(sep)]
+        first_line = 2
+    else:
+        names = list(spec.columns)
+        first_line = 1
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ConfigError(
+            f"{source}: column(s) {missing} not in {path} (its columns are {names}); "
+            "check the spec's fields, label and input.columns"
+        )
+    invalid: list[int] = []  # line numbers of rows with the wrong number of columns
+    pending: list[tuple[int, str | None, str]] = []  # their problems, not reported yet
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:  # must not raise: it is called from C++
+        number = row.number if row.number is not None else -1
+        bisect.insort(invalid, number)
+        pending.append((number, None, f"expected {row.expected_columns} columns, found {row.actual_columns}"))
+        return "skip"
+
+    def report(problems: list[tuple[int, str | None, str]], upto: float) -> None:
+        """Report ``problems`` and the pending invalid rows up to line ``upto``, in line order."""
+        due = [p for p in pending if p[0] <= upto]
+        pending[:] = [p for p in pending if p[0] > upto]
+        for line, column, message in sorted(problems + due, key=lambda p: p[0]):
+            bad.found(message, path, line, column)
+
+    opened = _open_csv(
+        path,
+        read_options=pacsv.ReadOptions(
+            use_threads=False,
+            block_size=BLOCK_BYTES,
+            column_names=names,
+            skip_rows=1 if spec.header else 0,
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=sep, invalid_row_handler=on_invalid, ignore_empty_lines=False
+        ),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=columns, column_types={c: pa.string() for c in columns}
+        ),
+    )
+    kept = 0
+    for batch in opened:
+        n = batch.num_rows
+        lines = _line_numbers(first_line + kept, n, invalid)
+        kept += n
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        chunk, problems = _parse_numeric(Chunk(frame, path, lines), numeric)
+        report(problems, lines[-1] if n else 0)
+        if chunk.frame.height:
+            yield chunk
+    report([], float("inf"))
+
+
+def _open_csv(path: Path, **options: Any) -> Iterator[pa.RecordBatch]:
+    """Batches of a csv reader; parse failures (e.g. an unterminated quote) become DataError."""
+    try:
+        reader = pacsv.open_csv(str(path), **options)
+        while True:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                return
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"cannot parse: {exc}", path) from None
+
+
+def _line_numbers(start: int, n: int, invalid: list[int]) -> np.ndarray:
+    """Lines of ``n`` consecutive kept rows, the first of which would be ``start`` with no skips.
+
+    Rows skipped for having the wrong number of columns (``invalid``, sorted) shift later rows.
+    """
+    base = start + np.arange(n, dtype=np.int64)
+    if not invalid:
+        return base
+    skips = np.asarray(invalid, dtype=np.int64)
+    lines = base.copy()
+    while True:  # converges in at most len(invalid) rounds; usually one
+        shifted = base + np.searchsorted(skips, lines, side="right")
+        if np.array_equal(shifted, lines):
+            return lines
+        lines = shifted
+
+
+Problem = tuple[int, "str | None", str]  # line, column, message
+
+
+def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem]]:
+    """Parse the ``numeric`` text columns; rows with unparsable values ("" = missing) are dropped
+    and returned as problems."""
+    problems: list[Problem] = []
+    frame = chunk.frame
+    text_numeric = [c for c in frame.columns if c in numeric and frame.schema[c] == pl.String]
+    if text_numeric:
+        frame = frame.with_columns(
+            [
+                pl.col(c).str.strip_chars().cast(pl.Float64, strict=False).alias(f"__num_{c}")
+                for c in text_numeric
+            ]
+        )
+        frame = frame.with_columns(
+            [
+                (
+                    pl.col(f"__num_{c}").is_null()
+                    & pl.col(c).is_not_null()
+                    & (pl.col(c).str.strip_chars() != "")
+                ).alias(f"__bad_{c}")
+                for c in text_numeric
+            ]
+        ).with_columns([pl.col(f"__num_{c}").alias(c) for c in text_numeric])
+        frame = frame.drop([f"__num_{c}" for c in text_numeric])
+        flags = frame.select([f"__bad_{c}" for c in text_numeric]).to_numpy()
+        frame = frame.drop([f"__bad_{c}" for c in text_numeric])
+        rows, cols = np.nonzero(flags)
+        if len(rows):
+            # report in file order; each bad row once, at its first bad column
+            first = {}
+            for r, c in zip(rows.tolist(), cols.tolist()):
+                first.setdefault(r, c)
+            text = chunk.frame
+            for r, c in sorted(first.items()):
+                column = text_numeric[c]
+                problems.append((int(chunk.lines[r]), column, f"{text[column][r]!r} is not a number"))
+            keep = np.ones(frame.height, dtype=bool)
+            keep[list(first)] = False
+            frame = frame.filter(pl.Series(keep))
+            chunk = Chunk(frame, chunk.path, chunk.lines[keep])
+    fill = [
+        pl.col(c).fill_null("") for c in frame.columns if c not in numeric and frame.schema[c] == pl.String
+    ]
+    if fill:
+        frame = frame.with_columns(fill)
+    return Chunk(frame, chunk.path, chunk.lines), problems
+
+
+def _read_parquet(
+    path: Path, columns: list[str], numeric: set[str], bad: BadLines, source: str
+) -> Iterator[Chunk]:
+    try:
+        file = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable parquet file ({exc})", path) from None
+    names = file.schema_arrow.names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ConfigError(f"{source}: column(s) {missing} not in {path} (its columns are {names})")
+    start = 1
+    for batch in file.iter_batches(batch_size=PARQUET_ROWS, columns=columns):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        casts = []
+        for c in columns:
+            dtype = frame.schema[c]
+            if c in numeric and dtype.is_numeric():
+                casts.append(pl.col(c).cast(pl.Float64))
+            elif c not in numeric and dtype != pl.String:
+                casts.append(pl.col(c).cast(pl.String))
+        if casts:
+            frame = frame.with_columns(casts)
+        lines = np.arange(start, start + frame.height, dtype=np.int64)
+        start += frame.height
+        chunk, problems = _parse_numeric(Chunk(frame, path, lines), numeric)
+        for line, column, message in problems:
+            bad.found(message, path, line, column)
+        if chunk.frame.height:
+            yield chunk
+
+
+def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterator[Chunk]:
+    """libsvm ``label idx:val ...`` -> ``label`` + list column ``features``;
+    libfm ``label field:idx:val ...`` -> ``label`` + one list column per field number.
+
+    Features with value 0 are dropped; other values are ignored (binary features).
+    """
+    reader = _open_csv(
+        path,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=BLOCK_BYTES, column_names=[TEXT_COLUMN]),
+        parse_options=pacsv.ParseOptions(
+            delimiter="\x1e", quote_char=False, escape_char=False, ignore_empty_lines=False
+        ),
+        convert_options=pacsv.ConvertOptions(column_types={TEXT_COLUMN: pa.string()}),
+    )
+    parts = 2 if fmt == "libsvm" else 3
+    start = 1
+    for batch in reader:
+        n = batch.num_rows
+        lines = np.arange(start, start + n, dtype=np.int64)
+        start += n
+        text = pl.from_arrow(batch)
+        assert isinstance(text, pl.DataFrame)
+        tokens = text.select(pl.col(TEXT_COLUMN).fill_null("").str.extract_all(r"\S+").alias("t"))
+        frame = tokens.select(
+            pl.col("t").list.first().cast(pl.Float64, strict=False).alias("label"),
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
+        )
+        bad_rows: dict[int, tuple[str, str]] = {}
+        for r in np.nonzero(frame["label"].is_null().to_numpy())[0].tolist():
+            first = tokens["t"][r]
+            bad_rows[r] = ("label", f"{first[0] if len(first) else ''!r} is not a number")
+        feats = (
+            tokens.with_row_index("row")
+            .select("row", pl.col("t").list.slice(1))
+            .explode("t")
+            .drop_nulls("t")
+            .with_columns(pl.col("t").str.split(":").alias("p"))
+            .with_columns(pl.col("p").list.len().alias("n"), pl.col("p").list.last().alias("v"))
+        )
+        feats = feats.with_columns(pl.col("row").cast(pl.Int64), pl.col("v").cast(pl.Float64, strict=False))
+        wrong = feats.filter((pl.col("n") != parts) | pl.col("v").is_null())
+        for r, t in zip(wrong["row"].to_list(), wrong["t"].to_list()):
+            if r not in bad_rows:
+                want = "idx:value" if parts == 2 else "field:idx:value"
+                bad_rows[r] = ("features", f"{t!r} is not {want}")
+        for r in sorted(bad_rows):
+            column, message = bad_rows[r]
+            bad.found(message, path, int(lines[r]), column)
+        feats = feats.filter((pl.col("n") == parts) & pl.col("v").is_not_null() & (pl.col("v") != 0))
+        if fmt == "libsvm":
+            lists = feats.group_by("row").agg(pl.col("p").list.get(0).alias("features"))
+            frame = frame.join(lists, on="row", how="left", maintain_order="left")
+        else:
+            feats = feats.with_columns(
+                pl.col("p").list.get(0).alias("field"), pl.col("p").list.get(1).alias("idx")
+            )
+            for column in columns:
+                if column == "label":
+                    continue
+                lists = (
+                    feats.filter(pl.col("field") == column).group_by("row").agg(pl.col("idx").alias(column))
+                )
+                frame = frame.join(lists, on="row", how="left", maintain_order="left")
+        keep = np.ones(n, dtype=bool)
+        keep[list(bad_rows)] = False
+        wanted = [c for c in columns if c in frame.columns or c == "label"]
+        for c in columns:
+            if c not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, dtype=pl.List(pl.String)).alias(c))
+        frame = frame.filter(pl.Series(keep)).select(list(dict.fromkeys(["label", *wanted, *columns])))
+        frame = frame.with_columns(
+            [pl.col(c).fill_null(pl.lit([], dtype=pl.List(pl.String))) for c in columns if c != "label"]
+        )
+        if frame.height:
+            yield Chunk(frame.select(columns), path, lines[keep])

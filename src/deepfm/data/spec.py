@@ -1,0 +1,359 @@
+"""Dataset spec files: a declared schema (inputs, label, fields, split) parsed into dataclasses.
+
+A spec is a YAML (or TOML) mapping; see ``docs/data-specs.md`` for the full reference. Every
+problem is reported as a :class:`ConfigError` naming the spec file and the key, e.g.
+``my.yaml: fields[2].transform: must be one of ['log2bucket', 'quantile', 'standardize']``.
+Relative input paths are resolved against the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import yaml
+
+from deepfm.errors import ConfigError
+
+FORMATS = ("csv", "tsv", "parquet", "libsvm", "libfm")
+KINDS = ("categorical", "numeric", "multi")
+NUMERIC_TRANSFORMS = ("log2bucket", "quantile", "standardize")
+CATEGORICAL_TRANSFORMS = ("hour_of_day", "weekday")
+TIME_FORMATS = ("yymmddhh", "unix")
+SPLIT_METHODS = ("random", "time", "files")
+BAD_LINES = ("error", "skip")
+PARTS = ("train", "valid", "test")
+_LABEL_RULE = re.compile(
+    r"^\s*(?:(?P<column>[A-Za-z_][\w.-]*)\s*)?(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$"
+)
+
+
+@dataclass
+class InputSpec:
+    """Where the rows are and how to read them."""
+
+    files: list[str] = field(default_factory=list)  # paths or globs (.gz allowed for text formats)
+    format: str = "csv"
+    header: bool = True  # csv/tsv: the first line names the columns
+    columns: list[str] = field(default_factory=list)  # csv/tsv without header: the names, in order
+    separator: str | None = None  # csv/tsv: default "," or "\t"
+
+
+@dataclass
+class LabelSpec:
+    """The label column and how it becomes 0/1: ``value <op> threshold`` (default ``> 0``)."""
+
+    column: str = "label"
+    op: str = ">"
+    value: float = 0.0
+
+    @property
+    def rule(self) -> str:
+        return f"{self.column} {self.op} {self.value:g}"
+
+
+@dataclass
+class FieldSpec:
+    """One model field read from one input column."""
+
+    name: str
+    column: str = ""  # source column (default: the field's name)
+    kind: str = "categorical"  # categorical | numeric | multi
+    transform: str | None = None  # numeric: log2bucket | quantile | standardize; categorical: hour_of_day...
+    min_count: int | None = None  # categorical / multi / log2bucket: rarer values go to the OOV row
+    buckets: int = 10  # quantile: number of buckets
+    separator: str = "|"  # multi: separator inside the cell
+    max_len: int | None = None  # multi: values kept per row (default: the longest seen in training)
+    time_format: str = "yymmddhh"  # hour_of_day / weekday: "yymmddhh" (Avazu) or "unix" seconds
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    @property
+    def model_kind(self) -> str:
+        """The :class:`~deepfm.data.features.Field` kind this field becomes."""
+        if self.kind == "multi":
+            return "sequence"
+        if self.kind == "numeric" and self.transform == "standardize":
+            return "numeric"
+        return "categorical"
+
+
+@dataclass
+class SplitSpec:
+    """How rows become train / valid / test."""
+
+    method: str = "random"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int | None = None  # random: default is the run's --seed
+    column: str | None = None  # time: the (numeric) time column; earliest rows train, latest test
+    files: dict[str, list[str]] = field(default_factory=dict)  # files: part -> paths or globs
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    input: InputSpec
+    label: LabelSpec
+    fields: list[FieldSpec]
+    split: SplitSpec = field(default_factory=SplitSpec)
+    min_count: int = 1  # default for fields that do not set their own
+    source: str = "<spec>"  # where the spec came from (file path or built-in name), for messages
+    base_dir: str = "."  # relative input paths are resolved against this folder
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("source")
+        data.pop("base_dir")
+        data["split"]["ratios"] = list(self.split.ratios)
+        return data
+
+    def input_files(self) -> dict[str, list[Path]]:
+        """Resolved input files: ``{"all": [...]}``, or one list per part for a ``files`` split."""
+        if self.split.method == "files":
+            return {part: self._resolve(self.split.files[part], f"split.files.{part}") for part in PARTS}
+        return {"all": self._resolve(self.input.files, "input.files")}
+
+    def _resolve(self, patterns: list[str], key: str) -> list[Path]:
+        found: list[Path] = []
+        for pattern in patterns:
+            path = Path(pattern).expanduser()
+            if not path.is_absolute():
+                path = Path(self.base_dir) / path
+            matches = sorted(Path(p) for p in glob.glob(str(path))) if glob.has_magic(str(path)) else [path]
+            matches = [m for m in matches if m.is_file()]
+            if not matches:
+                raise ConfigError(f"{self.source}: {key}: no file matches {str(path)!r}")
+            found.extend(matches)
+        return found
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Read and validate a YAML or TOML spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"spec file {path} not found") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({exc})"
+        ) from None
+    return spec_from_dict(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = ".") -> DatasetSpec:
+    """Build a :class:`DatasetSpec` from a parsed mapping; errors name ``source`` and the key."""
+    r = _Reader(source)
+    data = r.mapping(data, "")
+    r.known(data, "", {"name", "input", "label", "fields", "split", "min_count"})
+    name = r.typed(data.get("name", Path(source).stem), "name", str)
+
+    raw_input = r.mapping(r.required(data, "input", ""), "input")
+    r.known(raw_input, "input", {"files", "format", "header", "columns", "separator"})
+    fmt = r.choice(raw_input.get("format", "csv"), "input.format", FORMATS)
+    inp = InputSpec(
+        files=r.str_list(raw_input.get("files", []), "input.files"),
+        format=fmt,
+        header=r.typed(raw_input.get("header", fmt in ("csv", "tsv")), "input.header", bool),
+        columns=r.str_list(raw_input.get("columns", []), "input.columns"),
+        separator=r.typed(raw_input.get("separator"), "input.separator", str, optional=True),
+    )
+    if fmt in ("csv", "tsv") and not inp.header and not inp.columns:
+        r.fail("input.columns", "a csv/tsv file without header needs the list of column names")
+
+    label = _label(r, data.get("label", "label"))
+    raw_fields = r.required(data, "fields", "")
+    if not isinstance(raw_fields, list) or not raw_fields:
+        r.fail("fields", "must be a non-empty list of fields")
+    fields = [_field(r, f, f"fields[{i}]") for i, f in enumerate(raw_fields)]
+    seen: set[str] = set()
+    for i, f in enumerate(fields):
+        if f.name in seen:
+            r.fail(f"fields[{i}].name", f"duplicate field name {f.name!r}")
+        seen.add(f.name)
+        if f.source == label.column:
+            r.fail(f"fields[{i}]", f"column {f.source!r} is the label")
+    if inp.columns:
+        for i, f in enumerate(fields):
+            if f.source not in inp.columns and fmt in ("csv", "tsv"):
+                r.fail(f"fields[{i}].column", f"{f.source!r} is not one of input.columns")
+        if label.column not in inp.columns and fmt in ("csv", "tsv"):
+            r.fail("label", f"{label.column!r} is not one of input.columns")
+
+    if fmt in ("libsvm", "libfm"):
+        if label.column != "label":
+            r.fail("label", f"{fmt} files have their label in the first token; use label: label")
+        for i, f in enumerate(fields):
+            if fmt == "libsvm" and f.source != "features":
+                r.fail(f"fields[{i}].column", "a libsvm file has one column, 'features'")
+    split = _split(r, data.get("split", {}))
+    if split.method != "files" and not inp.files:
+        r.fail("input.files", "list the input files (or use split.method: files)")
+    min_count = r.typed(data.get("min_count", 1), "min_count", int)
+    if min_count < 1:
+        r.fail("min_count", f"must be >= 1, got {min_count}")
+    return DatasetSpec(name, inp, label, fields, split, min_count, source, str(base_dir))
+
+
+def _label(r: _Reader, raw: Any) -> LabelSpec:
+    if isinstance(raw, str):
+        match = _LABEL_RULE.match(raw)
+        if match:
+            column = match["column"] or "label"
+            return LabelSpec(column, match["op"], r.number(match["value"], "label"))
+        if re.fullmatch(r"[A-Za-z_][\w.-]*", raw):
+            return LabelSpec(raw)
+        r.fail("label", f"expected a column name or a rule like 'rating > 3', got {raw!r}")
+    raw = r.mapping(raw, "label")
+    r.known(raw, "label", {"column", "positive"})
+    column = r.typed(raw.get("column", "label"), "label.column", str)
+    positive = raw.get("positive", "> 0")
+    match = _LABEL_RULE.match(str(positive))
+    if not match or match["column"]:
+        r.fail("label.positive", f"expected a rule like '> 3' or '== 1', got {positive!r}")
+    return LabelSpec(column, match["op"], r.number(match["value"], "label.positive"))
+
+
+def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    raw = r.mapping(raw, key)
+    r.known(
+        raw,
+        key,
+        {
+            "name",
+            "column",
+            "kind",
+            "transform",
+            "min_count",
+            "buckets",
+            "separator",
+            "max_len",
+            "time_format",
+        },
+    )
+    name = r.typed(r.required(raw, "name", key), f"{key}.name", str)
+    kind = r.choice(raw.get("kind", "categorical"), f"{key}.kind", KINDS + ("sequence",))
+    kind = "multi" if kind == "sequence" else kind
+    transform = raw.get("transform")
+    if kind == "numeric":
+        transform = r.choice(transform or "standardize", f"{key}.transform", NUMERIC_TRANSFORMS)
+    elif kind == "categorical" and transform is not None:
+        transform = r.choice(transform, f"{key}.transform", CATEGORICAL_TRANSFORMS)
+    elif transform is not None:
+        r.fail(f"{key}.transform", "multi-valued fields take no transform")
+    column = raw.get("column", "")
+    f = FieldSpec(
+        name=name,
+        column=r.typed(str(column) if isinstance(column, int) else column, f"{key}.column", str),
+        kind=kind,
+        transform=transform,
+        min_count=r.typed(raw.get("min_count"), f"{key}.min_count", int, optional=True),
+        buckets=r.typed(raw.get("buckets", 10), f"{key}.buckets", int),
+        separator=r.typed(raw.get("separator", "|"), f"{key}.separator", str),
+        max_len=r.typed(raw.get("max_len"), f"{key}.max_len", int, optional=True),
+        time_format=r.choice(raw.get("time_format", "yymmddhh"), f"{key}.time_format", TIME_FORMATS),
+    )
+    if f.min_count is not None and f.min_count < 1:
+        r.fail(f"{key}.min_count", f"must be >= 1, got {f.min_count}")
+    if f.buckets < 2:
+        r.fail(f"{key}.buckets", f"must be >= 2, got {f.buckets}")
+    if f.max_len is not None and f.max_len < 1:
+        r.fail(f"{key}.max_len", f"must be >= 1, got {f.max_len}")
+    if not f.separator:
+        r.fail(f"{key}.separator", "must not be empty")
+    return f
+
+
+def _split(r: _Reader, raw: Any) -> SplitSpec:
+    raw = r.mapping(raw, "split")
+    r.known(raw, "split", {"method", "ratios", "seed", "column", "files"})
+    method = r.choice(raw.get("method", "random"), "split.method", SPLIT_METHODS)
+    ratios = raw.get("ratios", [0.8, 0.1, 0.1])
+    if (
+        not isinstance(ratios, (list, tuple))
+        or len(ratios) != 3
+        or not all(isinstance(x, (int, float)) and x >= 0 for x in ratios)
+        or abs(sum(ratios) - 1.0) > 1e-6
+    ):
+        r.fail("split.ratios", f"must be three non-negative numbers summing to 1, got {ratios!r}")
+    split = SplitSpec(
+        method,
+        tuple(float(x) for x in ratios),
+        seed=r.typed(raw.get("seed"), "split.seed", int, optional=True),
+        column=r.typed(raw.get("column"), "split.column", str, optional=True),
+    )
+    if method == "time" and not split.column:
+        r.fail("split.column", "a time split needs the time column")
+    if method == "files":
+        files = r.mapping(raw.get("files"), "split.files")
+        r.known(files, "split.files", set(PARTS))
+        for part in PARTS:
+            split.files[part] = r.str_list(r.required(files, part, "split.files"), f"split.files.{part}")
+    elif "files" in raw:
+        r.fail("split.files", "only used with method: files")
+    return split
+
+
+class _Reader:
+    """Typed access to a parsed mapping with errors that name the spec and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> None:
+        raise ConfigError(f"{self.source}: {key or 'top level'}: {message}")
+
+    def mapping(self, value: Any, key: str) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+    def known(self, value: dict[str, Any], key: str, allowed: set[str]) -> None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            prefix = f"{key}." if key else ""
+            self.fail(f"{prefix}{unknown[0]}", f"unknown key; known keys are {sorted(allowed)}")
+
+    def required(self, value: dict[str, Any], name: str, key: str) -> Any:
+        if name not in value:
+            self.fail(f"{key}.{name}" if key else name, "is required")
+        return value[name]
+
+    def typed(self, value: Any, key: str, kind: type, optional: bool = False) -> Any:
+        if value is None and optional:
+            return None
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            self.fail(key, f"expected {kind.__name__}, got {value!r}")
+        return value
+
+    def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            self.fail(key, f"must be one of {list(allowed)}, got {value!r}")
+        return value
+
+    def str_list(self, value: Any, key: str) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(key, f"expected a list of strings, got {value!r}")
+        return list(value)
+
+    def number(self, value: str, key: str) -> float:
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(key, f"{value!r} is not a number")
+            raise
