@@ -54,3 +54,13 @@ def test_every_registered_model_returns_one_logit_per_row():
     for name in MODELS:
         model = build_model(name, num_rows=50, num_fields=6, num_dense=2, embed_dim=4, mlp=(8,), dropout=0.1)
         assert model(ids, bags, dense).shape == (8,), name
+
+
+def test_deepfm_starts_as_its_fm_part():
+    torch.manual_seed(0)
+    deep = build_model("deepfm", num_rows=50, num_fields=3, embed_dim=4, mlp=(8,), dropout=0.0).eval()
+    fm = build_model("fm", num_rows=50, num_fields=3, embed_dim=4)
+    fm.load_state_dict({k: v for k, v in deep.state_dict().items() if not k.startswith("mlp.")})
+    ids = torch.randint(1, 50, (16, 3))
+    mlp_bias = deep.mlp.net[-1].bias
+    torch.testing.assert_close(deep(ids), fm.eval()(ids) + mlp_bias)

@@ -219,6 +219,12 @@ class MLP(nn.Module):
         layers.append(nn.Linear(in_dim, 1))
         self.net = nn.Sequential(*layers)
 
+    def zero_output_(self) -> MLP:
+        """Zero the output layer's weights, so the MLP starts as a constant (its bias)."""
+        with torch.no_grad():
+            self.net[-1].weight.zero_()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
 
