@@ -54,7 +54,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         from deepfm.models import MODELS
 
-        problems = _type_problems(self)  # [issue 8] e.g. "epochs: ten" in a YAML file
+        problems = _type_problems(self)  # e.g. "epochs: ten" in a YAML file
         if problems:
             raise ConfigError("; ".join(problems))
         if self.model not in MODELS:
@@ -99,7 +99,7 @@ class TrainConfig:
         return self
 
     def check_data(self, train_rows: int) -> TrainConfig:
-        """[issue 8] Checks that need the prepared data: the batch size must fit the training split."""
+        """Checks that need the prepared data: the batch size must fit the training split."""
         if train_rows < 2:
             raise ConfigError(f"the training split has {train_rows} row(s); at least 2 are needed")
         if self.batch_size > train_rows:
@@ -127,7 +127,7 @@ class TrainConfig:
 
 
 def _type_problems(config: TrainConfig) -> list[str]:
-    """[issue 8] Options whose value has the wrong type (bools are not numbers, ints are floats)."""
+    """Options whose value has the wrong type (bools are not numbers, ints are floats)."""
     hints = typing.get_type_hints(TrainConfig)
     problems = []
     for f in dataclasses.fields(config):
@@ -156,7 +156,7 @@ def _type_problems(config: TrainConfig) -> list[str]:
 
 
 def _model_option_problems(cls: type, options: Any) -> list[str]:
-    """[issue 8] ``extra.model_options`` must name keyword arguments the model accepts."""
+    """``extra.model_options`` must name keyword arguments the model accepts."""
     if not isinstance(options, dict):
         return [f"model_options must be a mapping of option: value, got {options!r}"]
     reserved = {"self", "num_rows", "num_fields", "num_dense", "embed_dim", "mlp", "dropout"}

@@ -126,7 +126,7 @@ def add_parser(sub: Any) -> None:
         help="deepfm (default) or fm; see 'deepfm models' for all",
     )
     add_train_options(p)
-    # [issue 8] resumable training
+    # resumable training
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -147,7 +147,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from deepfm.training.run import train
 
-    if getattr(args, "resume", False):  # [issue 8]
+    if getattr(args, "resume", False):  #
         from deepfm.training.state import resume_config
 
         train(resume_config(getattr(args, "out", D.out), given_options(args)))

@@ -116,7 +116,7 @@ def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
         raise CheckpointError(f"{file} is damaged (no format version)")
     if payload["version"] > VERSION:
         raise CheckpointError(f"{file} was written by a newer deepfm (format {payload['version']})")
-    try:  # [issue 8] a damaged payload (missing keys, wrong types, wrong shapes) is our error
+    try:  # a damaged payload (missing keys, wrong types, wrong shapes) is our error
         config = TrainConfig.from_dict(payload["config"])
         fmap = FeatureMap.from_dict(payload["feature_map"])
         module = model_from_config(config, fmap)

@@ -63,18 +63,18 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     """Train, early-stop, test and write every output; returns the ``metrics.json`` content."""
     config.validate()
     configure_threads(config.threads)
-    ddp = init_distributed(config.device)  # issue 7: torchrun ranks; world size 1 = no-op context
+    ddp = init_distributed(config.device)  # torchrun ranks; world size 1 = no-op context
     echo = echo if ddp.is_main else _silent
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if data is None:
-        with ddp.main_first():  # issue 7: rank 0 prepares (downloads, caches) first, then the others
+        with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
             data = load_data(config)
     sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
     ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
     prep_seconds = time.perf_counter() - started
-    config.check_data(len(data.train))  # [issue 8] e.g. a batch larger than the training split
+    config.check_data(len(data.train))  # e.g. a batch larger than the training split
     summary = data.summary()
     echo(
         f"{data.name}: {summary['rows']['train']:,} train / {summary['rows']['valid']:,} valid / "
@@ -84,7 +84,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map).to(config.device)
-    net = ddp.wrap(module, seed=config.seed)  # issue 7: DDP (rank 0's weights broadcast) when world > 1
+    net = ddp.wrap(module, seed=config.seed)  # DDP (rank 0's weights broadcast) when world > 1
     optimizer = make_optimizer(module, config)
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -97,15 +97,15 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             f"global batch {config.batch_size * ddp.world_size}"
         )
 
-    # [issue 8] DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
+    # DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
     state = TrainingState(out, config, module, optimizer, generator, stopper, scheduler, writer=ddp.is_main)
     if config.resume:
         echo(f"resuming from {state.restore().path} ({state.saved})")
     epochs: list[dict[str, Any]] = state.history
     for epoch in range(state.next_epoch, config.epochs + 1):
-        if stopper.should_stop:  # [issue 8] a resumed run that had already stopped early
+        if stopper.should_stop:  # a resumed run that had already stopped early
             break
-        # [issue 8] state.guard: a NaN/inf error also says where the last good state is
+        # state.guard: a NaN/inf error also says where the last good state is
         stats = state.guard(train_epoch)(
             net,
             data.train,
@@ -115,10 +115,10 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             progress=config.progress and ddp.is_main,
             desc=f"epoch {epoch}/{config.epochs}",
             shard=ddp.shard if ddp.enabled else None,
-            **state.loop_options(epoch),  # [issue 8] resume position, step hook
+            **state.loop_options(epoch),  # resume position, step hook
         )
-        stats = ddp.reduce_stats(stats)  # issue 7: loss and samples/s over all ranks
-        ddp.sync_buffers(module)  # issue 7: same BatchNorm running stats on every rank
+        stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
+        ddp.sync_buffers(module)  # same BatchNorm running stats on every rank
         valid_probs = ddp.predict(lambda s: predict_probs(module, s, config.eval_batch_size), data.valid)
         valid = evaluate(data.valid.label.numpy(), valid_probs)
         record = {
@@ -143,12 +143,12 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             save_checkpoint(out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras)
         if ddp.is_main:
             write_text(out / "history.csv", _csv(epochs))
-        state.end_epoch(epoch)  # [issue 8] (writes on rank 0 only)
+        state.end_epoch(epoch)  # (writes on rank 0 only)
         if stopper.should_stop:
             echo(f"early stop: no valid AUC gain for {config.patience} epochs")
             break
 
-    ddp.dump_state(module, best_state=stopper.best_state)  # issue 7: debug hook for tests
+    ddp.dump_state(module, best_state=stopper.best_state)  # debug hook for tests
     if stopper.best_state is not None:
         module.load_state_dict(stopper.best_state)
     model = TrainedModel(module, data.feature_map, config, data.tables, data.extras)
@@ -177,7 +177,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             "threads": torch.get_num_threads(),
         },
     }
-    if ddp.is_main:  # issue 7: only rank 0 writes
+    if ddp.is_main:  # only rank 0 writes
         write_json(out / "metrics.json", metrics)
         learning_curve(epochs, out / "learning_curve.png", f"{config.model} on {data.name}")
     echo(
