@@ -106,3 +106,17 @@ def test_side_tables_join_on_key_and_survive_payload_round_trip():
     rows = join_tables(pd.DataFrame({"movie_id": [2, 1, 7]}), tables)
     assert rows["genres"].tolist()[:2] == [["c"], ["a", "b"]]
     assert pd.isna(rows["genres"].iloc[2])  # unknown key -> missing -> OOV / empty bag
+
+
+def test_atomic_writes_have_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from deepfm.training.io import write_text
+
+    path = write_text(tmp_path / "x.txt", "hello")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.read_text() == "hello"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]  # no temporary file left behind
