@@ -132,3 +132,15 @@ def test_yaml_config_sets_options_and_cli_overrides(tiny_ml, tmp_path):
 def test_python_dash_m_matches_console_entry_point():
     proc = subprocess.run([sys.executable, "-m", "deepfm", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout
+
+
+def test_ids_model_keeps_movie_titles_for_recommend(tiny_ml, tmp_path):
+    from deepfm.serving.recommend import recommend
+
+    titles = [f"{m}::Movie {m} (1999)::Drama" for m in range(1, 201)]
+    (tiny_ml / "movies.dat").write_text("\n".join(titles) + "\n", encoding="latin-1")
+    train_tiny(tiny_ml, tmp_path / "run", "--epochs", "1")
+    model = deepfm.load(str(tmp_path / "run"))
+    assert model.feature_map.fields[1].name == "movie_id" and len(model.feature_map.fields) == 2
+    items = recommend(model, 1, k=3).items
+    assert items["title"].tolist() == [f"Movie {m} (1999)" for m in items["movie_id"]]

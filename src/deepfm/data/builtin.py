@@ -87,10 +87,21 @@ def time_columns(frame: pd.DataFrame) -> None:
     frame["weekday"] = (ts // 86400 + 3) % 7  # 1970-01-01 was a Thursday
 
 
+def title_table(movies: Callable[[], pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """``{"movie_id": movie_id, title}`` for ids-only models (``recommend`` shows titles), when the
+    movie file is there; no features are made from it. Without the file: no titles."""
+    try:
+        frame = movies()
+    except DataError:
+        return {}
+    return {"movie_id": frame[["movie_id", "title"]].reset_index(drop=True)}
+
+
 def movielens_raw(
     ratings: pd.DataFrame,
     options: DataOptions,
     side: Callable[[], tuple[pd.DataFrame, pd.DataFrame]],
+    movies: Callable[[], pd.DataFrame],
 ) -> RawData:
     """Label, optionally drop neutral rows, and attach the side tables ``side()`` reads."""
     if options.features not in FEATURES:
@@ -99,13 +110,13 @@ def movielens_raw(
         ratings = ratings[ratings["rating"] != 3].reset_index(drop=True)
     ratings["label"] = (ratings["rating"] > 3).astype("float32")
     if options.features == "ids":
-        return RawData(ratings, list(ID_FIELDS))
-    users, movies = side()
+        return RawData(ratings, list(ID_FIELDS), tables=title_table(movies))
+    users, movies_frame = side()
     fields = ID_FIELDS + USER_FIELDS + MOVIE_FIELDS
     if options.features == "all+time":
         time_columns(ratings)
         fields += TIME_FIELDS
-    tables = {"user_id": user_table(users), "movie_id": movie_table(movies)}
+    tables = {"user_id": user_table(users), "movie_id": movie_table(movies_frame)}
     return RawData(ratings, fields, kinds={"genres": "sequence"}, tables=tables)
 
 
@@ -116,7 +127,9 @@ def load_movielens_1m(data_dir: Path | None, options: DataOptions) -> RawData:
     def side() -> tuple[pd.DataFrame, pd.DataFrame]:
         return read_users(path("users.dat")), read_movies(path("movies.dat"))
 
-    return movielens_raw(read_ratings(path("ratings.dat")), options, side)
+    return movielens_raw(
+        read_ratings(path("ratings.dat")), options, side, lambda: read_movies(path("movies.dat"))
+    )
 
 
 def load_movielens_100k(data_dir: Path | None, options: DataOptions) -> RawData:
@@ -128,7 +141,9 @@ def load_movielens_100k(data_dir: Path | None, options: DataOptions) -> RawData:
         users["age"] = age_bucket(users["age"])
         return users, read_items_100k(path("u.item"))
 
-    return movielens_raw(read_ratings_100k(path("u.data")), options, side)
+    return movielens_raw(
+        read_ratings_100k(path("u.data")), options, side, lambda: read_items_100k(path("u.item"))
+    )
 
 
 register(
