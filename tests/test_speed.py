@@ -197,3 +197,33 @@ def test_cuda_device_without_a_gpu_is_a_config_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="cuda"):
         TrainConfig(device="cuda").validate()
+
+
+def test_lr_decay_works_with_the_lazy_combined_optimizer(tiny_ml, tmp_path):
+    import json
+
+    from deepfm.cli.main import main
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--data-dir",
+        str(tiny_ml),
+        "--out",
+        str(out),
+        "--epochs",
+        "4",
+        "--patience",
+        "4",
+        "--lr",
+        "0.05",
+        "--optimizer",
+        "lazy",
+        "--lr-decay",
+        "0.5",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert epochs[0]["lr"] == 0.05 and all(e["lr"] in (0.05, 0.025, 0.0125, 0.00625) for e in epochs)
+    assert main([*args, "--resume", "--epochs", "6"]) == 0  # the combined scheduler state restores

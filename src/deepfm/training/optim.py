@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -243,3 +244,31 @@ class CombinedOptimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         for o, s in zip(self.optimizers, state_dict["optimizers"], strict=True):
             o.load_state_dict(s)
+
+
+class CombinedScheduler:
+    """One scheduler per optimizer of a :class:`CombinedOptimizer`, stepped and saved as one."""
+
+    def __init__(self, schedulers: list[Any]) -> None:
+        self.schedulers = schedulers
+
+    def step(self, metric: float) -> None:
+        for s in self.schedulers:
+            s.step(metric)
+
+    def state_dict(self) -> dict:
+        return {"schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for s, state in zip(self.schedulers, state_dict["schedulers"], strict=True):
+            s.load_state_dict(state)
+
+
+def plateau_scheduler(
+    optimizer: torch.optim.Optimizer | CombinedOptimizer, **options: Any
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau | CombinedScheduler:
+    """``ReduceLROnPlateau(optimizer, **options)``, also for a :class:`CombinedOptimizer`."""
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    if isinstance(optimizer, CombinedOptimizer):
+        return CombinedScheduler([plateau(o, **options) for o in optimizer.optimizers])
+    return plateau(optimizer, **options)

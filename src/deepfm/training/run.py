@@ -38,20 +38,19 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return optim.make_optimizer(module, config.optimizer, config.lr, config.weight_decay)
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+def make_scheduler(optimizer: Any, config: TrainConfig) -> Any | None:
     """Decay the lr by ``lr_decay`` after ``lr_patience`` epochs without a valid-AUC gain."""
     if config.lr_decay >= 1.0:
         return None
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+    return optim.plateau_scheduler(
         optimizer, mode="max", factor=config.lr_decay, patience=config.lr_patience - 1, threshold=0.0
     )
 
 
 def load_data(config: TrainConfig) -> PreparedData:
-    options = DataOptions(config.features, config.drop_neutral, config.min_count)
-    options.on_bad_lines = config.on_bad_lines
+    options = DataOptions(
+        config.features, config.drop_neutral, config.min_count, on_bad_lines=config.on_bad_lines
+    )
     if config.spec:
         from deepfm.data.preprocess import prepare_spec_file
 
