@@ -72,17 +72,12 @@ class Split:
         batch_size: int,
         generator: torch.Generator | None = None,
         shuffle: bool = False,
-        order: torch.Tensor | None = None,
     ) -> Iterator[Batch]:
         """Yield batches; shuffled with ``generator`` when ``shuffle``.
 
-        ``order`` (with ``shuffle``): the rows to visit, in order, instead of a fresh permutation
-        of all rows, e.g. one rank's shard of the epoch's permutation in data-parallel training.
         A trailing batch of a single row is dropped when shuffling (BatchNorm cannot train on it).
         """
-        if shuffle and order is None:
-            order = torch.randperm(len(self), generator=generator)
-        data = self.take(order) if shuffle else self
+        data = self.take(torch.randperm(len(self), generator=generator)) if shuffle else self
         n = len(data)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
@@ -91,8 +86,7 @@ class Split:
             part = data.map(lambda t, a=start, b=stop: t[a:b])
             yield Batch(part.ids, part.bags, part.dense, part.label)
 
-    def num_batches(self, batch_size: int, shuffle: bool = False, rows: int | None = None) -> int:
-        """Batches :meth:`batches` yields (over ``rows`` rows when given, e.g. a rank's shard)."""
-        n = len(self) if rows is None else rows
-        full, rest = divmod(n, batch_size)
+    def num_batches(self, batch_size: int, shuffle: bool = False) -> int:
+        """Batches :meth:`batches` yields."""
+        full, rest = divmod(len(self), batch_size)
         return full + (1 if rest >= (2 if shuffle else 1) else 0)

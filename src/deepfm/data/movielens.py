@@ -160,6 +160,12 @@ def _int(value: str, path: Path, number: int, name: str, low: int = 0, high: int
     return number_value
 
 
+def _gender(value: str, path: Path, number: int) -> str:
+    if value not in ("M", "F"):
+        raise DataError(f"gender {value[:10]!r} is not M or F", path, number, "gender")
+    return value
+
+
 def _frame(rows: list[tuple], columns: list[str], path: Path) -> pd.DataFrame:
     if not rows:
         raise DataError("file has no data lines", path)
@@ -177,12 +183,10 @@ def read_users(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     rows = []
     for n, (uid, gender, age, occupation, zip_code) in _lines(path, "::", 5, USERS_FORMAT, "latin-1"):
-        if gender not in ("M", "F"):
-            raise DataError(f"gender {gender[:10]!r} is not M or F", path, n, "gender")
         rows.append(
             (
                 _int(uid, path, n, "user_id"),
-                gender,
+                _gender(gender, path, n),
                 _int(age, path, n, "age", 0, 150),
                 _int(occupation, path, n, "occupation", 0, 100),
                 zip_code.strip(),
@@ -208,10 +212,14 @@ def read_users_100k(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     rows = []
     for n, (uid, age, gender, occupation, zip_code) in _lines(path, "|", 5, U_USER_FORMAT, "latin-1"):
-        if gender not in ("M", "F"):
-            raise DataError(f"gender {gender[:10]!r} is not M or F", path, n, "gender")
         rows.append(
-            (_int(uid, path, n, "user_id"), gender, _int(age, path, n, "age", 0, 150), occupation, zip_code)
+            (
+                _int(uid, path, n, "user_id"),
+                _gender(gender, path, n),
+                _int(age, path, n, "age", 0, 150),
+                occupation,
+                zip_code,
+            )
         )
     return _frame(rows, ["user_id", "gender", "age", "occupation", "zip"], path)
 
