@@ -62,5 +62,5 @@ def test_deepfm_starts_as_its_fm_part():
     fm = build_model("fm", num_rows=50, num_fields=3, embed_dim=4)
     fm.load_state_dict({k: v for k, v in deep.state_dict().items() if not k.startswith("mlp.")})
     ids = torch.randint(1, 50, (16, 3))
-    mlp_bias = deep.mlp.net[-1].bias
+    mlp_bias = deep.mlp.tensors()[-1]
     torch.testing.assert_close(deep(ids), fm.eval()(ids) + mlp_bias)

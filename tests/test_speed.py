@@ -13,7 +13,7 @@ from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
 from deepfm.errors import ConfigError
 from deepfm.models import build_model
-from deepfm.models.layers import FastDropout, keep_mask
+from deepfm.models.layers import MLP, keep_mask
 from deepfm.training.loop import train_epoch
 from deepfm.training.optim import FusedAdam, LazyAdam, make_optimizer
 
@@ -22,7 +22,7 @@ def _general_logits(model, ids):
     """The unfused path: Features -> first-order sum, FactorizationMachine, MLP."""
     linear, emb = model.features(ids)
     out = model.bias + linear + model.fm(emb)
-    return out + model.mlp(emb.flatten(1)) if hasattr(model, "mlp") else out
+    return out + model.mlp.plain_forward(emb.flatten(1)) if hasattr(model, "mlp") else out
 
 
 @pytest.mark.parametrize("fields", [1, 2, 4])
@@ -157,24 +157,105 @@ def test_make_optimizer_choices():
 def test_keep_mask_is_scaled_bernoulli(p):
     torch.manual_seed(0)
     mask = keep_mask((2000, 16), p)
-    assert mask.dtype == torch.float32 and mask.shape == (2000, 16)
-    values = mask.unique().tolist()
+    assert mask.dtype == (torch.uint8 if p == 0.5 else torch.float32) and mask.shape == (2000, 16)
+    values = mask.float().unique().tolist()
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - p))
     assert abs((mask == 0).float().mean().item() - p) < 0.01
     torch.manual_seed(0)
     assert torch.equal(mask, keep_mask((2000, 16), p))  # seeded by torch.manual_seed
 
 
-def test_fast_dropout_fresh_masks_each_step_and_eval_identity():
+def test_mlp_dropout_fresh_masks_each_step_and_eval_identity():
     torch.manual_seed(0)
-    drop = FastDropout(0.5)
-    x = torch.ones(1024, 16)
-    masks = torch.stack([drop(x) for _ in range(5)])
-    assert abs(masks.mean().item() - 1.0) < 0.02  # unbiased: E[dropout(x)] = x (std 0.0035 here)
+    mlp = MLP(4, (1024,), dropout=0.5, batch_norm=False)
+    masks = torch.stack([mlp.keep_masks(torch.ones(16, 4))[0].float() for _ in range(5)])
+    assert masks.shape == (5, 16, 1024)
+    assert abs(masks.mean().item() - 1.0) < 0.02  # unbiased: E[mask] = 1 (std 0.0035 here)
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[4])
-    assert drop(torch.ones(3, 8)).shape == (3, 8)
-    drop.eval()
-    assert torch.equal(drop(x), x)
+    x = torch.randn(16, 4)
+    assert not torch.equal(mlp(x), mlp(x))  # fresh masks each training step
+    mlp.eval()
+    assert mlp.keep_masks(x) == [None] and torch.equal(mlp(x), mlp(x))
+
+
+def test_mlp_masks_within_an_epoch_depend_on_seed_and_step_only():
+    """A resumed epoch (start_masks at step t) draws what an uninterrupted one draws at step t."""
+    mlp = MLP(4, (16, 8), dropout=0.5)
+    x = torch.ones(64, 4)
+    mlp.start_masks(seed=7)
+    torch.manual_seed(0)
+    run = [torch.cat([k.flatten() for k in mlp.keep_masks(x)]) for _ in range(300)]  # several blocks
+    assert len({tuple(m.tolist()) for m in run}) == 300  # a fresh mask every step
+    for t in (0, 5, 150, 299):
+        mlp.start_masks(seed=7, step=t)
+        torch.manual_seed(123)  # the global generator plays no part
+        assert torch.equal(torch.cat([k.flatten() for k in mlp.keep_masks(x)]), run[t])
+    mlp.start_masks(seed=8)
+    assert not torch.equal(torch.cat([k.flatten() for k in mlp.keep_masks(x)]), run[0])
+
+
+def _torch_mlp(mlp: MLP) -> torch.nn.Sequential:
+    """``mlp`` rebuilt from torch.nn modules with the same weights (dropout left out)."""
+    params, layers, step = mlp.tensors(), [], 4 if mlp.batch_norm else 2
+    stats = mlp.running_stats()
+    for i, width in enumerate(mlp.hidden):
+        linear = torch.nn.Linear(params[step * i].shape[1], width).double()
+        linear.weight.data, linear.bias.data = params[step * i].clone(), params[step * i + 1].clone()
+        layers.append(linear)
+        if mlp.batch_norm:
+            norm = torch.nn.BatchNorm1d(width).double()
+            norm.weight.data, norm.bias.data = params[4 * i + 2].clone(), params[4 * i + 3].clone()
+            norm.running_mean.data, norm.running_var.data = stats[0][i].clone(), stats[1][i].clone()
+            layers.append(norm)
+        layers.append(torch.nn.ReLU())
+    output = torch.nn.Linear(params[-2].shape[1], 1).double()
+    output.weight.data, output.bias.data = params[-2].clone(), params[-1].clone()
+    return torch.nn.Sequential(*layers, output)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("hidden", [(8, 6), (5,), ()])
+def test_mlp_is_linear_batchnorm_relu_and_its_fused_node_matches(hidden, batch_norm):
+    torch.manual_seed(1)
+    mlp = MLP(10, hidden, dropout=0.0, batch_norm=batch_norm).double()
+    with torch.no_grad():
+        mlp.weights.normal_()
+    x = torch.randn(32, 10, dtype=torch.float64, requires_grad=True)
+    # training mode (batch statistics, running statistics updated) against torch.nn modules
+    reference = _torch_mlp(mlp)
+    x_ref = x.detach().clone().requires_grad_()
+    torch.testing.assert_close(mlp(x), reference(x_ref).squeeze(1))
+    if batch_norm and hidden:
+        norms = [m for m in reference if isinstance(m, torch.nn.BatchNorm1d)]
+        torch.testing.assert_close(mlp.running_mean, torch.cat([m.running_mean for m in norms]))
+        torch.testing.assert_close(mlp.running_var, torch.cat([m.running_var for m in norms]))
+    mlp.eval()
+    reference.eval()
+    torch.testing.assert_close(mlp(x), reference(x_ref).squeeze(1))
+
+
+@pytest.mark.parametrize("hidden,p", [((16, 16), 0.5), ((12, 8), 0.3), ((8,), 0.0), ((), 0.5)])
+def test_fused_mlp_node_equals_plain_ops_with_the_same_masks(hidden, p):
+    """Forward, every gradient and the running statistics, bit for bit."""
+    torch.manual_seed(2)
+    fused = MLP(24, hidden, dropout=p)
+    with torch.no_grad():
+        fused.weights.normal_()
+    plain = copy.deepcopy(fused)
+    x = torch.randn(64, 24, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_()
+    torch.manual_seed(3)
+    out = fused(x)
+    torch.manual_seed(3)
+    ref = plain.plain_forward(x_plain, plain.keep_masks(x_plain))
+    assert out.grad_fn is not None and "MLPNode" in type(out.grad_fn).__name__
+    assert torch.equal(out, ref)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    assert torch.equal(x.grad, x_plain.grad)
+    assert torch.equal(fused.weights.grad, plain.weights.grad)
+    for a, b in zip(fused.buffers(), plain.buffers(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_train_epoch_drops_a_single_row_tail_and_reports_the_mean_loss():
@@ -185,7 +266,9 @@ def test_train_epoch_drops_a_single_row_tail_and_reports_the_mean_loss():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay put: the loss is checkable
     stats = train_epoch(model, split, opt, 64, torch.Generator().manual_seed(0))
     assert stats.samples == 128
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:128]  # the same order
+    generator = torch.Generator().manual_seed(0)
+    torch.randint(0, 2**62, (), generator=generator)  # the epoch's dropout-mask seed comes first
+    perm = torch.randperm(n, generator=generator)[:128]  # the same order
     losses = [
         F.binary_cross_entropy_with_logits(model(split.ids[idx]), split.label[idx]) for idx in perm.split(64)
     ]

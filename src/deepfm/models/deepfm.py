@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepfm.models.kernels import DeepFMNode
 from deepfm.models.layers import MLP, FactorizationMachine, Features
 
 
@@ -30,5 +31,11 @@ class DeepFM(nn.Module):
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if self.features.fusable(ids, bags, dense) and self.mlp.fusable(ids):
+            # training on ids, CPU: the whole forward (and backward) as one autograd node
+            keeps = self.mlp.keep_masks(ids)
+            return DeepFMNode.apply(
+                self.features.sparse.table.weight, self.mlp.weights, self.bias, ids, keeps, self
+            )
         first_order_fm, emb = self.features.first_order_fm(ids, bags, dense, self.fm)
         return self.bias + first_order_fm + self.mlp(emb.flatten(1))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from deepfm.data.batching import Split
 from deepfm.errors import ConfigError, NumericalError
+from deepfm.models.layers import MLP
 from deepfm.training.distributed import Shard
 
 PROGRESS_EVERY = 32
@@ -76,6 +77,9 @@ def train_epoch(
     t0 = time.perf_counter()
     module.train()
     pos = start or EpochPosition(0)
+    # dropout masks keyed by (epoch seed, step): a resumed epoch draws the same ones (see MLP)
+    mask_seed = int(torch.randint(0, 2**62, (), generator=generator))
+    start_masks(module, mask_seed, pos.step)
     sizes, batches = _epoch_batches(split, batch_size, generator, shard, _device_of(module))
     forward_loss = _forward_loss(module)
     total = torch.zeros((), dtype=torch.float64)
@@ -111,6 +115,7 @@ def train_epoch(
         if steps % PROGRESS_EVERY == 0:
             bar.update(steps - bar.n)
     total, samples = _flush(window, sizes, steps, pos.epoch, total, samples)
+    start_masks(module, None)
     check_weights(module, EpochPosition(pos.epoch, steps))
     bar.update(steps - bar.n)
     bar.close()
@@ -170,6 +175,13 @@ def _flush(
     rows = sizes[first:steps]
     total = total + (losses * torch.tensor(rows, dtype=torch.float64)).sum()
     return total, samples + sum(rows)
+
+
+def start_masks(module: nn.Module, seed: int | None, step: int = 0) -> None:
+    """Key the dropout masks of every :class:`MLP` of ``module`` by ``(seed, step)``."""
+    for m in module.modules():
+        if isinstance(m, MLP):
+            m.start_masks(seed, step)
 
 
 def check_weights(module: nn.Module, pos: EpochPosition) -> None:

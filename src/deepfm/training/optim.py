@@ -125,6 +125,14 @@ class FusedAdam(torch.optim.Adam):
             )
         return None
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:  # what the base class does, without its ~8 us of set-up
+            for p in group["params"]:
+                p.grad = None
+        return None
+
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # share equal step counters again (see ``step``)

@@ -102,7 +102,15 @@ class TrainingState:
             )
             self._resume_generator = payload["epoch_generator"]
             _set_rng(payload["rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            RuntimeError,
+            AttributeError,
+            IndexError,
+            OverflowError,
+        ) as exc:
             raise CheckpointError(f"{self.path} is damaged or not from this run ({brief(exc)})") from None
         self.saved = _where(self._resume)
         _remove_stale_temp_files(self.path)
