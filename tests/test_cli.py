@@ -93,6 +93,7 @@ def test_malformed_file_gives_one_line_error_without_traceback(tmp_path):
         (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["--embed-dim", "-2"], "--embed-dim must be >= 1"),
         (["--model", "nope"], "--model must be one of"),
+        (["--fm-warmup-epochs", "-1"], "--fm-warmup-epochs must be >= 0"),
     ],
 )
 def test_impossible_options_are_refused_up_front(tmp_path, capsys, args, needle):
@@ -144,3 +145,28 @@ def test_ids_model_keeps_movie_titles_for_recommend(tiny_ml, tmp_path):
     assert model.feature_map.fields[1].name == "movie_id" and len(model.feature_map.fields) == 2
     items = recommend(model, 1, k=3).items
     assert items["title"].tolist() == [f"Movie {m} (1999)" for m in items["movie_id"]]
+
+
+def test_deepfm_fm_warmup_epoch_trains_only_the_fm_part(tiny_ml):
+    import torch
+
+    from deepfm.config import TrainConfig
+    from deepfm.training.checkpoint import model_from_config
+    from deepfm.training.loop import train_epoch
+    from deepfm.training.run import frozen_parameters, load_data, make_optimizer
+
+    config = TrainConfig(data_dir=str(tiny_ml), fm_warmup_epochs=1, batch_size=256, progress=False)
+    data = load_data(config)
+    torch.manual_seed(0)
+    model = model_from_config(config, data.feature_map)
+    optimizer = make_optimizer(model, config)
+    generator = torch.Generator().manual_seed(0)
+    mlp, table = model.mlp.weights.detach().clone(), model.features.sparse.table.weight.detach().clone()
+    train_epoch(model, data.train, optimizer, 256, generator, frozen=frozen_parameters(model, config, 1))
+    assert torch.equal(model.mlp.weights, mlp)  # frozen: no update, no weight decay
+    assert not torch.equal(model.features.sparse.table.weight, table)  # the FM part learns
+    assert model.mlp.running_var.ne(1).all()  # the MLP still runs forward (BatchNorm statistics)
+    train_epoch(model, data.train, optimizer, 256, generator, frozen=frozen_parameters(model, config, 2))
+    assert not torch.equal(model.mlp.weights, mlp)  # epoch 2: everything trains
+    assert frozen_parameters(model, TrainConfig(model="deepfm", fm_warmup_epochs=0), 1) == []
+    assert frozen_parameters(model, TrainConfig(model="fm"), 1) == []

@@ -42,6 +42,7 @@ class TrainConfig:
     patience: int = 3
     lr_decay: float = 1.0  # multiply lr by this when valid AUC stalls (1.0 = constant lr)
     lr_patience: int = 1  # epochs without a valid-AUC gain before the lr is decayed
+    fm_warmup_epochs: int = 1  # DeepFM: train the FM part alone (MLP frozen) for the first N epochs
     seed: int = 0
     eval_batch_size: int = 65536
     threads: int = 0  # 0 = automatic (1 intra-op thread: see docs/speed.md)
@@ -78,6 +79,8 @@ class TrainConfig:
             problems.append(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.lr_patience < 1:
             problems.append(f"--lr-patience must be >= 1, got {self.lr_patience}")
+        if self.fm_warmup_epochs < 0:
+            problems.append(f"--fm-warmup-epochs must be >= 0, got {self.fm_warmup_epochs}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             problems.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.checkpoint_every < 0:

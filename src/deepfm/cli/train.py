@@ -91,6 +91,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         default=s,
         help=f"epochs without a valid-AUC gain before the lr decays (default {D.lr_patience})",
     )
+    opt.add_argument(
+        "--fm-warmup-epochs",
+        type=int,
+        default=s,
+        help="DeepFM: train only the FM part (MLP frozen) for the first N epochs, then the whole "
+        f"model; 0 trains everything from the start (default {D.fm_warmup_epochs})",
+    )
     opt.add_argument("--seed", type=int, default=s, help="seed of split, init and shuffling (default 0)")
     opt.add_argument("--threads", type=int, default=s, help="CPU threads (default: automatic = 1)")
     opt.add_argument("--device", default=s, help="cpu (default) or cuda")

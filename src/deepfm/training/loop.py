@@ -69,10 +69,14 @@ def train_epoch(
     start: EpochPosition | None = None,
     on_step: Callable[[EpochPosition], None] | None = None,
     step_every: int = 0,
+    frozen: list[torch.Tensor] | None = None,
 ) -> EpochStats:
     """One pass over ``split`` in a fresh random order drawn from ``generator``.
 
     Per step: forward, loss, ``zero_grad``, backward, optimizer step. Returns the mean loss.
+    Parameters in ``frozen`` have their gradients dropped before the step, so the optimizer
+    leaves them (and their moments, and their weight decay) alone this epoch; dropping them after
+    ``backward`` rather than switching ``requires_grad`` also works under DDP.
     """
     t0 = time.perf_counter()
     module.train()
@@ -104,6 +108,8 @@ def train_epoch(
         loss = forward_loss(ids, bags, dense, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for p in frozen or ():
+            p.grad = None
         optimizer.step()
         window.append(loss.detach())
         hook = on_step is not None and step_every and steps % step_every == 0

@@ -47,6 +47,19 @@ def make_scheduler(optimizer: Any, config: TrainConfig) -> Any | None:
     )
 
 
+def frozen_parameters(module: torch.nn.Module, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
+    """Parameters not updated in ``epoch``: DeepFM's MLP during its ``fm_warmup_epochs``.
+
+    With the MLP's output layer starting at zero, DeepFM starts as its FM part plus a constant;
+    training that FM part alone for a first epoch lets the shared embeddings settle before the
+    MLP's (dropout-noisy) gradients reach them. Measured on ml-1m-half, seeds 0-4: +0.005 test
+    AUC with 1 warm-up epoch (docs/results.md).
+    """
+    if config.model != "deepfm" or epoch > config.fm_warmup_epochs:
+        return []
+    return list(module.mlp.parameters())
+
+
 def load_data(config: TrainConfig) -> PreparedData:
     options = DataOptions(
         config.features, config.drop_neutral, config.min_count, on_bad_lines=config.on_bad_lines
@@ -114,6 +127,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             progress=config.progress and ddp.is_main,
             desc=f"epoch {epoch}/{config.epochs}",
             shard=ddp.shard if ddp.enabled else None,
+            frozen=frozen_parameters(module, config, epoch),
             **state.loop_options(epoch),  # resume position, step hook
         )
         stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
