@@ -22,24 +22,38 @@ def _general_logits(model, ids):
     """The unfused path: Features -> first-order sum, FactorizationMachine, MLP."""
     linear, emb = model.features(ids)
     out = model.bias + linear + model.fm(emb)
-    return out + model.mlp.plain_forward(emb.flatten(1)) if hasattr(model, "mlp") else out
+    if not hasattr(model, "mlp"):
+        return out
+    x = emb.flatten(1)
+    return out + model.mlp.plain_forward(x, model.mlp.keep_masks(x))  # same masks if same seed
 
 
 @pytest.mark.parametrize("fields", [1, 2, 4])
 @pytest.mark.parametrize("name", ["deepfm", "fm"])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_fused_table_fm_kernel_equals_general_path(fields, name, sparse):
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_fused_kernels_equal_general_path(fields, name, sparse, dropout):
+    """FM: TableFMNode; DeepFM: DeepFMNode (table, FM, MLP with dropout, bias in one node)."""
     torch.manual_seed(fields)
-    model = build_model(name, num_rows=40, num_fields=fields, embed_dim=4, mlp=(8,), dropout=0.0).double()
+    model = build_model(name, num_rows=40, num_fields=fields, embed_dim=4, mlp=(8, 6), dropout=dropout)
+    model = model.double()
     with torch.no_grad():
         model.features.sparse.table.weight.normal_()
         model.features.sparse.table.weight[0] = 0
+        model.bias.fill_(0.3)
+        if name == "deepfm":
+            model.mlp.weights.normal_()  # (the output layer starts at zero: no gradient to test)
     model.features.sparse.table.sparse = sparse
     reference = copy.deepcopy(model)
     ids = torch.randint(0, 40, (32, fields))
     ids[0, 0] = 0  # the padding row gets no gradient
     ids[1] = ids[2]  # repeated rows accumulate
-    out, ref = model(ids), _general_logits(reference, ids)
+    torch.manual_seed(5)
+    out = model(ids)
+    torch.manual_seed(5)
+    ref = _general_logits(reference, ids)
+    if name == "deepfm":
+        assert "DeepFMNode" in type(out.grad_fn).__name__
     torch.testing.assert_close(out, ref)
     out.square().sum().backward()
     ref.square().sum().backward()
