@@ -324,3 +324,20 @@ def test_lr_decay_works_with_the_lazy_combined_optimizer(tiny_ml, tmp_path):
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     assert epochs[0]["lr"] == 0.05 and all(e["lr"] in (0.05, 0.025, 0.0125, 0.00625) for e in epochs)
     assert main([*args, "--resume", "--epochs", "6"]) == 0  # the combined scheduler state restores
+
+
+def test_fused_mlp_views_follow_copies_and_moved_weights():
+    """The fused node's cached weight views never outlive the weights they view."""
+    torch.manual_seed(0)
+    mlp = MLP(8, (4,), dropout=0.0)
+    x = torch.randn(16, 8)
+    before = mlp(x)  # fills the view cache
+    copied = copy.deepcopy(mlp)
+    with torch.no_grad():
+        copied.weights.add_(1.0)
+    assert not torch.equal(copied(x), mlp(x))  # the copy uses its own weights
+    copied.weights.data = mlp.weights.detach().clone()  # new storage, same values
+    copied.running_mean.copy_(mlp.running_mean)
+    copied.running_var.copy_(mlp.running_var)
+    torch.testing.assert_close(copied(x), mlp(x))
+    assert before.shape == (16,)

@@ -13,6 +13,7 @@ the same permutation and visits its own disjoint slice of it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import weakref
@@ -83,45 +84,44 @@ def train_epoch(
     pos = start or EpochPosition(0)
     # dropout masks keyed by (epoch seed, step): a resumed epoch draws the same ones (see MLP)
     mask_seed = int(torch.randint(0, 2**62, (), generator=generator))
-    start_masks(module, mask_seed, pos.step)
-    sizes, batches = _epoch_batches(split, batch_size, generator, shard, _device_of(module))
-    forward_loss = _forward_loss(module)
-    total = torch.zeros((), dtype=torch.float64)
-    if pos.loss_sum is not None:
-        total += pos.loss_sum.to(total)
-    samples = pos.samples
-    window: list[torch.Tensor] = []  # losses since the last flush (finiteness check + sum)
-    bar = tqdm(
-        total=len(sizes),
-        desc=desc,
-        unit="batch",
-        disable=not progress,
-        leave=False,
-        mininterval=0.5,
-        dynamic_ncols=True,
-    )
-    bar.update(pos.step)
-    steps = pos.step
-    for steps, (ids, bags, dense, label) in enumerate(
-        itertools.islice(batches, pos.step, None), pos.step + 1
-    ):
-        loss = forward_loss(ids, bags, dense, label)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for p in frozen or ():
-            p.grad = None
-        optimizer.step()
-        window.append(loss.detach())
-        hook = on_step is not None and step_every and steps % step_every == 0
-        # flush at absolute step numbers, so a resumed epoch sums its losses in the same groups
-        if hook or steps % CHECK_EVERY == 0:
-            total, samples = _flush(window, sizes, steps, pos.epoch, total, samples)
-            if hook:
-                on_step(EpochPosition(pos.epoch, steps, total, samples))
-        if steps % PROGRESS_EVERY == 0:
-            bar.update(steps - bar.n)
-    total, samples = _flush(window, sizes, steps, pos.epoch, total, samples)
-    start_masks(module, None)
+    with mask_stream(module, mask_seed, pos.step):
+        sizes, batches = _epoch_batches(split, batch_size, generator, shard, _device_of(module))
+        forward_loss = _forward_loss(module)
+        total = torch.zeros((), dtype=torch.float64)
+        if pos.loss_sum is not None:
+            total += pos.loss_sum.to(total)
+        samples = pos.samples
+        window: list[torch.Tensor] = []  # losses since the last flush (finiteness check + sum)
+        bar = tqdm(
+            total=len(sizes),
+            desc=desc,
+            unit="batch",
+            disable=not progress,
+            leave=False,
+            mininterval=0.5,
+            dynamic_ncols=True,
+        )
+        bar.update(pos.step)
+        steps = pos.step
+        for steps, (ids, bags, dense, label) in enumerate(
+            itertools.islice(batches, pos.step, None), pos.step + 1
+        ):
+            loss = forward_loss(ids, bags, dense, label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for p in frozen or ():
+                p.grad = None
+            optimizer.step()
+            window.append(loss.detach())
+            hook = on_step is not None and step_every and steps % step_every == 0
+            # flush at absolute step numbers, so a resumed epoch sums its losses in the same groups
+            if hook or steps % CHECK_EVERY == 0:
+                total, samples = _flush(window, sizes, steps, pos.epoch, total, samples)
+                if hook:
+                    on_step(EpochPosition(pos.epoch, steps, total, samples))
+            if steps % PROGRESS_EVERY == 0:
+                bar.update(steps - bar.n)
+        total, samples = _flush(window, sizes, steps, pos.epoch, total, samples)
     check_weights(module, EpochPosition(pos.epoch, steps))
     bar.update(steps - bar.n)
     bar.close()
@@ -183,11 +183,18 @@ def _flush(
     return total, samples + sum(rows)
 
 
-def start_masks(module: nn.Module, seed: int | None, step: int = 0) -> None:
-    """Key the dropout masks of every :class:`MLP` of ``module`` by ``(seed, step)``."""
-    for m in module.modules():
-        if isinstance(m, MLP):
-            m.start_masks(seed, step)
+@contextlib.contextmanager
+def mask_stream(module: nn.Module, seed: int, step: int) -> Iterator[None]:
+    """Within: every :class:`MLP` of ``module`` draws dropout masks keyed by ``(seed, step)``
+    (see ``MLP.keep_masks``); after, even on an error, from the global generator again."""
+    mlps = [m for m in module.modules() if isinstance(m, MLP)]
+    for m in mlps:
+        m.start_masks(seed, step)
+    try:
+        yield
+    finally:
+        for m in mlps:
+            m.start_masks(None)
 
 
 def check_weights(module: nn.Module, pos: EpochPosition) -> None:
