@@ -75,8 +75,8 @@ def table_fm_backward(
     width = s.shape[1]
     fields = rows.shape[1] // width
     s[:, 0] = 1.0  # s is ours (saved, not used elsewhere); column 0 carries the linear term
-    grad_rows = torch.addcmul(s.unsqueeze(1), rows.view(-1, fields, width), neg_mask[:width])
-    grad_rows.mul_(grad_out.view(-1, 1, 1))
+    # cat + contiguous in-place ops: broadcasting s over the field dim is ~4x slower on CPU
+    grad_rows = torch.cat([s] * fields, 1).addcmul_(rows, neg_mask).mul_(grad_out.view(-1, 1))
     grad_rows = grad_rows.view(-1, width)
     if grad_emb is not None:
         grad_rows[:, 1:] += grad_emb.reshape(grad_rows.shape[0], -1)
