@@ -341,3 +341,23 @@ def test_fused_mlp_views_follow_copies_and_moved_weights():
     copied.running_var.copy_(mlp.running_var)
     torch.testing.assert_close(copied(x), mlp(x))
     assert before.shape == (16,)
+
+
+def test_fused_adam_runs_step_hooks_though_it_skips_the_profiler_wrapper():
+    from torch.optim import optimizer as torch_optimizer
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = FusedAdam([p], lr=0.1)
+    calls = []
+    own = opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    own_post = opt.register_step_post_hook(lambda *_: calls.append("post"))
+    glob = torch_optimizer.register_optimizer_step_pre_hook(lambda *_: calls.append("global"))
+    p.grad = torch.ones(3)
+    opt.step()
+    assert calls == ["global", "pre", "post"]
+    for handle in (own, own_post, glob):
+        handle.remove()
+    p.grad = torch.ones(3)
+    opt.step()
+    assert calls == ["global", "pre", "post"]  # no hooks left: the lean path, still a step
+    assert torch.allclose(p.detach(), torch.full((3,), 0.8), atol=1e-6)
