@@ -181,7 +181,7 @@ class MLP(nn.Module):
             self.register_buffer("running_var", torch.ones(sum(self.hidden)))
         self._views: tuple = ()  # (key, views) for the fused node, see ``kernel_views``
         self._stream: tuple[int, int] | None = None  # (epoch mask seed, step), see ``keep_masks``
-        self._masks: list = []  # [(seed, batch, block), masks of the block's steps]
+        self._masks: tuple = ()  # ((seed, batch, block), masks of the block's steps)
 
     def tensors(self, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Views of ``flat`` (default ``weights``): per hidden layer weight, bias(, BN scale,
@@ -220,24 +220,24 @@ class MLP(nn.Module):
         batch = x.shape[0]
         sizes = [batch * w for w in self.hidden]
         if self._stream is None:
-            keep = keep_mask((sum(sizes),), self.dropout)
-            return [k.view(batch, w) for k, w in zip(keep.split(sizes), self.hidden, strict=True)]
-        seed, step = self._stream
-        self._stream = (seed, step + 1)
-        ahead = max(1, MASK_POOL_ELEMENTS // sum(sizes))
-        block = (seed, batch, step // ahead)
-        if not self._masks or self._masks[0] != block:
-            generator = torch.Generator().manual_seed(hash(block) & (2**63 - 1))
-            pool = keep_mask((ahead, sum(sizes)), self.dropout, generator)
-            self._masks = [block, [row.split(sizes) for row in pool]]
-        parts = self._masks[1][step % ahead]
+            parts = keep_mask((sum(sizes),), self.dropout).split(sizes)
+        else:
+            seed, step = self._stream
+            self._stream = (seed, step + 1)
+            ahead = max(1, MASK_POOL_ELEMENTS // sum(sizes))
+            block = (seed, batch, step // ahead)
+            if not self._masks or self._masks[0] != block:
+                generator = torch.Generator().manual_seed(hash(block) & (2**63 - 1))
+                pool = keep_mask((ahead, sum(sizes)), self.dropout, generator)
+                self._masks = (block, [row.split(sizes) for row in pool])
+            parts = self._masks[1][step % ahead]
         return [k.view(batch, w) for k, w in zip(parts, self.hidden, strict=True)]
 
     def start_masks(self, seed: int | None, step: int = 0) -> None:
         """Masks of an epoch keyed by ``(seed, step)``, from step ``step`` on; ``None``: back to
         the global generator (see :meth:`keep_masks`)."""
         self._stream = None if seed is None else (seed, step)
-        self._masks = []
+        self._masks = ()
 
     def plain_forward(self, x: torch.Tensor, keeps: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """The same MLP in plain functional ops (traceable, any device)."""
