@@ -1,6 +1,7 @@
 """Where one training step's time goes: phases (forward, loss, backward, optimizer) per
-``--optimizer``, in CPU time of this process (steadier than wall time on a shared machine),
-then the top operators by self CPU time from ``torch.profiler`` for the default path.
+``--optimizer``, for the fused training path (``deepfm.fast``) and the plain model code
+(``--no-fast``), in CPU time of this process (steadier than wall time on a shared machine), then
+the top operators by self CPU time from ``torch.profiler`` for the default path.
 
     PYTHONPATH=src python benchmarks/profile_step.py --data-dir ../shared/data/ml-1m-half
 """
@@ -16,13 +17,14 @@ from torch.nn import functional as F
 from deepfm.config import TrainConfig
 from deepfm.training.checkpoint import model_from_config
 from deepfm.training.loop import train_epoch
-from deepfm.training.run import configure_threads, load_data, make_optimizer
+from deepfm.training.run import configure_threads, load_data, make_optimizer, trainable
 
 
 def phases(data, config: TrainConfig, steps: int, rounds: int) -> dict[str, float]:
     """Best-of-``rounds`` mean microseconds per step of each phase."""
     torch.manual_seed(0)
     model = model_from_config(config, data.feature_map)
+    net = trainable(model, data, config)
     optimizer = make_optimizer(model, config)
     perm = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
     ids = data.train.ids[perm].split(config.batch_size)[:steps]
@@ -33,7 +35,7 @@ def phases(data, config: TrainConfig, steps: int, rounds: int) -> dict[str, floa
         spent = dict.fromkeys(("forward", "loss", "zero_grad+backward", "optimizer step"), 0.0)
         for x, y in zip(ids, label, strict=True):
             t0 = clock()
-            logits = model(x)
+            logits = net(x)
             t1 = clock()
             loss = F.binary_cross_entropy_with_logits(logits, y)
             t2 = clock()
@@ -65,24 +67,27 @@ def main() -> None:
     configure_threads(args.threads)
     data = load_data(base)
     print(f"batch {base.batch_size}, {torch.get_num_threads()} thread(s); CPU microseconds per step\n")
-    print("| --optimizer | forward | loss | zero_grad+backward | optimizer step | total |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| --optimizer | path | forward | loss | zero_grad+backward | optimizer step | total |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name in args.optimizers.split(","):
-        config = TrainConfig(**{**base.to_dict(), "optimizer": name, "mlp": base.mlp})
-        p = phases(data, config, args.steps, args.rounds)
-        print(
-            f"| {name} | {p['forward']:.0f} | {p['loss']:.0f} | {p['zero_grad+backward']:.0f} "
-            f"| {p['optimizer step']:.0f} | {p['total']:.0f} |"
-        )
+        for fast in (True, False):
+            config = TrainConfig(**{**base.to_dict(), "optimizer": name, "mlp": base.mlp, "fast": fast})
+            p = phases(data, config, args.steps, args.rounds)
+            print(
+                f"| {name} | {'fused' if fast else 'plain (--no-fast)'} | {p['forward']:.0f} "
+                f"| {p['loss']:.0f} | {p['zero_grad+backward']:.0f} | {p['optimizer step']:.0f} "
+                f"| {p['total']:.0f} |"
+            )
 
     torch.manual_seed(0)
     model = model_from_config(base, data.feature_map)
+    net = trainable(model, data, base)
     optimizer = make_optimizer(model, base)
     part = data.train.take(torch.arange(min(len(data.train), base.batch_size * 100)))
     generator = torch.Generator().manual_seed(0)
-    train_epoch(model, part, optimizer, base.batch_size, generator)
+    train_epoch(net, part, optimizer, base.batch_size, generator)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        train_epoch(model, part, optimizer, base.batch_size, generator)
+        train_epoch(net, part, optimizer, base.batch_size, generator)
     print("\nTop operators of the default path (torch.profiler, 100 steps):")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 

@@ -4,7 +4,8 @@ Runs, each for ``--epochs`` epochs on the same data and seed:
   1. the reference pipeline (per-sample Dataset + DataLoader, sigmoid + BCELoss);
   2. a plain batched PyTorch loop over the same reference model;
   3. ``deepfm`` (the package's default training path) at batch 1024 and 4096,
-  4. optionally ``deepfm`` with other ``--optimizer`` choices at batch 1024 (``--optimizers``),
+  4. optionally ``deepfm`` with other ``--optimizer`` choices at batch 1024 (``--optimizers``)
+     and ``deepfm --no-fast`` (the plain model code without the fused kernels, ``--plain-model``),
 and prints training samples/s (wall clock and per CPU-second of this process, which is steadier
 on a shared machine), the ratios to the reference and to the plain loop, and test AUC after
 those epochs. Rounds are interleaved (``--rounds``), the best round of each row is reported.
@@ -31,7 +32,7 @@ from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.training.checkpoint import model_from_config  # noqa: E402
 from deepfm.training.loop import predict_probs, train_epoch  # noqa: E402
 from deepfm.training.metrics import auc  # noqa: E402
-from deepfm.training.run import configure_threads, load_data, make_optimizer  # noqa: E402
+from deepfm.training.run import configure_threads, load_data, make_optimizer, trainable  # noqa: E402
 
 
 @dataclass
@@ -75,21 +76,25 @@ def reference_row(data, batch_size: int, plain: bool, seed: int) -> Row:
     return Row(name, batch_size, epoch, test_auc)
 
 
-def deepfm_row(data, batch_size: int, seed: int, base: TrainConfig, optimizer_name: str) -> Row:
-    config = TrainConfig(**{**base.to_dict(), "batch_size": batch_size, "mlp": base.mlp})
+def deepfm_row(
+    data, batch_size: int, seed: int, base: TrainConfig, optimizer_name: str, fast: bool = True
+) -> Row:
+    config = TrainConfig(**{**base.to_dict(), "batch_size": batch_size, "mlp": base.mlp, "fast": fast})
     config.optimizer = optimizer_name
     torch.manual_seed(seed)
     model = model_from_config(config, data.feature_map)
+    net = trainable(model, data, config)  # the fused training path (deepfm.fast) unless fast=False
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(seed)
 
     def epoch() -> int:
-        return train_epoch(model, data.train, optimizer, batch_size, generator).samples
+        return train_epoch(net, data.train, optimizer, batch_size, generator).samples
 
     def test_auc() -> float:
         return auc(data.test.label.numpy(), predict_probs(model, data.test))
 
     suffix = "" if optimizer_name == base.optimizer else f", --optimizer {optimizer_name}"
+    suffix += "" if fast else ", --no-fast"
     return Row(f"deepfm (batch {batch_size}{suffix})", batch_size, epoch, test_auc)
 
 
@@ -107,6 +112,9 @@ def main() -> None:
         default="",
         help="extra deepfm rows at batch 1024 with these --optimizer values, e.g. adam,lazy",
     )
+    parser.add_argument(
+        "--plain-model", action="store_true", help="also a deepfm row with --no-fast (the plain model code)"
+    )
     args = parser.parse_args()
     base = TrainConfig(data_dir=args.data_dir, seed=args.seed, threads=args.threads, progress=False)
     configure_threads(args.threads)
@@ -121,6 +129,8 @@ def main() -> None:
     rows.append(reference_row(data, 1024, True, args.seed))
     rows += [deepfm_row(data, bs, args.seed, base, base.optimizer) for bs in (1024, 4096)]
     rows += [deepfm_row(data, 1024, args.seed, base, o) for o in args.optimizers.split(",") if o]
+    if args.plain_model:
+        rows.append(deepfm_row(data, 1024, args.seed, base, base.optimizer, fast=False))
     for _ in range(args.epochs):
         for row in rows:
             row.run_epoch()

@@ -161,12 +161,17 @@ def test_deepfm_fm_warmup_epoch_trains_only_the_fm_part(tiny_ml):
     model = model_from_config(config, data.feature_map)
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
-    mlp, table = model.mlp.weights.detach().clone(), model.features.sparse.table.weight.detach().clone()
+
+    def mlp_weights():
+        return torch.cat([p.detach().flatten() for p in model.mlp.parameters()])
+
+    mlp, table = mlp_weights(), model.features.sparse.table.weight.detach().clone()
     train_epoch(model, data.train, optimizer, 256, generator, frozen=frozen_parameters(model, config, 1))
-    assert torch.equal(model.mlp.weights, mlp)  # frozen: no update, no weight decay
+    assert torch.equal(mlp_weights(), mlp)  # frozen: no update, no weight decay
     assert not torch.equal(model.features.sparse.table.weight, table)  # the FM part learns
-    assert model.mlp.running_var.ne(1).all()  # the MLP still runs forward (BatchNorm statistics)
+    assert model.mlp.norm0.running_var.ne(1).all()  # the MLP still runs forward (BatchNorm statistics)
     train_epoch(model, data.train, optimizer, 256, generator, frozen=frozen_parameters(model, config, 2))
-    assert not torch.equal(model.mlp.weights, mlp)  # epoch 2: everything trains
+    assert not torch.equal(mlp_weights(), mlp)  # epoch 2: everything trains
     assert frozen_parameters(model, TrainConfig(model="deepfm", fm_warmup_epochs=0), 1) == []
-    assert frozen_parameters(model, TrainConfig(model="fm"), 1) == []
+    fm = model_from_config(TrainConfig(model="fm"), data.feature_map)
+    assert frozen_parameters(fm, TrainConfig(model="fm"), 1) == []  # FM declares no warm-up

@@ -62,5 +62,51 @@ def test_deepfm_starts_as_its_fm_part():
     fm = build_model("fm", num_rows=50, num_fields=3, embed_dim=4)
     fm.load_state_dict({k: v for k, v in deep.state_dict().items() if not k.startswith("mlp.")})
     ids = torch.randint(1, 50, (16, 3))
-    mlp_bias = deep.mlp.tensors()[-1]
+    mlp_bias = deep.mlp.output.bias
     torch.testing.assert_close(deep(ids), fm.eval()(ids) + mlp_bias)
+
+
+def test_checkpoints_with_the_old_flat_mlp_load_through_the_key_migration(tmp_path):
+    """State dicts written by the flat-MLP version (``mlp.weights``, ``mlp.running_mean/var``,
+    tests/data/flat_mlp_state_dicts.pt, with that version's eval logits) load and predict the same."""
+    from pathlib import Path
+
+    from deepfm.config import TrainConfig
+    from deepfm.data.features import FeatureMap
+    from deepfm.models.migrate import migrate_state_dict
+    from deepfm.training.checkpoint import load_model, save_checkpoint
+
+    old = torch.load(Path(__file__).parent / "data" / "flat_mlp_state_dicts.pt", weights_only=True)
+    for name, case in old.items():
+        assert "mlp.weights" in case["state_dict"]
+        model = build_model(
+            name, num_rows=30, num_fields=4, num_dense=1, embed_dim=4, mlp=(6, 5), dropout=0.5
+        )
+        state = migrate_state_dict(model, case["state_dict"])
+        model.load_state_dict(state)  # strict: every key of the new layout is there
+        assert "mlp.linear0.weight" in state and "mlp.norm1.running_var" in state
+        logits = model.eval()(case["ids"], case["bags"], case["dense"])
+        torch.testing.assert_close(logits, case["logits"])
+        assert migrate_state_dict(model, model.state_dict()).keys() == model.state_dict().keys()
+
+    # a whole old-layout checkpoint file goes through load_model
+    import pandas as pd
+
+    frame = pd.DataFrame({"user_id": [1, 2, 3, 4], "movie_id": [5, 6, 7, 8]})
+    fmap = FeatureMap.fit(frame, ["user_id", "movie_id"], {})
+    config = TrainConfig(model="deepfm", embed_dim=4, mlp=(6, 5))
+    model = build_model("deepfm", num_rows=fmap.num_rows, num_fields=2, embed_dim=4, mlp=(6, 5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    params = dict(model.mlp.named_parameters())
+    order = ["linear0.weight", "linear0.bias", "norm0.weight", "norm0.bias"]
+    order += [k.replace("0", "1") for k in order] + ["output.weight", "output.bias"]
+    flat_state = {k: v for k, v in model.state_dict().items() if not k.startswith("mlp.")}
+    flat_state["mlp.weights"] = torch.cat([params[k].detach().flatten() for k in order])
+    flat_state["mlp.running_mean"] = torch.cat([model.mlp.norm0.running_mean, model.mlp.norm1.running_mean])
+    flat_state["mlp.running_var"] = torch.cat([model.mlp.norm0.running_var, model.mlp.norm1.running_var])
+    path = save_checkpoint(tmp_path / "model.pt", model, fmap, config, state_dict=flat_state)
+    loaded = load_model(path).module
+    ids = torch.tensor([[1, 3], [2, 4]])
+    torch.testing.assert_close(loaded(ids), model.eval()(ids))

@@ -178,7 +178,7 @@ def test_resume_refuses_changed_options_and_missing_state(small_ml, tmp_path, ca
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_state(small_ml, tmp_path, monkeypatch):
     """Weights poisoned after step 10 of epoch 2: the error names that step; state.pt stays good."""
-    build = run_module.model_from_config
+    build = run_module.trainable  # the module the training loop runs (fused or plain)
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -194,7 +194,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_state(small_ml
         module.register_forward_hook(hook)
         return module
 
-    monkeypatch.setattr(run_module, "model_from_config", poisoned)
+    monkeypatch.setattr(run_module, "trainable", poisoned)
     with pytest.raises(NumericalError) as info:
         train(config(small_ml, tmp_path, checkpoint_every=4), echo=lambda *_: None)
     assert (info.value.epoch, info.value.step) == (2, 10)

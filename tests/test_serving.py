@@ -235,8 +235,9 @@ def test_export_parity_with_multi_valued_and_numeric_fields(tmp_path):
     torch.manual_seed(0)
     module = model_from_config(config, fmap)
     with torch.no_grad():  # non-trivial BatchNorm statistics and embeddings
-        module.mlp.running_mean.normal_(0, 0.5)
-        module.mlp.running_var.uniform_(0.5, 2)
+        for norm in (module.mlp.norm0, module.mlp.norm1):
+            norm.running_mean.normal_(0, 0.5)
+            norm.running_var.uniform_(0.5, 2)
         module.features.sparse.table.weight[1:].normal_(0, 0.5)
     model = TrainedModel(module.eval(), fmap, config)
     assert input_names(fmap) == ("ids", "bags", "dense")

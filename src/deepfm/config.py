@@ -47,6 +47,7 @@ class TrainConfig:
     eval_batch_size: int = 65536
     threads: int = 0  # 0 = automatic (1 intra-op thread: see docs/speed.md)
     device: str = "cpu"
+    fast: bool = True  # fused training kernels (deepfm.fast); False: the plain module path, same numbers
     progress: bool = True
     checkpoint_every: int = 0  # also save DIR/state.pt every N optimizer steps (0 = epoch ends only)
     resume: bool = False  # continue the run in ``out`` from its state.pt

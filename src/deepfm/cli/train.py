@@ -102,6 +102,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--threads", type=int, default=s, help="CPU threads (default: automatic = 1)")
     opt.add_argument("--device", default=s, help="cpu (default) or cuda")
     opt.add_argument(
+        "--no-fast",
+        dest="fast",
+        action="store_false",
+        default=s,
+        help="train with the plain model code instead of the fused kernels (same numbers, slower)",
+    )
+    opt.add_argument(
         "--no-progress", dest="progress", action="store_false", default=s, help="no progress bars"
     )
     p.add_argument("--config", help="YAML file of options (command-line options override it)")

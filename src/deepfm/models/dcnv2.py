@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepfm.models.base import CTRModel
 from deepfm.models.layers import MLP, CrossNetV2, Features
 
 
-class DCNv2(nn.Module):
+class DCNv2(CTRModel):
     def __init__(
         self,
         num_rows: int,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepfm.models.kernels import DeepFMNode
+from deepfm.models.base import CTRModel
 from deepfm.models.layers import MLP, FactorizationMachine, Features
 
 
-class DeepFM(nn.Module):
+class DeepFM(CTRModel):
     def __init__(
         self,
         num_rows: int,
@@ -31,11 +31,15 @@ class DeepFM(nn.Module):
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.features.fusable(ids, bags, dense) and self.mlp.fusable(ids):
-            # training on ids, CPU: the whole forward (and backward) as one autograd node
-            keeps = self.mlp.keep_masks(ids)
-            return DeepFMNode.apply(
-                self.features.sparse.table.weight, self.mlp.weights, self.bias, ids, keeps, self
-            )
-        first_order_fm, emb = self.features.first_order_fm(ids, bags, dense, self.fm)
-        return self.bias + first_order_fm + self.mlp(emb.flatten(1))
+        linear, emb = self.features(ids, bags, dense)  # first-order sum [B], embeddings [B, F, D]
+        return self.bias + linear + self.fm(emb) + self.mlp(emb.flatten(1))
+
+    def warmup_frozen(self, epoch: int, warmup_epochs: int) -> list[nn.Parameter]:
+        """The MLP during the first ``warmup_epochs`` epochs: the FM part trains alone first.
+
+        With the MLP's output starting at zero, DeepFM starts as its FM part plus a constant;
+        training that FM part alone for a first epoch lets the shared embeddings settle before the
+        MLP's (dropout-noisy) gradients reach them. Measured on ml-1m-half, seeds 0-4: +0.005 test
+        AUC with 1 warm-up epoch (README, Results).
+        """
+        return list(self.mlp.parameters()) if epoch <= warmup_epochs else []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepfm.models.base import CTRModel
 from deepfm.models.layers import FactorizationMachine, Features
 
 
-class FM(nn.Module):
+class FM(CTRModel):
     def __init__(
         self, num_rows: int, num_fields: int, num_dense: int = 0, embed_dim: int = 16, **_: object
     ) -> None:
@@ -20,5 +21,5 @@ class FM(nn.Module):
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
-        first_order_fm, _ = self.features.first_order_fm(ids, bags, dense, self.fm)
-        return self.bias + first_order_fm
+        linear, emb = self.features(ids, bags, dense)
+        return self.bias + linear + self.fm(emb)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepfm.models.base import CTRModel
 from deepfm.models.layers import Features
 
 
-class LR(nn.Module):
+class LR(CTRModel):
     def __init__(self, num_rows: int, num_fields: int, num_dense: int = 0, **_: object) -> None:
         super().__init__()
         self.features = Features(num_rows, 0, num_dense)  # column 0 (linear weight) only

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepfm.models.base import CTRModel
 from deepfm.models.layers import MLP, Features
 
 
-class WideDeep(nn.Module):
+class WideDeep(CTRModel):
     def __init__(
         self,
         num_rows: int,

@@ -22,6 +22,7 @@ from deepfm.data.records import prepare_records, records_frame
 from deepfm.data.tables import Tables, tables_from_payload, tables_to_payload
 from deepfm.errors import CheckpointError, DeepFMError, brief
 from deepfm.models import build_model
+from deepfm.models.migrate import migrate_state_dict
 from deepfm.training.io import atomic_write
 from deepfm.training.loop import predict_probs
 
@@ -120,7 +121,7 @@ def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
         config = TrainConfig.from_dict(payload["config"])
         fmap = FeatureMap.from_dict(payload["feature_map"])
         module = model_from_config(config, fmap)
-        module.load_state_dict(payload["state_dict"])
+        module.load_state_dict(migrate_state_dict(module, payload["state_dict"]))
         module.to(device).eval()
         tables = tables_from_payload(payload.get("tables", {}))
         extras = payload.get("extras", {})

@@ -13,7 +13,6 @@ the same permutation and visits its own disjoint slice of it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 import weakref
@@ -26,9 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from deepfm import masks
 from deepfm.data.batching import Split
 from deepfm.errors import ConfigError, NumericalError
-from deepfm.models.layers import MLP
 from deepfm.training.distributed import Shard
 
 PROGRESS_EVERY = 32
@@ -82,9 +81,12 @@ def train_epoch(
     t0 = time.perf_counter()
     module.train()
     pos = start or EpochPosition(0)
-    # dropout masks keyed by (epoch seed, step): a resumed epoch draws the same ones (see MLP)
+    # dropout masks keyed by (epoch seed, step): a resumed epoch draws the same ones (deepfm.masks);
+    # data-parallel ranks each draw their own (as rows of one big batch would)
     mask_seed = int(torch.randint(0, 2**62, (), generator=generator))
-    with mask_stream(module, mask_seed, pos.step):
+    if shard is not None and shard.rank:
+        mask_seed = hash((mask_seed, shard.rank)) & (2**62 - 1)
+    with masks.epoch_stream(mask_seed, pos.step) as stream:
         sizes, batches = _epoch_batches(split, batch_size, generator, shard, _device_of(module))
         forward_loss = _forward_loss(module)
         total = torch.zeros((), dtype=torch.float64)
@@ -106,6 +108,7 @@ def train_epoch(
         for steps, (ids, bags, dense, label) in enumerate(
             itertools.islice(batches, pos.step, None), pos.step + 1
         ):
+            stream.at(steps - 1)
             loss = forward_loss(ids, bags, dense, label)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,20 +184,6 @@ def _flush(
     rows = sizes[first:steps]
     total = total + (losses * torch.tensor(rows, dtype=torch.float64)).sum()
     return total, samples + sum(rows)
-
-
-@contextlib.contextmanager
-def mask_stream(module: nn.Module, seed: int, step: int) -> Iterator[None]:
-    """Within: every :class:`MLP` of ``module`` draws dropout masks keyed by ``(seed, step)``
-    (see ``MLP.keep_masks``); after, even on an error, from the global generator again."""
-    mlps = [m for m in module.modules() if isinstance(m, MLP)]
-    for m in mlps:
-        m.start_masks(seed, step)
-    try:
-        yield
-    finally:
-        for m in mlps:
-            m.start_masks(None)
 
 
 def check_weights(module: nn.Module, pos: EpochPosition) -> None:

@@ -34,33 +34,62 @@ AUTO_THREADS = 1
 
 
 def make_optimizer(
-    module: nn.Module, name: str = DEFAULT_OPTIMIZER, lr: float = 1e-3, weight_decay: float = 0.0
+    module: nn.Module,
+    name: str = DEFAULT_OPTIMIZER,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    group_weight_decay: dict[str, float] | None = None,
 ) -> torch.optim.Optimizer | CombinedOptimizer:
     """The optimizer ``name`` over ``module``'s parameters (see the module docstring).
 
-    ``lazy`` switches the module's ``nn.Embedding`` layers to sparse gradients.
+    One parameter group per group the model declares (``module.parameter_groups()``, e.g.
+    ``{"embedding": [...], "dense": [...]}``; one ``"dense"`` group for a module that declares
+    none), each with weight decay ``group_weight_decay[group]`` where given, else
+    ``weight_decay``. ``lazy`` switches the module's ``nn.Embedding`` layers to sparse gradients
+    and updates their weights row-wise.
     """
+    groups = parameter_groups(module, weight_decay, group_weight_decay)
     if name == "adam":
-        return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr)
     if name == "fused":
-        return fused_adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        return fused_adam(groups, lr=lr)
     if name == "lazy":
         tables = [m for m in module.modules() if isinstance(m, nn.Embedding)]
         for table in tables:
             table.sparse = True
         sparse_ids = {id(t.weight) for t in tables}
-        dense = [p for p in module.parameters() if id(p) not in sparse_ids]
-        sparse = [t.weight for t in tables]
+        dense = [{**g, "params": [p for p in g["params"] if id(p) not in sparse_ids]} for g in groups]
+        sparse = [{**g, "params": [p for p in g["params"] if id(p) in sparse_ids]} for g in groups]
         return CombinedOptimizer(
             [
-                fused_adam(dense, lr=lr, weight_decay=weight_decay),
-                LazyAdam(sparse, lr=lr, weight_decay=weight_decay),
+                fused_adam([g for g in dense if g["params"]], lr=lr),
+                LazyAdam([g for g in sparse if g["params"]], lr=lr),
             ]
         )
     raise ConfigError(f"--optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
 
 
-def fused_adam(params: Iterable[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Adam:
+def parameter_groups(
+    module: nn.Module, weight_decay: float, group_weight_decay: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups ``{"name", "params", "weight_decay"}`` from the groups
+    ``module`` declares (``parameter_groups()``), empty groups left out."""
+    declared = getattr(module, "parameter_groups", None)
+    groups = declared() if declared is not None else {"dense": list(module.parameters())}
+    decay = dict(group_weight_decay or {})
+    unknown = sorted(set(decay) - set(groups))
+    if unknown:
+        raise ConfigError(
+            f"weight decay given for unknown parameter group(s) {unknown}; groups: {sorted(groups)}"
+        )
+    return [
+        {"name": name, "params": list(params), "weight_decay": float(decay.get(name, weight_decay))}
+        for name, params in groups.items()
+        if params
+    ]
+
+
+def fused_adam(params: Iterable[Any], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
     """:class:`FusedAdam`; ``torch.optim.Adam(foreach=True)`` where fused is unsupported."""
     params = list(params)
     try:
