@@ -247,15 +247,16 @@ class MLPNode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec, keeps, *params):  # noqa: ANN001, ANN205
         z, saved = mlp_forward(x, spec, keeps, list(params))
-        ctx.save_for_backward(*saved, *params)
-        ctx.spec, ctx.keeps, ctx.num_saved = spec, keeps, len(saved)
+        ctx.save_for_backward(*saved)
+        # the parameters are leaves nothing changes before backward: kept as they are (saving
+        # them too costs ~1 us each a step)
+        ctx.spec, ctx.keeps, ctx.params = spec, keeps, list(params)
         return z
 
     @staticmethod
     def backward(ctx, grad_z):  # noqa: ANN001, ANN205
-        tensors = ctx.saved_tensors
-        saved, params = list(tensors[: ctx.num_saved]), list(tensors[ctx.num_saved :])
-        grad_x, grads = mlp_backward(saved, ctx.spec, ctx.keeps, params, grad_z, ctx.needs_input_grad[0])
+        saved = list(ctx.saved_tensors)
+        grad_x, grads = mlp_backward(saved, ctx.spec, ctx.keeps, ctx.params, grad_z, ctx.needs_input_grad[0])
         return grad_x, None, None, *grads
 
 
@@ -269,24 +270,15 @@ class TableMLPNode(torch.autograd.Function):
         out, emb, s = rows_forward(rows, ids.shape[1], consts, True)
         z, mlp_saved = mlp_forward(emb, spec, keeps, list(params))
         z.add_(out).add_(bias)
-        ctx.save_for_backward(rows, s, flat_ids, *mlp_saved, *params)
-        ctx.embedding, ctx.consts, ctx.fields, ctx.spec, ctx.keeps = (
-            embedding,
-            consts,
-            ids.shape[1],
-            spec,
-            keeps,
-        )
-        ctx.num_mlp_saved = len(mlp_saved)
+        ctx.save_for_backward(rows, s, flat_ids, *mlp_saved)
+        ctx.embedding, ctx.consts, ctx.fields = embedding, consts, ids.shape[1]
+        ctx.spec, ctx.keeps, ctx.params = spec, keeps, list(params)  # leaves: see MLPNode
         return z
 
     @staticmethod
     def backward(ctx, grad_z):  # noqa: ANN001, ANN205
-        tensors = ctx.saved_tensors
-        rows, s, flat_ids = tensors[:3]
-        mlp_saved = list(tensors[3 : 3 + ctx.num_mlp_saved])
-        params = list(tensors[3 + ctx.num_mlp_saved :])
-        grad_emb, grads = mlp_backward(mlp_saved, ctx.spec, ctx.keeps, params, grad_z, True)
+        rows, s, flat_ids, *mlp_saved = ctx.saved_tensors
+        grad_emb, grads = mlp_backward(mlp_saved, ctx.spec, ctx.keeps, ctx.params, grad_z, True)
         grad_rows = rows_backward(rows, s, ctx.fields, ctx.consts, grad_z, grad_emb)
         grad_table = scatter(grad_rows, flat_ids, ctx.embedding)
         return grad_table, grad_z.sum(0, keepdim=True), None, None, None, None, None, *grads

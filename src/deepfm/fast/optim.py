@@ -46,30 +46,40 @@ class FusedAdam(torch.optim.Adam):
     def _step(self, closure=None):  # noqa: ANN001
         if closure is not None or any(_unusual(g) for g in self.param_groups):
             return super().step(closure)
+        # groups with equal hyper-parameters (e.g. "embedding" and "dense" at the same weight
+        # decay) are stepped by one kernel call
+        calls: dict[tuple, list[torch.Tensor]] = {}
+        total = 0
         for group in self.param_groups:
+            total += len(group["params"])
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            fresh = [p for p in params if not self.state[p]]
-            if fresh:  # parameters starting together share one step counter
-                counter = torch.zeros((), dtype=torch.float32, device=fresh[0].device)
-                for p in fresh:
-                    self.state[p].update(
-                        step=counter,
-                        exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
-                        exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format),
-                    )
+            if params:
+                key = (group["lr"], *group["betas"], group["weight_decay"], group["eps"])
+                calls.setdefault(key, []).extend(params)
+        stepping = [p for params in calls.values() for p in params]
+        if not stepping:
+            return None
+        fresh = [p for p in stepping if not self.state[p]]
+        if fresh:  # parameters starting together share one step counter
+            counter = torch.zeros((), dtype=torch.float32, device=fresh[0].device)
+            for p in fresh:
+                self.state[p].update(
+                    step=counter,
+                    exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                    exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format),
+                )
+        if len(stepping) < total:  # a shared counter may not advance for all
+            copies: dict[int, torch.Tensor] = {}
+            for p in stepping:
+                state = self.state[p]
+                old = state["step"]
+                if id(old) not in copies:
+                    copies[id(old)] = old.clone()
+                state["step"] = copies[id(old)]
+        for counter in {id(c): c for c in (self.state[p]["step"] for p in stepping)}.values():
+            counter.add_(1)  # one add per distinct counter, not one per parameter
+        for (lr, beta1, beta2, weight_decay, eps), params in calls.items():
             states = [self.state[p] for p in params]
-            if len(params) < len(group["params"]):  # a shared counter may not advance for all
-                copies: dict[int, torch.Tensor] = {}
-                for state in states:
-                    old = state["step"]
-                    if id(old) not in copies:
-                        copies[id(old)] = old.clone()
-                    state["step"] = copies[id(old)]
-            for counter in {id(s["step"]): s["step"] for s in states}.values():
-                counter.add_(1)  # one add per distinct counter, not one per parameter
-            beta1, beta2 = group["betas"]
             torch._fused_adam_(
                 params,
                 [p.grad for p in params],
@@ -78,11 +88,11 @@ class FusedAdam(torch.optim.Adam):
                 [],
                 [s["step"] for s in states],
                 amsgrad=False,
-                lr=group["lr"],
+                lr=lr,
                 beta1=beta1,
                 beta2=beta2,
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
+                weight_decay=weight_decay,
+                eps=eps,
                 maximize=False,
                 grad_scale=None,
                 found_inf=None,
@@ -99,8 +109,8 @@ class FusedAdam(torch.optim.Adam):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        for group in self.param_groups:  # share equal step counters again (see ``step``)
-            counters: dict[float, torch.Tensor] = {}
+        counters: dict[float, torch.Tensor] = {}  # share equal step counters again (see ``step``)
+        for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and isinstance(state.get("step"), torch.Tensor):
