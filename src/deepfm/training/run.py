@@ -18,7 +18,7 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
-from deepfm.training import optim
+from deepfm.training import auto, optim
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.distributed import init_distributed
 from deepfm.training.early_stopping import EarlyStopping
@@ -26,16 +26,22 @@ from deepfm.training.io import write_json, write_text
 from deepfm.training.loop import predict_probs, train_epoch
 from deepfm.training.metrics import evaluate
 from deepfm.training.plots import learning_curve
+from deepfm.training.precision import Autocast
 from deepfm.training.state import TrainingState
 
 
 def configure_threads(threads: int) -> None:
-    """``threads`` intra-op threads; 0 = automatic: one (see ``deepfm.training.optim``)."""
+    """``threads`` intra-op threads; 0 = automatic: one until the model is built, then the
+    choice of :func:`deepfm.training.auto.auto_threads` (see :func:`train`)."""
     torch.set_num_threads(threads if threads > 0 else optim.AUTO_THREADS)
 
 
-def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return optim.make_optimizer(module, config.optimizer, config.lr, config.weight_decay)
+def make_optimizer(
+    module: torch.nn.Module, config: TrainConfig, choices: auto.Choices | None = None
+) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``module``; ``auto`` as resolved in ``choices`` (or ``fused``)."""
+    name = config.optimizer if config.optimizer != "auto" else choices.optimizer if choices else "fused"
+    return optim.make_optimizer(module, name, config.lr, config.weight_decay)
 
 
 def make_scheduler(optimizer: Any, config: TrainConfig) -> Any | None:
@@ -96,13 +102,20 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map).to(config.device)
+    choices = auto.resolve(config, module, data.feature_map)  # threads, precision, optimizer
+    torch.set_num_threads(choices.threads)
     net = ddp.wrap(module, seed=config.seed)  # DDP (rank 0's weights broadcast) when world > 1
-    optimizer = make_optimizer(module, config)
+    if choices.precision != "fp32":
+        net = Autocast(net, choices.precision, config.device)  # training forward only
+    optimizer = make_optimizer(module, config, choices)
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience)
     params = sum(p.numel() for p in module.parameters())
-    echo(f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs")
+    echo(
+        f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs; "
+        f"{choices.threads} thread(s), {choices.precision}, optimizer {choices.optimizer}"
+    )
     if ddp.enabled:
         echo(
             f"data parallel: {ddp.world_size} ranks ({ddp.backend}), batch {config.batch_size} per rank, "
@@ -188,6 +201,8 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            "precision": choices.precision,
+            "optimizer": choices.optimizer,
         },
     }
     if ddp.is_main:  # only rank 0 writes
