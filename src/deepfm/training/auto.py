@@ -19,6 +19,7 @@ numbers: ``benchmarks/README.md`` ("Criteo-like workload").
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,10 +59,23 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def idle_cores() -> int:
+    """Available cores not busy with other processes: cores minus the 1-minute load average
+    (this process counted as idle), at least 1."""
+    cores = available_cores()
+    try:
+        others = os.getloadavg()[0] - 1.0
+    except (AttributeError, OSError):  # pragma: no cover - no load average on this platform
+        others = 0.0
+    return max(1, min(cores, math.floor(cores - max(0.0, others) + 0.5)))
+
+
 def auto_threads(module: nn.Module, batch_size: int) -> int:
-    """``--threads 0``: every available core for GEMM-bound steps, else 1 (a second thread only
-    adds OpenMP barriers to a step of tiny kernels, and collapses it on a busy machine)."""
-    return available_cores() if step_flops(module, batch_size) >= HEAVY_STEP_FLOPS else 1
+    """``--threads 0``: for GEMM-bound steps every core not busy with other processes
+    (:func:`idle_cores`), else 1. A thread per busy core makes OpenMP's barriers wait for
+    descheduled threads (measured 40x slower with 2 threads on 2 shared cores); for a step of
+    tiny kernels a second thread only adds those barriers."""
+    return idle_cores() if step_flops(module, batch_size) >= HEAVY_STEP_FLOPS else 1
 
 
 def auto_precision(module: nn.Module, batch_size: int, device: str | torch.device) -> str:
