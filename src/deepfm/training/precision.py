@@ -11,7 +11,7 @@ change. Hand-written autograd Functions (the fused CPU training kernels) run the
 autocast like any op; their ``backward`` does not (autograd runs it outside the ``with`` block),
 and a matrix product of a bfloat16 activation with a float32 weight would then fail. PyTorch's
 answer is ``torch.amp.custom_bwd``, which re-enters the forward's autocast state around the
-backward; :class:`Autocast` does the same from outside for the node that produced the output
+backward; :class:`Autocast` does the same from outside for every such node of the step's graph
 (``_backward_under_autocast``), so the fused kernels and the plain modules both train in bf16.
 """
 
@@ -78,11 +78,25 @@ class Autocast(nn.Module):
 
 
 def _backward_under_autocast(out: torch.Tensor, device_type: str) -> None:
-    """If ``out`` comes from a hand-written autograd Function, run that node's backward under
-    the autocast state of its forward (what ``torch.amp.custom_bwd`` does inside a Function)."""
-    node = out.grad_fn
-    if not isinstance(node, torch.autograd.function.BackwardCFunction):
-        return
+    """Every hand-written autograd Function node behind ``out`` runs its backward under the
+    autocast state of its forward (what ``torch.amp.custom_bwd`` does inside a Function).
+
+    The walk visits each node of this step's graph once (a few dozen); built-in nodes are left
+    alone: autograd already runs their backward in the dtypes autocast chose forward.
+    """
+    seen: set[torch.autograd.graph.Node] = set()
+    stack = [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            _hook_node(node, device_type)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+
+
+def _hook_node(node: torch.autograd.graph.Node, device_type: str) -> None:
     contexts: list[torch.autocast] = []
 
     def enter(_: tuple) -> None:
