@@ -108,6 +108,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     if choices.precision != "fp32":
         net = Autocast(net, choices.precision, config.device)  # training forward only
     optimizer = make_optimizer(module, config, choices)
+    eval_rows = auto.eval_batch_rows(config, data.feature_map)  # --eval-batch-size, memory-capped
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience)
@@ -145,7 +146,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         )
         stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
         ddp.sync_buffers(module)  # same BatchNorm running stats on every rank
-        valid_probs = ddp.predict(lambda s: predict_probs(module, s, config.eval_batch_size), data.valid)
+        valid_probs = ddp.predict(lambda s: predict_probs(module, s, eval_rows), data.valid)
         valid = evaluate(data.valid.label.numpy(), valid_probs)
         record = {
             "epoch": epoch,
@@ -178,7 +179,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     if stopper.best_state is not None:
         module.load_state_dict(stopper.best_state)
     model = TrainedModel(module, data.feature_map, config, data.tables, data.extras)
-    test_probs = ddp.predict(lambda s: model.predict_split(s, config.eval_batch_size), data.test)
+    test_probs = ddp.predict(lambda s: model.predict_split(s, eval_rows), data.test)
     test = evaluate(data.test.label.numpy(), test_probs)
     train_seconds = sum(e["train_seconds"] for e in epochs)
     train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
