@@ -39,8 +39,11 @@ MISSING_RATE = [0.0, 0.0, 0.03, 0.03, 0.0, 0.12, 0.0, 0.0, 0.0, 0.0, 0.0, 0.03, 
 CHUNK = 250_000
 
 
-def generate(path: Path, rows: int, seed: int = 0) -> float:
-    """Write ``rows`` synthetic Criteo rows to ``path``; returns the positive rate."""
+def generate(path: Path, rows: int, seed: int = 0, zipf: float = 1.15) -> float:
+    """Write ``rows`` synthetic Criteo rows to ``path``; returns the positive rate.
+
+    ``zipf``: the exponent of the category ranks (larger = fewer distinct values).
+    """
     rng = np.random.default_rng(seed)
     vocab = [pa.array([f"{(k * 2654435761 + 977 * f) & 0xFFFFFFFF:08x}" for k in range(n)])
              for f, n in enumerate(CARDINALITY)]  # fmt: skip
@@ -61,7 +64,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> float:
                     logit += np.where(missing, 0.0, 0.35 * np.log1p(x) - 0.5)
             cats = []
             for f, card in enumerate(CARDINALITY):
-                rank = (rng.zipf(1.15, n) - 1) % card
+                rank = (rng.zipf(zipf, n) - 1) % card
                 missing = rng.random(n) < MISSING_RATE[f]
                 if f in signal_fields:
                     logit += np.where(missing, 0.0, weight[f][rank])

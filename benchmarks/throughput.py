@@ -11,13 +11,22 @@ on a shared machine), the ratios to the reference and to the plain loop, and tes
 those epochs. Rounds are interleaved (``--rounds``), the best round of each row is reported.
 
     PYTHONPATH=src python benchmarks/throughput.py --data-dir ../shared/data/ml-1m-half
+
+``--workload criteo``: a Criteo-like data set instead (see :func:`criteo_main`): a plain batched
+PyTorch loop at 2 threads against ``deepfm train`` defaults, 1 epoch each, samples/s and test AUC.
+
+    PYTHONPATH=src python benchmarks/throughput.py --workload criteo            # 1M rows
+    PYTHONPATH=src python benchmarks/throughput.py --workload criteo --rows 200000 \
+        --variants "fm_warmup_epochs=0;threads=1;precision=fp32;optimizer=lazy"
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +35,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import criteo_scale  # noqa: E402
 import reference  # noqa: E402
 
 from deepfm.config import TrainConfig  # noqa: E402
 from deepfm.training.checkpoint import model_from_config  # noqa: E402
 from deepfm.training.loop import predict_probs, train_epoch  # noqa: E402
 from deepfm.training.metrics import auc  # noqa: E402
-from deepfm.training.run import configure_threads, load_data, make_optimizer, trainable  # noqa: E402
+from deepfm.training.run import configure_threads, load_data, make_optimizer, train, trainable  # noqa: E402
 
 
 @dataclass
@@ -45,11 +55,15 @@ class Row:
     predict: Any  # () -> test AUC
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # training seconds, if epoch() times itself
 
     def run_epoch(self) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         samples = self.epoch()
-        self.wall.append(samples / (time.perf_counter() - wall))
+        elapsed = time.perf_counter() - wall
+        if len(self.seconds) > len(self.wall):  # training time alone (no model set-up, no eval)
+            elapsed = self.seconds[-1]
+        self.wall.append(samples / elapsed)
         self.cpu.append(samples / (time.process_time() - cpu))
 
 
@@ -115,7 +129,25 @@ def main() -> None:
     parser.add_argument(
         "--plain-model", action="store_true", help="also a deepfm row with --no-fast (the plain model code)"
     )
+    parser.add_argument("--workload", choices=["movielens", "criteo"], default="movielens")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="criteo: rows to generate")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="criteo: folder for the generated data and its preprocessing cache, reused by later "
+        "runs with the same --rows (default: deepfm-throughput-criteo in the temp folder)",
+    )
+    parser.add_argument("--plain-threads", type=int, default=2, help="criteo: threads of the plain loop")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="criteo: extra deepfm rows, ';'-separated TrainConfig overrides, e.g. "
+        "'threads=1;precision=fp32,optimizer=lazy;fm_warmup_epochs=0'",
+    )
     args = parser.parse_args()
+    if args.workload == "criteo":
+        criteo_main(args)
+        return
     base = TrainConfig(data_dir=args.data_dir, seed=args.seed, threads=args.threads, progress=False)
     configure_threads(args.threads)
     data = load_data(base)
@@ -146,6 +178,117 @@ def main() -> None:
         print(
             f"| {row.name} | {row.batch} | {wall:,.0f} | {cpu:,.0f} | {wall / max(first.wall):.2f} "
             f"| {wall / max(plain.wall):.2f} (CPU-s: {cpu / max(plain.cpu):.2f}) | {row.predict():.4f} |"
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS of this benchmark process: {peak:,.0f} MiB")
+
+
+# --- Criteo-like workload -------------------------------------------------------------------
+CRITEO_RECIPE = {"mlp": (400, 400, 400), "dropout": 0.2, "batch_size": 4096}  # = --mlp 400,400,400 ...
+CRITEO_ZIPF = 1.2  # category ranks; ~620k table rows at 1M generated rows (min_count 1)
+
+
+def criteo_data(rows: int, workdir: str | None) -> str:
+    """Generate ``rows`` Criteo-layout rows (once per folder) and write their spec; its path."""
+    folder = Path(workdir or Path(tempfile.gettempdir()) / "deepfm-throughput-criteo") / f"rows-{rows}"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DEEPFM_CACHE", str(folder / "cache"))
+    spec = folder / "spec.yaml"
+    if not spec.exists():
+        import yaml
+
+        from deepfm.data.ctr_datasets import criteo_spec_dict
+
+        t = time.perf_counter()
+        rate = criteo_scale.generate(folder / "train.txt", rows, seed=0, zipf=CRITEO_ZIPF)
+        print(f"generated {rows:,} Criteo-like rows (CTR {rate:.3f}) in {time.perf_counter() - t:.0f}s")
+        layout = criteo_spec_dict(["train.txt"]) | {"name": f"criteo-like-{rows}"}
+        spec.write_text(yaml.safe_dump(layout, sort_keys=False))
+    return str(spec)
+
+
+def plain_criteo_row(data, threads: int, seed: int) -> Row:
+    """The plain batched loop with the recipe: embed 16, MLP 400-400-400 (BatchNorm, ReLU,
+    dropout 0.2), ``torch.optim.Adam``, batch 4096; a fresh model each round (1 epoch)."""
+    dims, ids = reference.local_ids(data)
+    x_train, x_test = torch.from_numpy(ids["train"]), torch.from_numpy(ids["test"])
+    batch = CRITEO_RECIPE["batch_size"]
+    aucs: list[float] = []
+
+    def epoch() -> int:
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        model = reference.ReferenceDeepFM(dims, 16, CRITEO_RECIPE["mlp"], CRITEO_RECIPE["dropout"])
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
+        generator = torch.Generator().manual_seed(seed)
+        wall = time.perf_counter()
+        n = reference.train_plain_epoch(model, x_train, data.train.label, batch, optimizer, generator)
+        row.seconds.append(time.perf_counter() - wall)
+        aucs.append(auc(data.test.label.numpy(), reference.predict(model, x_test)))
+        return n
+
+    row = Row(f"plain batched loop, {threads} threads", batch, epoch, lambda: aucs[-1])
+    return row
+
+
+def deepfm_criteo_row(data, spec: str, seed: int, overrides: dict[str, Any]) -> Row:
+    """``deepfm train --spec SPEC --mlp 400,400,400 --dropout 0.2 --batch-size 4096 --epochs 1``
+    (plus ``overrides``) through :func:`deepfm.training.run.train` on the prepared data."""
+    batch = CRITEO_RECIPE["batch_size"]
+    results: list[dict] = []
+
+    def epoch() -> int:
+        with tempfile.TemporaryDirectory() as out:
+            config = TrainConfig(
+                spec=spec, out=out, epochs=1, seed=seed, progress=False, **CRITEO_RECIPE, **overrides
+            )
+            metrics = train(config, data=data, echo=lambda *_: None)
+        results.append(metrics)
+        row.seconds.append(metrics["train_seconds"])
+        env = metrics["environment"]
+        row.name = f"{label}: {env['threads']} thr, {env['precision']}, {env['optimizer']}"
+        return int(metrics["train_samples_per_s"] * metrics["train_seconds"])
+
+    label = "deepfm defaults" + "".join(f", {k}={v}" for k, v in overrides.items())
+    row = Row(label, batch, epoch, lambda: results[-1]["test_auc"])
+    return row
+
+
+def _overrides(text: str) -> dict[str, Any]:
+    """``"threads=1,precision=fp32"`` -> ``{"threads": 1, "precision": "fp32"}``."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return out
+
+
+def criteo_main(args: argparse.Namespace) -> None:
+    """Plain loop vs ``deepfm train`` defaults on the Criteo-like data, rounds interleaved."""
+    spec = criteo_data(args.rows, args.workdir)
+    data = load_data(TrainConfig(spec=spec, seed=args.seed, progress=False))
+    print(
+        f"{data.name}: {len(data.train):,} train / {len(data.test):,} test rows, "
+        f"{len(data.feature_map.fields)} fields, table {data.feature_map.num_rows:,} rows; "
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.epochs} round(s) of 1 epoch per row"
+    )
+    rows = [
+        plain_criteo_row(data, args.plain_threads, args.seed),
+        deepfm_criteo_row(data, spec, args.seed, {}),
+    ]
+    rows += [deepfm_criteo_row(data, spec, args.seed, _overrides(v)) for v in args.variants.split(";") if v]
+    for _ in range(args.epochs):
+        for row in rows:
+            row.run_epoch()
+            print(f"  {row.name}: {row.wall[-1]:,.0f} samples/s, test AUC {row.predict():.4f}", flush=True)
+    plain = rows[0]
+    print("\n| pipeline | samples/s | x plain loop | test AUC after 1 epoch | AUC - plain |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        wall = max(row.wall)
+        print(
+            f"| {row.name} | {wall:,.0f} | {wall / max(plain.wall):.2f} | {row.predict():.4f} "
+            f"| {row.predict() - plain.predict():+.4f} |"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS of this benchmark process: {peak:,.0f} MiB")

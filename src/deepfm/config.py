@@ -36,7 +36,7 @@ class TrainConfig:
     dropout: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 1e-6
-    optimizer: str = "fused"  # fused | adam (reference kernels) | lazy (row-wise embeddings)
+    optimizer: str = "auto"  # auto | fused | adam (reference kernels) | lazy (row-wise embeddings)
     batch_size: int = 1024
     epochs: int = 40
     patience: int = 3
@@ -45,9 +45,10 @@ class TrainConfig:
     fm_warmup_epochs: int = 1  # DeepFM: train the FM part alone (MLP frozen) for the first N epochs
     seed: int = 0
     eval_batch_size: int = 65536
-    threads: int = 0  # 0 = automatic (1 intra-op thread: see docs/speed.md)
+    threads: int = 0  # 0 = automatic from the step's work (deepfm.training.auto)
     device: str = "cpu"
     fast: bool = True  # fused training kernels (deepfm.fast); False: the plain module path, same numbers
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; deepfm.training.precision)
     progress: bool = True
     checkpoint_every: int = 0  # also save DIR/state.pt every N optimizer steps (0 = epoch ends only)
     resume: bool = False  # continue the run in ``out`` from its state.pt
@@ -86,8 +87,8 @@ class TrainConfig:
             problems.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.checkpoint_every < 0:
             problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        if self.optimizer not in ("fused", "adam", "lazy"):
-            problems.append(f"--optimizer must be one of fused, adam, lazy, got {self.optimizer!r}")
+        if self.optimizer not in ("auto", "fused", "adam", "lazy"):
+            problems.append(f"--optimizer must be one of auto, fused, adam, lazy, got {self.optimizer!r}")
         if self.on_bad_lines not in ("error", "skip"):
             problems.append(f"--on-bad-lines must be 'error' or 'skip', got {self.on_bad_lines!r}")
         if self.min_count < 1:
@@ -98,6 +99,10 @@ class TrainConfig:
             problems.append(f"--device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         elif self.device.startswith("cuda") and not _cuda_available():
             problems.append(f"--device {self.device}: PyTorch sees no CUDA GPU here")
+        elif self.precision == "bf16":
+            problems += _bf16_problems(self.device)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            problems.append(f"--precision must be one of auto, fp32, bf16, got {self.precision!r}")
         if problems:
             raise ConfigError("; ".join(problems))
         return self
@@ -171,6 +176,16 @@ def _model_option_problems(cls: type, options: Any) -> list[str]:
     unknown = sorted(set(options) - set(known))
     if unknown:
         return [f"unknown model option(s) {unknown} for {cls.__name__}; it accepts {known}"]
+    return []
+
+
+def _bf16_problems(device: str) -> list[str]:
+    from deepfm.training.precision import check_precision
+
+    try:
+        check_precision("bf16", device)
+    except ConfigError as exc:
+        return [str(exc)]
     return []
 
 

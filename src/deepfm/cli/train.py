@@ -62,9 +62,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--optimizer",
         default=s,
-        choices=["fused", "adam", "lazy"],
-        help="fused: Adam in fused kernels (default, same updates as adam); adam: the reference "
-        "torch.optim.Adam; lazy: row-wise Adam on embeddings, only rows in the batch updated",
+        choices=["auto", "fused", "adam", "lazy"],
+        help="auto (default): lazy when the embedding table is much larger than the rows a batch "
+        "touches, else fused; fused: Adam in fused kernels (same updates as adam); adam: the "
+        "reference torch.optim.Adam; lazy: row-wise Adam on embeddings, only rows in the batch updated",
     )
     opt.add_argument("--batch-size", type=int, default=s, help=f"default {D.batch_size}")
     opt.add_argument(
@@ -99,7 +100,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         f"model; 0 trains everything from the start (default {D.fm_warmup_epochs})",
     )
     opt.add_argument("--seed", type=int, default=s, help="seed of split, init and shuffling (default 0)")
-    opt.add_argument("--threads", type=int, default=s, help="CPU threads (default: automatic = 1)")
+    opt.add_argument(
+        "--threads",
+        type=int,
+        default=s,
+        help="CPU threads (default 0: automatic, all cores for GEMM-heavy steps, else 1)",
+    )
     opt.add_argument("--device", default=s, help="cpu (default) or cuda")
     opt.add_argument(
         "--no-fast",
@@ -107,6 +113,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         action="store_false",
         default=s,
         help="train with the plain model code instead of the fused kernels (same numbers, slower)",
+    )
+    opt.add_argument(
+        "--precision",
+        default=s,
+        choices=["auto", "fp32", "bf16"],
+        help="bf16: bfloat16 autocast for training (CPUs with AVX512-BF16/AMX, CUDA); auto "
+        "(default): bf16 for GEMM-heavy steps where supported, else fp32; eval is fp32",
     )
     opt.add_argument(
         "--no-progress", dest="progress", action="store_false", default=s, help="no progress bars"

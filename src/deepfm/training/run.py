@@ -18,7 +18,7 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
-from deepfm.training import optim
+from deepfm.training import auto, optim
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.distributed import init_distributed
 from deepfm.training.early_stopping import EarlyStopping
@@ -26,16 +26,22 @@ from deepfm.training.io import write_json, write_text
 from deepfm.training.loop import predict_probs, train_epoch
 from deepfm.training.metrics import evaluate
 from deepfm.training.plots import learning_curve
+from deepfm.training.precision import Autocast
 from deepfm.training.state import TrainingState
 
 
 def configure_threads(threads: int) -> None:
-    """``threads`` intra-op threads; 0 = automatic: one (see ``deepfm.training.optim``)."""
+    """``threads`` intra-op threads; 0 = automatic: one until the model is built, then the
+    choice of :func:`deepfm.training.auto.auto_threads` (see :func:`train`)."""
     torch.set_num_threads(threads if threads > 0 else optim.AUTO_THREADS)
 
 
-def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return optim.make_optimizer(module, config.optimizer, config.lr, config.weight_decay)
+def make_optimizer(
+    module: torch.nn.Module, config: TrainConfig, choices: auto.Choices | None = None
+) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``module``; ``auto`` as resolved in ``choices`` (or ``fused``)."""
+    name = config.optimizer if config.optimizer != "auto" else choices.optimizer if choices else "fused"
+    return optim.make_optimizer(module, name, config.lr, config.weight_decay)
 
 
 def trainable(module: torch.nn.Module, data: PreparedData, config: TrainConfig) -> torch.nn.Module:
@@ -98,15 +104,23 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map).to(config.device)
-    net = ddp.wrap(
-        trainable(module, data, config), seed=config.seed
-    )  # DDP (rank 0's weights broadcast) when world > 1
-    optimizer = make_optimizer(module, config)
+    choices = auto.resolve(config, module, data.feature_map)  # threads, precision, optimizer
+    torch.set_num_threads(choices.threads)
+    # the fused training path of deepfm.fast where there is one; DDP (rank 0's weights
+    # broadcast) when world > 1
+    net = ddp.wrap(trainable(module, data, config), seed=config.seed)
+    if choices.precision != "fp32":
+        net = Autocast(net, choices.precision, config.device)  # training forward only
+    optimizer = make_optimizer(module, config, choices)
+    eval_rows = auto.eval_batch_rows(config, data.feature_map)  # --eval-batch-size, memory-capped
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience)
     params = sum(p.numel() for p in module.parameters())
-    echo(f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs")
+    echo(
+        f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs; "
+        f"{choices.threads} thread(s), {choices.precision}, optimizer {choices.optimizer}"
+    )
     if ddp.enabled:
         echo(
             f"data parallel: {ddp.world_size} ranks ({ddp.backend}), batch {config.batch_size} per rank, "
@@ -136,7 +150,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         )
         stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
         ddp.sync_buffers(module)  # same BatchNorm running stats on every rank
-        valid_probs = ddp.predict(lambda s: predict_probs(module, s, config.eval_batch_size), data.valid)
+        valid_probs = ddp.predict(lambda s: predict_probs(module, s, eval_rows), data.valid)
         valid = evaluate(data.valid.label.numpy(), valid_probs)
         record = {
             "epoch": epoch,
@@ -169,7 +183,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     if stopper.best_state is not None:
         module.load_state_dict(stopper.best_state)
     model = TrainedModel(module, data.feature_map, config, data.tables, data.extras)
-    test_probs = ddp.predict(lambda s: model.predict_split(s, config.eval_batch_size), data.test)
+    test_probs = ddp.predict(lambda s: model.predict_split(s, eval_rows), data.test)
     test = evaluate(data.test.label.numpy(), test_probs)
     train_seconds = sum(e["train_seconds"] for e in epochs)
     train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
@@ -192,6 +206,8 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            "precision": choices.precision,
+            "optimizer": choices.optimizer,
         },
     }
     if ddp.is_main:  # only rank 0 writes
