@@ -14,6 +14,7 @@ failure becomes a 500 reply, never a crash.
 # No ``from __future__ import annotations``: FastAPI must see the real (locally built) Record type.
 import logging
 import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from deepfm.data.records import RawColumn, raw_columns
 from deepfm.errors import DeepFMError
 from deepfm.serving import MAX_BATCH
 from deepfm.serving.encoder import RecordEncoder, RecordError
+from deepfm.serving.graph import serving_forward
 from deepfm.serving.recommend import can_recommend, recommend
 from deepfm.training.checkpoint import TrainedModel
 
@@ -83,6 +85,10 @@ def record_model(columns: list[RawColumn]) -> type[BaseModel]:
     return create_model("Record", __config__=config, **fields)
 
 
+Handler = Callable[[bytes], tuple[int, bytes]]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
 class BodyLimit:
     """Pure ASGI middleware: 413 once a request body is over ``max_bytes``.
 
@@ -92,9 +98,10 @@ class BodyLimit:
     once it is complete and within the limit.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, fast: dict[str, Handler] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.fast = fast or {}  # POST path -> handler answering from the body (see Predictor)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -126,6 +133,12 @@ class BodyLimit:
                 break
         body = b"".join(parts)
         parts.clear()
+        handler = self.fast.get(scope["path"]) if scope.get("method") == "POST" else None
+        if handler is not None:  # the hot path: no routing or dependency solving per request
+            status, content = handler(body)
+            await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+            await send({"type": "http.response.body", "body": content})
+            return
         delivered = False
 
         async def replay() -> Any:
@@ -158,8 +171,6 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
         description=f"{model.config.model} click-through-rate model; a record carries {names}.",
     )
 
-    app.add_middleware(BodyLimit, max_bytes=max_bytes)
-
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler fails (500) when the echoed input holds NaN / Infinity or a lone
@@ -182,9 +193,9 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
             recommend=can_recommend(model),
         )
 
-    encoder = RecordEncoder(model.feature_map, model.tables)
-    module = model.module
+    predictor = Predictor(model, max_batch)
     schema = {"type": "array", "items": Record.model_json_schema(by_alias=True), "example": [example]}
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, fast={"/predict": predictor})
 
     @app.post(
         "/predict",
@@ -199,27 +210,10 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
         },
     )
     async def predict(request: Request) -> Response:
-        body = await request.body()
-        try:
-            records = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _invalid("json_invalid", ["body", exc.pos], f"JSON decode error: {exc.msg}")
-        if isinstance(records, list) and len(records) > max_batch:
-            detail = f"{len(records):,} records is over the limit of {max_batch:,} a request"
-            return _json({"detail": detail}, 413)
-        try:
-            arrays = encoder.encode(records)
-        except RecordError as exc:
-            loc = ["body"] + ([exc.record] if exc.record is not None else [])
-            loc += [exc.field] if exc.field is not None else []
-            return _invalid(exc.kind, loc, exc.reason)
-        if not records:
-            return _json({"probabilities": []})
-        if encoder.uses_side_columns(records):  # the caller's side values win: the pandas path
-            probs = _run(lambda: model.predict(records))
-        else:
-            probs = _run(lambda: _forward(module, arrays))
-        return _json({"probabilities": probs.tolist()})
+        # BodyLimit answers POST /predict itself (the same Predictor); this route documents it and
+        # serves it when the app is mounted without that middleware
+        status, content = predictor(await request.body())
+        return Response(content, status_code=status, media_type="application/json")
 
     @app.get(
         "/recommend",
@@ -240,21 +234,58 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
     return app
 
 
-def _forward(module: torch.nn.Module, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Probabilities of encoded inputs: one forward pass, no batching loop."""
-    ids = torch.from_numpy(arrays["ids"])
-    bags = torch.from_numpy(arrays["bags"]) if "bags" in arrays else None
-    dense = torch.from_numpy(arrays["dense"]) if "dense" in arrays else None
-    return torch.sigmoid(module(ids, bags, dense)).float().numpy()
+class Predictor:
+    """``POST /predict`` on a raw body: parse (orjson), encode (:class:`RecordEncoder`), one
+    forward pass of the traced serving graph (:func:`serving_forward`), orjson reply.
+
+    Returns ``(status, JSON bytes)``: 200 with the probabilities, 413 for too many records, 422 in
+    FastAPI's shape (``{"detail": [{"type", "loc", "msg"}]}``) naming the record and field, 500
+    (logged) for anything unexpected; it never raises.
+    """
+
+    def __init__(self, model: TrainedModel, max_batch: int) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.encoder = RecordEncoder(model.feature_map, model.tables)
+        self.forward = serving_forward(model.module, model.feature_map)
+
+    def __call__(self, body: bytes) -> tuple[int, bytes]:
+        try:
+            return self._predict(body)
+        except Exception as exc:  # never let a request take the server down
+            log.exception("prediction failed")
+            return 500, orjson.dumps({"detail": f"internal error: {type(exc).__name__}"})
+
+    def _predict(self, body: bytes) -> tuple[int, bytes]:
+        try:
+            records = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _invalid("json_invalid", ["body", exc.pos], f"JSON decode error: {exc.msg}")
+        if isinstance(records, list) and len(records) > self.max_batch:
+            detail = f"{len(records):,} records is over the limit of {self.max_batch:,} a request"
+            return 413, orjson.dumps({"detail": detail})
+        try:
+            arrays = self.encoder.encode(records)
+        except RecordError as exc:
+            loc = ["body"] + ([exc.record] if exc.record is not None else [])
+            loc += [exc.field] if exc.field is not None else []
+            return _invalid(exc.kind, loc, exc.reason)
+        if not records:
+            probs = np.zeros(0, dtype=np.float32)
+        elif self.encoder.uses_side_columns(records):  # the caller's side values win: pandas path
+            try:
+                with torch.inference_mode():
+                    probs = self.model.predict(records)
+            except DeepFMError as exc:
+                return 422, orjson.dumps({"detail": _finite(str(exc))})
+        else:
+            probs = self.forward(arrays)
+        return 200, orjson.dumps({"probabilities": probs.tolist()})
 
 
-def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
-
-
-def _invalid(kind: str, loc: list[Any], message: str) -> Response:
+def _invalid(kind: str, loc: list[Any], message: str) -> tuple[int, bytes]:
     """A 422 in FastAPI's shape: ``{"detail": [{"type", "loc", "msg"}]}``."""
-    return _json({"detail": [{"type": kind, "loc": loc, "msg": message}]}, 422)
+    return 422, orjson.dumps({"detail": [{"type": kind, "loc": loc, "msg": _finite(message)}]})
 
 
 def _run(call: Any) -> Any:

@@ -98,17 +98,6 @@ class RecordEncoder:
             raise RecordError(
                 f"expected a list of records, got {_json_type(records)}", None, None, "list_type"
             )
-        for i, r in enumerate(records):
-            if not isinstance(r, dict):
-                raise RecordError(
-                    f"expected an object (field: value), got {_json_type(r)}",
-                    i,
-                    None,
-                    "model_attributes_type",
-                )
-            if len(r) < len(self.required) or not all(c in r for c in self.required):
-                missing = next(c for c in self.required if c not in r)
-                raise RecordError("field required", i, missing, "missing")
         n = len(records)
         n_ids, n_seqs, width, n_dense = self.shape
         out = {"ids": np.empty((n, n_ids), dtype=np.int64)}
@@ -116,9 +105,23 @@ class RecordEncoder:
             out["bags"] = np.zeros((n, n_seqs, width), dtype=np.int64)
         if n_dense:
             out["dense"] = np.empty((n, n_dense), dtype=np.float32)
-        for step in self.steps:
-            step(records, out)
+        try:
+            for step in self.steps:
+                step(records, out)
+        except (KeyError, TypeError, IndexError):  # a record that is not an object, or lacks a field
+            self._check_shape(records)
+            raise
         return out
+
+    def _check_shape(self, records: list[Any]) -> None:
+        """Raise :class:`RecordError` for the first record that is not an object with every field."""
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                kind = "model_attributes_type"
+                raise RecordError(f"expected an object (field: value), got {_json_type(r)}", i, None, kind)
+            for c in self.required:
+                if c not in r:
+                    raise RecordError("field required", i, c, "missing")
 
     def uses_side_columns(self, records: list[dict[str, Any]]) -> bool:
         """Whether a record carries a column a side table supplies (the caller's value then wins)."""
@@ -130,26 +133,38 @@ class RecordEncoder:
         name, lookup, oov = f.source, _lookup(f), f.offset
         t = (f.transform or {}).get("type")
         if t is None:
+            key = _id_key(_dtype(f))
+
+            get = lookup.get
             dtype = _dtype(f)
+            direct = (int, float) if dtype in ("int", "float") else (str,) if dtype == "str" else ()
 
             def step(records: list[dict[str, Any]], out: dict[str, np.ndarray]) -> None:
-                column = out["ids"][:, j]
-                for i, r in enumerate(records):
-                    v = r[name]
-                    if not isinstance(v, SCALARS):
-                        raise RecordError(f"expected a single value, got {_json_type(v)}", i, name)
-                    column[i] = lookup.get(id_value(v, dtype), oov)
+                try:
+                    values = [r[name] for r in records]
+                    out["ids"][:, j] = [
+                        get(v, oov) if type(v) in direct else get(key(v), oov) for v in values
+                    ]
+                except TypeError:  # an unhashable value: find and name it
+                    _check_scalars(records, name)
+                    raise
 
             return step
         if t == "string":
 
+            def text(v: Any) -> str:
+                if type(v) is str:
+                    return v
+                if not isinstance(v, SCALARS):
+                    raise TypeError(v)
+                return "" if v is None or v != v else str(v)
+
             def step(records: list[dict[str, Any]], out: dict[str, np.ndarray]) -> None:
-                column = out["ids"][:, j]
-                for i, r in enumerate(records):
-                    v = r[name]
-                    if not isinstance(v, SCALARS):
-                        raise RecordError(f"expected a single value, got {_json_type(v)}", i, name)
-                    column[i] = lookup.get("" if v is None or v != v else str(v), oov)
+                try:
+                    out["ids"][:, j] = [lookup.get(text(r[name]), oov) for r in records]
+                except TypeError:
+                    _check_scalars(records, name)
+                    raise
 
             return step
         if t not in NUMBER_TRANSFORMS:
@@ -232,17 +247,17 @@ class RecordEncoder:
             places.append((kind, j, sub[kind]))
             sub[kind] += 1
         dtype = next(c.dtype for c in self.columns if c.name == key)
+        id_key = _id_key(dtype)
         rows = {id_value(v, dtype): i for i, v in enumerate(table[key].tolist())}
         rows.pop(None, None)
         missing_row = len(table)
 
         def step(records: list[dict[str, Any]], out: dict[str, np.ndarray]) -> None:
-            picks = []
-            for i, r in enumerate(records):
-                v = r[key]
-                if not isinstance(v, SCALARS):
-                    raise RecordError(f"expected a single value, got {_json_type(v)}", i, key)
-                picks.append(rows.get(id_value(v, dtype), missing_row))
+            try:
+                picks = [rows.get(id_key(r[key]), missing_row) for r in records]
+            except TypeError:
+                _check_scalars(records, key)
+                raise
             for kind, j, k in places:
                 values = encoded[kind][picks, k]
                 if kind == "bags":
@@ -251,6 +266,47 @@ class RecordEncoder:
                     out[kind][:, j] = values
 
         return step
+
+
+def _id_key(dtype: ValueType) -> Callable[[Any], Any]:
+    """:func:`id_value` for ``dtype``, with the common types first; ``TypeError`` for a non-scalar.
+
+    An int or float looks itself up in a numeric vocabulary (``6.0`` finds ``6``, ``1.5`` and NaN
+    find nothing: OOV); a string in a string vocabulary.
+    """
+    if dtype in ("int", "float"):
+
+        def key(v: Any) -> Any:
+            t = type(v)
+            if t is int or t is float:
+                return v
+            if not isinstance(v, SCALARS):
+                raise TypeError(v)
+            return id_value(v, dtype)
+
+    elif dtype == "str":
+
+        def key(v: Any) -> Any:
+            if type(v) is str:
+                return v
+            if not isinstance(v, SCALARS):
+                raise TypeError(v)
+            return id_value(v, dtype)
+
+    else:
+
+        def key(v: Any) -> Any:
+            if not isinstance(v, SCALARS):
+                raise TypeError(v)
+            return None if type(v) is bool else v
+
+    return key
+
+
+def _check_scalars(records: list[dict[str, Any]], name: str) -> None:
+    for i, r in enumerate(records):
+        if not isinstance(r[name], SCALARS):
+            raise RecordError(f"expected a single value, got {_json_type(r[name])}", i, name)
 
 
 def _lookup(f: Field) -> dict[Any, int]:
