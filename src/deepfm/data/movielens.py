@@ -137,6 +137,8 @@ def _lines(
     with open(path, encoding=encoding, newline="") as f:
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
+            if number == 1:  # a UTF-8 byte-order mark, read as UTF-8 or as Latin-1
+                line = line.removeprefix("\ufeff").removeprefix("\xef\xbb\xbf")
             if not line.strip():
                 continue
             parts = line.split(sep)
