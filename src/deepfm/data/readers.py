@@ -209,6 +209,11 @@ def _line_numbers(start: int, n: int, invalid: list[int]) -> np.ndarray:
 Problem = tuple[int, "str | None", str]  # line, column, message
 
 
+def _too_big(x: pl.Expr) -> pl.Expr:
+    """Infinite or beyond float32's range (NaN is a missing value, not too big)."""
+    return (x.abs() > F32_MAX) & x.is_not_nan()
+
+
 def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem]]:
     """Parse the ``numeric`` text columns; rows with unparsable values ("" = missing) are dropped
     and returned as problems."""
@@ -230,7 +235,7 @@ def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem
                         & pl.col(c).is_not_null()
                         & (pl.col(c).str.strip_chars() != "")
                     )
-                    | (pl.col(f"__num_{c}").abs() > F32_MAX)  # inf, or beyond float32: names the row
+                    | _too_big(pl.col(f"__num_{c}"))  # inf, or beyond float32: names the row
                 )
                 .fill_null(False)
                 .alias(f"__bad_{c}")
@@ -263,7 +268,7 @@ def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem
         c for c in frame.columns if c in numeric and c not in text_numeric and frame.schema[c].is_float()
     ]
     if typed:  # parquet floats: inf or beyond float32 names the row as well
-        flags = frame.select([(pl.col(c).abs() > F32_MAX).fill_null(False) for c in typed]).to_numpy()
+        flags = frame.select([_too_big(pl.col(c)).fill_null(False) for c in typed]).to_numpy()
         rows, cols = np.nonzero(flags)
         if len(rows):
             first: dict[int, int] = {}
