@@ -78,6 +78,8 @@ def main() -> int:
         records = sample_records(model_dir, max(args.single, args.batches * args.batch_rows), seed=0)
         (Path(tmp) / "records.json").write_text(json.dumps(records))
         server = serve_and_measure(args, model_dir, Path(tmp) / "records.json")
+        if not args.skip_latency:
+            server["in process"] = in_process(args, model_dir, Path(tmp) / "records.json")
         offline = offline_predict(args, model_dir, Path(tmp)) if not args.skip_latency else None
     print_report(args, server, offline)
     robust = server.pop("robustness", {})
@@ -444,6 +446,66 @@ def robustness(args: argparse.Namespace, port: int, pid: int, records_path: Path
     return out
 
 
+def in_process(args: argparse.Namespace, model_dir: Path, records_path: Path) -> dict:
+    """The server's own cost: ``POST /predict`` through the ASGI app in this process (no socket,
+    no client), p50 of sequential calls; much less sensitive to a loaded machine than HTTP."""
+    import asyncio
+
+    import torch
+
+    import deepfm
+    from deepfm.serving.app import create_app
+
+    torch.set_num_threads(args.threads)
+    app = create_app(deepfm.load(str(model_dir)), max_batch=max(args.batch_rows, 1))
+    records = json.loads(Path(records_path).read_text())
+
+    async def call(body: bytes) -> int:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/predict",
+            "raw_path": b"/predict",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        status = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(scope, receive, send)
+        return status[0]
+
+    async def measure(bodies: list[bytes]) -> float:
+        for body in bodies[:20]:
+            assert await call(body) == 200
+        times = []
+        for body in bodies:
+            start = time.perf_counter()
+            await call(body)
+            times.append(time.perf_counter() - start)
+        return float(np.percentile(times, 50) * 1e3)
+
+    b = args.batch_rows
+    singles = [json.dumps([records[i % len(records)]]).encode() for i in range(2000)]
+    batches = [json.dumps(records[(i * b) % len(records) :][:b]).encode() for i in range(100)]
+    return {
+        "1 record": asyncio.run(measure(singles)),
+        f"{b} records": asyncio.run(measure(batches)),
+    }
+
+
 def offline_predict(args: argparse.Namespace, model_dir: Path, tmp: Path) -> dict:
     import onnxruntime as ort
     import pandas as pd
@@ -525,12 +587,15 @@ def print_report(args: argparse.Namespace, server: dict, offline: dict | None) -
     )
     print(f"{'request':<24}{'requests':>9}{'req/s':>10}{'rows/s':>12}{'p50 ms':>9}{'p99 ms':>9}")
     for name, r in server.items():
-        if name == "robustness":
+        if name in ("robustness", "in process"):
             continue
         print(
             f"{name:<24}{r['requests']:>9,}{r['requests_per_s']:>10,.0f}{r['rows_per_s']:>12,.0f}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
         )
+    if "in process" in server:
+        costs = ", ".join(f"{k} {v:.3f} ms" for k, v in server["in process"].items())
+        print(f"server's own cost per POST /predict (ASGI in process, no socket, p50): {costs}")
     print(f"\noffline predict, {offline['rows']:,} rows, {offline['threads']} thread(s), best of 3")
     for batch in (1024, 65536):
         t, o = offline[f"pytorch, batch {batch}"], offline[f"onnxruntime, batch {batch}"]
