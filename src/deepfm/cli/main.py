@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -50,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.remove("--debug")
     parser = build_parser()
     args = parser.parse_args(argv)
+    _exit_on_sigterm()
     try:
         return int(args.run(args) or 0)
     except DeepFMError as exc:
@@ -60,3 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM raises ``SystemExit(143)``, so ``finally`` blocks remove temporary files on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def terminate(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, terminate)

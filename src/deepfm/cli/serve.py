@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import socket
 from typing import Any
 
 from deepfm.errors import ConfigError
@@ -38,8 +40,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1:
         raise ConfigError("--max-batch must be >= 1")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    try:  # the address before the model loads: a port in use is a one-line error
+        with socket.create_server((args.host, args.port)) if args.port else contextlib.nullcontext():
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
     app = create_app(deepfm.load(args.model), max_batch=args.max_batch)
     print(f"serving {args.model} on http://{args.host}:{args.port} (docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -39,6 +39,7 @@ def read_ratings(path: str | Path) -> pd.DataFrame:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot be read ({exc.strerror or exc})", path) from None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors)
     if not data.strip():
         raise DataError(f"file is empty (expected MovieLens ratings, {RATINGS_FORMAT})", path)
     frame = _fast_parse(data)
@@ -137,6 +138,8 @@ def _lines(
     with open(path, encoding=encoding, newline="") as f:
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
+            if number == 1:  # a UTF-8 byte-order mark, read as UTF-8 or as Latin-1
+                line = line.removeprefix("\ufeff").removeprefix("\xef\xbb\xbf")
             if not line.strip():
                 continue
             parts = line.split(sep)

@@ -42,9 +42,10 @@ from deepfm.data.features import FeatureMap, Field, _sort_key
 from deepfm.data.memmap import MemmapSplit
 from deepfm.data.readers import BadLines, Chunk, read_chunks
 from deepfm.data.spec import PARTS, DatasetSpec, FieldSpec
+from deepfm.data.validate import check_label_values
 from deepfm.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records every file's size and checksum
 IN_MEMORY_BYTES = 1 << 30  # arrays up to this size are loaded into memory; larger ones stream
 SAMPLE_SIZE = 100_000  # values kept per quantile field to find its edges
 MERGE_EVERY = 16  # chunks of category counts merged at a time
@@ -119,11 +120,19 @@ def preprocess(spec: DatasetSpec, options: PrepareOptions) -> Path:
     files = spec.input_files()
     slug = re.sub(r"[^\w.-]+", "_", spec.name)
     folder = cache_dir() / "prepared" / f"{slug}-{cache_key(spec, files, options)}"
-    if (folder / "meta.json").exists():
-        _say(options, f"{spec.name}: using preprocessed cache {folder}")
-        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    clean_stale_builds(folder.parent)
+    if folder.exists():
+        problem = verify_cache(folder)
+        if problem is None:
+            _say(options, f"{spec.name}: using preprocessed cache {folder}")
+            return folder
+        print(
+            f"{spec.name}: cache {folder} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+    # the builder's pid in the name: a later run removes the folder once that process is gone
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-{os.getpid()}-", dir=folder.parent))
     try:
         _build(spec, files, options, tmp)
         if folder.exists():  # built concurrently by another run, or a stale folder without meta
@@ -132,6 +141,68 @@ def preprocess(spec: DatasetSpec, options: PrepareOptions) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+_BUILD = re.compile(r"^\..+-[0-9a-f]{16}-(?:(\d+)-)?[^-]+$")  # .NAME-KEY-PID-RANDOM (older: no PID)
+STALE_SECONDS = 24 * 3600  # an old-style temporary folder (no PID) older than this is abandoned
+DIGEST_WHOLE = 256 << 20  # files up to this size are checksummed whole; larger: first + last MiBs
+DIGEST_PART = 4 << 20
+
+
+def clean_stale_builds(prepared: Path) -> list[Path]:
+    """Remove temporary build folders (``.NAME-KEY-PID-xxxx``) of runs that are gone (killed)."""
+    from deepfm.training.io import pid_alive
+
+    removed = []
+    for path in prepared.iterdir() if prepared.is_dir() else []:
+        match = _BUILD.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        pid = match.group(1)
+        gone = not pid_alive(int(pid)) if pid else time.time() - path.stat().st_mtime > STALE_SECONDS
+        if gone:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of ``path`` (of its first and last 4 MiB when it is over 256 MiB)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= DIGEST_WHOLE:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            method = "sha256"
+        else:
+            digest.update(f.read(DIGEST_PART))
+            f.seek(size - DIGEST_PART)
+            digest.update(f.read(DIGEST_PART))
+            method = "sha256-first-last-4MiB"
+    return {"bytes": size, method: digest.hexdigest()}
+
+
+def verify_cache(folder: Path) -> str | None:
+    """``None`` when ``folder`` holds every file ``meta.json`` lists, with its size and checksum;
+    otherwise what is wrong (a missing or unreadable meta.json, a missing / truncated / changed file)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        files = meta["files_written"]
+        assert isinstance(files, dict) and files
+    except FileNotFoundError:
+        return "no meta.json"
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return "meta.json is unreadable or has no file list"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected.get("bytes"):
+            return f"{name} has {path.stat().st_size:,} bytes, expected {expected.get('bytes'):,}"
+        if file_digest(path) != expected:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def _say(options: PrepareOptions, message: str) -> None:
@@ -179,6 +250,8 @@ class _Plan:
                     path, self.spec.input, columns, self.numeric & set(columns), bad, self.spec.source
                 ):
                     chunk = _drop_missing(chunk, [c for c in (label, split.column) if c in columns], bad)
+                    if label in columns:
+                        chunk = _check_labels(self.spec, chunk, bad)
                     n = chunk.frame.height
                     if split.method == "files":
                         parts = np.full(n, PARTS.index(part_name), dtype=np.int8)
@@ -208,6 +281,23 @@ def _drop_missing(chunk: Chunk, columns: list[str], bad: BadLines) -> Chunk:
     if not missing.any():
         return chunk
     return Chunk(frame.filter(pl.Series(~missing)), chunk.path, chunk.lines[~missing])
+
+
+def _check_labels(spec: DatasetSpec, chunk: Chunk, bad: BadLines) -> Chunk:
+    """NaN labels are bad rows; without a declared rule, a label other than 0/1 is an error."""
+    column = spec.label.column
+    y = chunk.frame[column].cast(pl.Float64).to_numpy()
+    nan = np.isnan(y)
+    for r in np.nonzero(nan)[0].tolist():
+        bad.found(
+            f"label {chunk.frame[column][r]!r} is not a number", chunk.path, int(chunk.lines[r]), column
+        )
+    if nan.any():
+        chunk = Chunk(chunk.frame.filter(pl.Series(~nan)), chunk.path, chunk.lines[~nan])
+        y = y[~nan]
+    if not spec.label.declared:
+        check_label_values(y, column, spec.input.format, chunk.path, chunk.lines)
+    return chunk
 
 
 # --------------------------------------------------------------------------- pass 1: statistics
@@ -539,6 +629,7 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
         "seconds": {"count": counted - started, "total": seconds},
         "rows_per_s": float(rows.sum() / seconds) if seconds > 0 else None,
     }
+    meta["files_written"] = {p.name: file_digest(p) for p in sorted(out.iterdir()) if p.name != "meta.json"}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
     _say(options, f"{spec.name}: preprocessed {int(rows.sum()):,} rows in {seconds:.1f}s{skipped}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from deepfm.data.spec import InputSpec
-from deepfm.errors import ConfigError, DataError
+from deepfm.errors import ConfigError, DataError, brief
 
 BLOCK_BYTES = 16 << 20  # csv text parsed per chunk
 PARQUET_ROWS = 65536
 TEXT_COLUMN = "__text__"
+F32_MAX = float(np.finfo(np.float32).max)  # numeric inputs beyond this overflow the model's float32
 
 
 @dataclass
@@ -64,19 +66,47 @@ def read_chunks(
     bad: BadLines,
     source: str = "spec",
 ) -> Iterator[Chunk]:
-    """Stream ``path`` as chunks holding ``columns`` (those in ``numeric`` parsed as floats)."""
-    if spec.format in ("csv", "tsv"):
-        yield from _read_text_table(path, spec, columns, numeric, bad, source)
-    elif spec.format == "parquet":
-        yield from _read_parquet(path, columns, numeric, bad, source)
-    else:
-        yield from _read_svm(path, spec.format, columns, bad)
+    """Stream ``path`` as chunks holding ``columns`` (those in ``numeric`` parsed as floats).
+
+    The one error path of every reader and decompressor: whatever a damaged file makes the
+    libraries raise (a truncated ``.gz``, a bad CRC, a plain file named ``.gz``, corrupt parquet
+    pages, bytes that are not UTF-8) becomes a one-line :class:`DataError` naming the file.
+    """
+    try:
+        if spec.format in ("csv", "tsv"):
+            yield from _read_text_table(path, spec, columns, numeric, bad, source)
+        elif spec.format == "parquet":
+            yield from _read_parquet(path, columns, numeric, bad, source)
+        else:
+            yield from _read_svm(path, spec.format, columns, bad)
+    except READ_ERRORS as exc:
+        raise DataError(f"cannot read: {describe(exc)}", path) from None
+
+
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # includes gzip.BadGzipFile and pyarrow's IOError
+    EOFError,  # a truncated gzip stream
+    zlib.error,
+    UnicodeError,
+    pa.ArrowException,
+    pl.exceptions.PolarsError,
+)
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what is wrong with a file, from a reader's or decompressor's exception."""
+    text = brief(exc, 200)
+    if isinstance(exc, EOFError) or "end-of-stream" in text:
+        return f"the file is truncated ({text})"
+    if isinstance(exc, gzip.BadGzipFile) or "gzip" in text.lower() or isinstance(exc, zlib.error):
+        return f"not a valid gzip file ({text})"
+    return text
 
 
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _separator(spec: InputSpec) -> str:
@@ -89,7 +119,8 @@ def _read_text_table(
     sep = _separator(spec)
     if spec.header:
         with _open_text(path) as f:
-            names = [n.strip().strip('"') for n in f.readline().rstrip("\r\n").split(sep)]
+            header = f.readline().rstrip("\r\n").removeprefix("\ufeff")  # a UTF-8 byte-order mark
+            names = [n.strip().strip('"') for n in header.split(sep)]
         first_line = 2
     else:
         names = list(spec.columns)
@@ -178,6 +209,11 @@ def _line_numbers(start: int, n: int, invalid: list[int]) -> np.ndarray:
 Problem = tuple[int, "str | None", str]  # line, column, message
 
 
+def _too_big(x: pl.Expr) -> pl.Expr:
+    """Infinite or beyond float32's range (NaN is a missing value, not too big)."""
+    return (x.abs() > F32_MAX) & x.is_not_nan()
+
+
 def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem]]:
     """Parse the ``numeric`` text columns; rows with unparsable values ("" = missing) are dropped
     and returned as problems."""
@@ -194,10 +230,15 @@ def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem
         frame = frame.with_columns(
             [
                 (
-                    pl.col(f"__num_{c}").is_null()
-                    & pl.col(c).is_not_null()
-                    & (pl.col(c).str.strip_chars() != "")
-                ).alias(f"__bad_{c}")
+                    (
+                        pl.col(f"__num_{c}").is_null()
+                        & pl.col(c).is_not_null()
+                        & (pl.col(c).str.strip_chars() != "")
+                    )
+                    | _too_big(pl.col(f"__num_{c}"))  # inf, or beyond float32: names the row
+                )
+                .fill_null(False)
+                .alias(f"__bad_{c}")
                 for c in text_numeric
             ]
         ).with_columns([pl.col(f"__num_{c}").alias(c) for c in text_numeric])
@@ -213,11 +254,35 @@ def _parse_numeric(chunk: Chunk, numeric: set[str]) -> tuple[Chunk, list[Problem
             text = chunk.frame
             for r, c in sorted(first.items()):
                 column = text_numeric[c]
-                problems.append((int(chunk.lines[r]), column, f"{text[column][r]!r} is not a number"))
+                value = text[column][r]
+                number = frame[column][r]
+                reason = (
+                    "is not a number" if number is None else f"is not a finite number within +-{F32_MAX:.3g}"
+                )
+                problems.append((int(chunk.lines[r]), column, f"{value!r} {reason}"))
             keep = np.ones(frame.height, dtype=bool)
             keep[list(first)] = False
             frame = frame.filter(pl.Series(keep))
             chunk = Chunk(frame, chunk.path, chunk.lines[keep])
+    typed = [
+        c for c in frame.columns if c in numeric and c not in text_numeric and frame.schema[c].is_float()
+    ]
+    if typed:  # parquet floats: inf or beyond float32 names the row as well
+        flags = frame.select([_too_big(pl.col(c)).fill_null(False) for c in typed]).to_numpy()
+        rows, cols = np.nonzero(flags)
+        if len(rows):
+            first: dict[int, int] = {}
+            for r, c in zip(rows.tolist(), cols.tolist()):
+                first.setdefault(r, c)
+            for r, c in sorted(first.items()):
+                value = frame[typed[c]][r]
+                message = f"{value!r} is not a finite number within +-{F32_MAX:.3g}"
+                problems.append((int(chunk.lines[r]), typed[c], message))
+            keep = np.ones(frame.height, dtype=bool)
+            keep[list(first)] = False
+            frame = frame.filter(pl.Series(keep))
+            chunk = Chunk(frame, chunk.path, chunk.lines[keep])
+            problems.sort(key=lambda p: p[0])
     fill = [
         pl.col(c).fill_null("") for c in frame.columns if c not in numeric and frame.schema[c] == pl.String
     ]

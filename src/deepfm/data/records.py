@@ -11,6 +11,7 @@ wrong shape (a list where one value belongs, an object, ...) with the record num
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,8 +43,10 @@ def raw_columns(feature_map: FeatureMap, tables: Tables | None = None) -> list[R
     out: dict[str, RawColumn] = {}
     for f in feature_map.fields:
         key = supplied.get(f.name)
-        if key is None:
-            out.setdefault(f.name, RawColumn(f.name, f.kind, _field_type(f)))
+        if key is None and (f.transform or {}).get("type") in NUMBER_TRANSFORMS:
+            out.setdefault(f.source, RawColumn(f.source, "numeric", "float"))  # e.g. a log2bucket count
+        elif key is None:
+            out.setdefault(f.source, RawColumn(f.source, f.kind, _field_type(f)))
         elif key not in out:
             if key in fields:
                 out[key] = RawColumn(key, fields[key].kind, _field_type(fields[key]))
@@ -76,26 +79,143 @@ def prepare_records(
 
 
 def coerce(values: pd.Series, dtype: ValueType) -> pd.Series:
-    """Make ids comparable with a vocabulary of ``dtype`` (values that cannot be go to OOV)."""
-    if dtype in ("int", "float") and not pd.api.types.is_numeric_dtype(values):
-        return pd.to_numeric(values, errors="coerce")
-    if dtype == "str" and not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
-        return values.astype(str).where(values.notna(), None)
+    """Make ids comparable with a vocabulary of ``dtype`` by :func:`id_value`'s rule (vectorised)."""
+    if dtype in ("int", "float"):
+        if pd.api.types.is_bool_dtype(values):
+            return pd.Series(np.nan, index=values.index)
+        if pd.api.types.is_numeric_dtype(values):
+            return values
+        return values.map(lambda v: id_value(v, dtype)).astype(float)
+    if dtype == "str":
+        if pd.api.types.is_string_dtype(values) and not pd.api.types.is_object_dtype(values):
+            return values
+        return values.map(lambda v: id_value(v, dtype)).astype(object)
     return values
 
 
-def coerce_value(value: Any, dtype: ValueType) -> Any:
-    """One id (e.g. a command-line ``--user``) in the vocabulary's type; ``ValueError`` if impossible."""
-    if dtype == "int":
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError(f"{value!r} is not an integer")
-        return int(number)
-    if dtype == "float":
-        return float(value)
+def id_value(value: Any, dtype: ValueType) -> Any:
+    """The one id rule of every entry point: ``value`` in the vocabulary's type, or ``None`` (OOV).
+
+    Numeric vocabularies take numbers and numeric strings (``"42"`` is ``42``); anything else
+    (``"abc"``, ``1.5`` for an integer id, NaN, null, true) is an unknown id. String vocabularies
+    take strings, and numbers as their text (``42`` is ``"42"``). An unknown id scores as the
+    field's out-of-vocabulary row; it is never an error.
+    """
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None
+    if dtype in ("int", "float"):
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            number = float(value)
+        elif isinstance(value, str):
+            number = _parse_float(value)
+        else:
+            return None
+        if number != number:  # NaN
+            return None
+        if dtype == "int" and number.is_integer() and abs(number) < 2**63:
+            return int(number)
+        return number
     if dtype == "str":
-        return str(value)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            return None if value != value else str(value)
+        return None
     return value
+
+
+def coerce_value(value: Any, dtype: ValueType) -> Any:
+    """One id (e.g. a command-line ``--user``) by :func:`id_value`'s rule; ``None`` = unknown."""
+    return id_value(value, dtype)
+
+
+F32_MAX = float(np.finfo(np.float32).max)  # a numeric input beyond this overflows the model's float32
+
+
+def _parse_float(text: str) -> float:
+    """A number written as text (ASCII, as ``pandas.to_numeric`` reads it); NaN if it is not one."""
+    text = text.strip()
+    if not text or not text.isascii() or "_" in text:
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def number_value(value: Any) -> float:
+    """The one numeric-input rule: null / ``""`` / NaN = missing (NaN); a finite number within
+    float32's range, or numeric text, is the value; anything else raises ``ValueError`` saying why."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        x = float(value)
+    elif isinstance(value, str):
+        if not value.strip():
+            return float("nan")
+        x = _parse_float(value)
+        if x != x and value.strip().lower() not in ("nan", "+nan", "-nan"):
+            raise ValueError(f"{_short(value)} is not a number")
+    else:
+        raise ValueError(f"expected a number, got a {type(value).__name__}")
+    if x != x:
+        return x
+    if not math.isfinite(x) or abs(x) > F32_MAX:
+        raise ValueError(f"{_short(value)} is not a finite number within +-{F32_MAX:.3g}")
+    return x
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def numeric_sources(feature_map: FeatureMap) -> set[str]:
+    """Raw columns read as numbers: numeric fields and fields with a numeric transform."""
+    return {
+        f.source
+        for f in feature_map.fields
+        if f.kind == "numeric" or (f.transform or {}).get("type") in NUMBER_TRANSFORMS
+    }
+
+
+NUMBER_TRANSFORMS = ("log2bucket", "quantile", "standardize", "hour_of_day", "weekday")
+
+
+def check_numbers(frame: pd.DataFrame, feature_map: FeatureMap) -> None:
+    """:func:`number_value`'s rule over a frame's numeric columns (vectorised); DataError names the
+    first bad record and field."""
+    for column in sorted(numeric_sources(feature_map)):
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values):
+            bad = np.ones(len(values), dtype=bool)
+        elif pd.api.types.is_numeric_dtype(values):
+            x = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            with np.errstate(invalid="ignore"):
+                bad = np.isinf(x) | (np.abs(x) > F32_MAX)
+        else:
+            bad = values.map(_bad_number).to_numpy(dtype=bool)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = values.iloc[i]
+            try:
+                number_value(value.item() if isinstance(value, np.generic) else value)
+                reason = f"{_short(value)} is not a number"
+            except ValueError as exc:
+                reason = str(exc)
+            raise DataError(f"record {i}: {reason}", field=column)
+
+
+def _bad_number(value: Any) -> bool:
+    try:
+        number_value(value.item() if isinstance(value, np.generic) else value)
+    except ValueError:
+        return True
+    return False
 
 
 def _field_type(f: Field) -> ValueType:
@@ -131,10 +251,15 @@ def records_frame(records: pd.DataFrame | list[Any], feature_map: FeatureMap) ->
                 raise DataError(f"record {i} is a {type(record).__name__}, expected an object (field: value)")
         frame = pd.DataFrame.from_records(list(records), columns=_columns(records))
     for f in feature_map.fields:
-        if f.name not in frame.columns or frame[f.name].dtype != object:
+        if f.source not in frame.columns or frame[f.source].dtype != object:
             continue
-        column = frame[f.name]
-        if f.kind == "sequence":
+        column = frame[f.source]
+        if f.kind == "sequence" and (f.transform or {}).get("type") == "split":  # "a|b" or a list
+            ok = column.map(
+                lambda v: _is_list_of_scalars(v) or (isinstance(v, SCALARS) and not isinstance(v, bool))
+            )
+            expected = "a list of values, or text to split (or null)"
+        elif f.kind == "sequence":
             ok = column.map(lambda v: v is None or _is_list_of_scalars(v))
             expected = "a list of values (or null)"
         else:
@@ -143,7 +268,8 @@ def records_frame(records: pd.DataFrame | list[Any], feature_map: FeatureMap) ->
         if not ok.all():
             i = int(np.flatnonzero(~ok.to_numpy(dtype=bool))[0])
             got = type(column.iloc[i]).__name__
-            raise DataError(f"record {i}: expected {expected}, got a {got}", field=f.name)
+            raise DataError(f"record {i}: expected {expected}, got a {got}", field=f.source)
+    check_numbers(frame, feature_map)
     return frame
 
 

@@ -50,6 +50,7 @@ class LabelSpec:
     column: str = "label"
     op: str = ">"
     value: float = 0.0
+    declared: bool = False  # the spec states the rule; otherwise the values must already be 0/1
 
     @property
     def rule(self) -> str:
@@ -137,15 +138,23 @@ def load_spec(path: str | Path) -> DatasetSpec:
     """Read and validate a YAML or TOML spec file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"spec file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"spec file {path} is a folder") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(
-            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'} ({exc})"
-        ) from None
+    except yaml.YAMLError as exc:  # one line: where and what, not PyYAML's multi-line report
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({' '.join(str(exc).split())})") from None
     return spec_from_dict(data, source=str(path), base_dir=path.resolve().parent)
 
 
@@ -208,7 +217,7 @@ def _label(r: _Reader, raw: Any) -> LabelSpec:
         match = _LABEL_RULE.match(raw)
         if match:
             column = match["column"] or "label"
-            return LabelSpec(column, match["op"], r.number(match["value"], "label"))
+            return LabelSpec(column, match["op"], r.number(match["value"], "label"), declared=True)
         if re.fullmatch(r"[A-Za-z_][\w.-]*", raw):
             return LabelSpec(raw)
         r.fail("label", f"expected a column name or a rule like 'rating > 3', got {raw!r}")
@@ -219,7 +228,8 @@ def _label(r: _Reader, raw: Any) -> LabelSpec:
     match = _LABEL_RULE.match(str(positive))
     if not match or match["column"]:
         r.fail("label.positive", f"expected a rule like '> 3' or '== 1', got {positive!r}")
-    return LabelSpec(column, match["op"], r.number(match["value"], "label.positive"))
+    value = r.number(match["value"], "label.positive")
+    return LabelSpec(column, match["op"], value, declared="positive" in raw)
 
 
 def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:

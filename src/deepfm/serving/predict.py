@@ -63,6 +63,7 @@ def write_scores(frame: pd.DataFrame, path: str | Path) -> Path:
 
 def predict_file(model: TrainedModel, source: str | Path, output: str | Path) -> pd.DataFrame:
     """Score every record of ``source``; writes the records plus a ``probability`` column."""
+    check_output(output)
     frame = read_records(source, model)
     try:
         probs = model.predict(frame)
@@ -73,6 +74,18 @@ def predict_file(model: TrainedModel, source: str | Path, output: str | Path) ->
     scored = frame.assign(probability=np.asarray(probs, dtype=np.float64))
     write_scores(scored, output)
     return scored
+
+
+def check_output(output: str | Path) -> None:
+    """A one-line error, before any work, for an output path that cannot be a file."""
+    path = Path(output)
+    if str(output).endswith(("/", "\\")) or path.is_dir():
+        raise DataError(f"is a folder; give a file name such as {path / 'scores.csv'}", output)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise DataError(f"{parent} is a file, not a folder", output)
 
 
 def _read_csv(path: Path, strings: dict[str, type], sep: str) -> pd.DataFrame:

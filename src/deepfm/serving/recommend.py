@@ -17,7 +17,7 @@ import pandas as pd
 from deepfm.data.batching import Split
 from deepfm.data.rated import ITEM_FIELD, USER_FIELD, rated_positions
 from deepfm.data.records import coerce_value, prepare_records, raw_columns
-from deepfm.errors import ConfigError, DataError
+from deepfm.errors import ConfigError
 from deepfm.training.checkpoint import TrainedModel
 
 TITLE = "title"
@@ -48,15 +48,11 @@ def can_recommend(model: TrainedModel) -> bool:
 
 
 def parse_user(model: TrainedModel, user: Any) -> Any:
-    """``user`` in the user vocabulary's type; :class:`DataError` naming the field otherwise."""
+    """``user`` in the user vocabulary's type (:func:`~deepfm.data.records.id_value`'s rule shared
+    by every entry point); ``None`` when it cannot be one: an unknown user, scored as OOV."""
     name, _ = _fields(model)
     dtype = next(c.dtype for c in raw_columns(model.feature_map, model.tables) if c.name == name)
-    try:
-        return coerce_value(user, dtype)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"{user!r} is not a valid {name} (this model's ids are {dtype})", field=name
-        ) from None
+    return coerce_value(user, dtype)
 
 
 def recommend(model: TrainedModel, user: Any, k: int = 10, exclude_rated: bool = True) -> Recommendations:
@@ -72,9 +68,10 @@ def recommend(model: TrainedModel, user: Any, k: int = 10, exclude_rated: bool =
     others = [c.name for c in raw_columns(model.feature_map, model.tables) if c.name not in _fields(model)]
     if others:
         raise ConfigError(f"recommend cannot fill the per-request column(s) {others} of this model")
-    user = parse_user(model, user)
+    parsed = parse_user(model, user)
+    user = parsed if parsed is not None else user
     fu, fi = model.feature_map.field(user_name), model.feature_map.field(item_name)
-    position = int(fu.index().get_indexer([user])[0])
+    position = int(fu.index().get_indexer([parsed])[0]) if parsed is not None else -1
     items = np.asarray(fi.vocab)
     keep = np.ones(len(items), dtype=bool)
     rated = model.extras.get("rated")
@@ -82,7 +79,7 @@ def recommend(model: TrainedModel, user: Any, k: int = 10, exclude_rated: bool =
         keep[rated_positions(rated, position)] = False
     candidates = items[keep]
     frame = pd.DataFrame(
-        {user_name: np.repeat(np.asarray([user], dtype=object), len(candidates)), item_name: candidates}
+        {user_name: np.repeat(np.asarray([parsed], dtype=object), len(candidates)), item_name: candidates}
     )
     frame = prepare_records(frame, model.feature_map, model.tables)
     split = Split.from_arrays(model.feature_map.encode(frame), np.zeros(len(frame), np.float32))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from deepfm.config import TrainConfig
-from deepfm.training.io import write_json, write_text
+from deepfm.training.io import finite, write_json, write_text
 from deepfm.training.run import load_data, train
 
 COLUMNS = (
@@ -159,7 +159,8 @@ def write_report(
     write_text(out / "comparison.csv", to_csv(rows))
     write_text(out / "comparison.md", to_markdown(rows, runs, base, seeds))
     write_json(
-        out / "comparison.json", {"config": base.to_dict(), "seeds": seeds, "summary": rows, "runs": runs}
+        out / "comparison.json",
+        finite({"config": base.to_dict(), "seeds": seeds, "summary": rows, "runs": runs}),
     )
     plot(rows, runs, out / "comparison.png", f"{base.dataset}, features {base.features}")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temporary file and rename it to ``path`` once complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as f:
@@ -38,8 +40,54 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    text = json.dumps(data, indent=2, allow_nan=True, default=_default) + "\n"
+    """Strict JSON (RFC 8259): a NaN or infinity anywhere in ``data`` is a ``ValueError``, never
+    ``NaN`` in the file; callers write ``None`` (null) for an undefined number (:func:`finite`)."""
+    text = json.dumps(data, indent=2, allow_nan=False, default=_default) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``, recursively."""
+    if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+TMP_SUFFIX = ".tmp"
+_TMP = re.compile(r"^\..+\.(\d+)-[^.]+\.tmp$")  # .NAME.PID-RANDOM.tmp, written by atomic_write
+
+
+def clean_temporary_files(folder: str | Path) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write` in ``folder`` whose writer is gone
+    (killed mid-write); a file of a live process is kept. Returns the removed paths."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _TMP.match(path.name)
+        if match and path.is_file() and not pid_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (this process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text(path: str | Path, text: str) -> Path:

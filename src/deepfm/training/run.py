@@ -18,11 +18,12 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
+from deepfm.data.validate import check_splits
 from deepfm.training import auto, optim
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.distributed import init_distributed
 from deepfm.training.early_stopping import EarlyStopping
-from deepfm.training.io import write_json, write_text
+from deepfm.training.io import clean_temporary_files, finite, write_json, write_text
 from deepfm.training.loop import predict_probs, train_epoch
 from deepfm.training.metrics import evaluate
 from deepfm.training.plots import learning_curve
@@ -86,11 +87,21 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     ddp = init_distributed(config.device)  # torchrun ranks; world size 1 = no-op context
     echo = echo if ddp.is_main else _silent
     out = Path(config.out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    clean_temporary_files(out)  # left by a run killed while writing (atomic writes)
     started = time.perf_counter()
-    if data is None:
-        with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
-            data = load_data(config)
+    try:
+        if data is None:
+            with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
+                data = load_data(config)
+        check_splits(
+            data.name, {"train": data.train.label, "valid": data.valid.label, "test": data.test.label}
+        )
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an early data error leaves no empty --out folder behind
+        raise
     sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
     ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
     prep_seconds = time.perf_counter() - started
@@ -211,7 +222,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         },
     }
     if ddp.is_main:  # only rank 0 writes
-        write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", finite(metrics))  # strict JSON: an undefined number is null
         learning_curve(epochs, out / "learning_curve.png", f"{config.model} on {data.name}")
     echo(
         f"test AUC {test['auc']:.4f}  test logloss {test['logloss']:.4f}  "
