@@ -104,7 +104,51 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--no-progress", dest="progress", action="store_false", default=s, help="no progress bars"
     )
-    p.add_argument("--config", help="YAML file of options (command-line options override it)")
+    add_eval_options(p)
+    p.add_argument(
+        "--config",
+        help="YAML file of options, or the name of a preset shipped with the package (e.g. "
+        "movielens-1m-all; see docs); command-line options override it",
+    )
+
+
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    """Evaluation options (metrics, split, ranking protocol), each a TrainConfig field."""
+    s = argparse.SUPPRESS
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=s,
+        help=f"rows per forward pass when scoring validation and test (default {D.eval_batch_size})",
+    )
+    ev.add_argument(
+        "--metrics",
+        default=s,
+        help="comma-separated: auc, logloss, gauc, calibration, hitrate@K, ndcg@K; 'auto' (default): "
+        "auc,logloss,gauc,calibration; on a leave-last split auc,logloss,calibration,hitrate@10,ndcg@10",
+    )
+    ev.add_argument(
+        "--group-by",
+        default=s,
+        metavar="FIELD",
+        help="gAUC group field (default: user_id when the data has it)",
+    )
+    ev.add_argument(
+        "--split",
+        default=s,
+        choices=["random", "leave-last"],
+        help="built-in data: seeded random 80/10/10 (default), or leave-last: each user's latest "
+        "rating is test, the one before valid (specs declare split: {method: leave_last})",
+    )
+    ev.add_argument(
+        "--rank-negatives",
+        type=int,
+        default=s,
+        metavar="N",
+        help="HitRate@K / NDCG@K: rank each held-out item among N sampled items the user did not "
+        f"rate in training; 0 = among all such items (default {D.rank_negatives})",
+    )
 
 
 def given_options(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
