@@ -208,8 +208,30 @@ def parse_mlp(value: Any) -> tuple[int, ...]:
     raise ConfigError(f"mlp must be a list of integer widths like [16, 16], got {value!r}")
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"  # package data: any NAME.yaml is preset NAME
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A YAML file, or the preset named ``path`` (``movielens-1m-all``; the old ``configs/NAME.yaml``
+    paths of a repository checkout resolve to the same preset)."""
+    given = Path(path)
+    if given.exists():
+        return given
+    for name in (str(path), given.stem if given.suffix in (".yaml", ".yml") else ""):
+        if name and (PRESETS / f"{name}.yaml").is_file() and "/" not in name.replace("\\", "/"):
+            return PRESETS / f"{name}.yaml"
+    raise ConfigError(
+        f"config file {path} not found, and it is not a preset name; presets: {', '.join(preset_names())}"
+    )
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """Options from a YAML file or a preset name (see :func:`resolve_config`)."""
+    path = resolve_config(path)
     try:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except (FileNotFoundError, IsADirectoryError):

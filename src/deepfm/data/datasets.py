@@ -43,6 +43,7 @@ class RawData:
     kinds: dict[str, FieldKind] = field(default_factory=dict)
     tables: Tables = field(default_factory=dict)  # side tables, joined on their key column
     extras: dict[str, Any] = field(default_factory=dict)  # JSON-able facts kept with the model
+    transforms: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> raw-column transform
 
 
 @dataclass
@@ -134,6 +135,8 @@ def prepare_raw(
     train_idx, valid_idx, test_idx = parts
     train_frame = frame.iloc[train_idx]
     fmap = FeatureMap.fit(train_frame, raw.fields, raw.kinds, min_count=options.min_count)
+    for name, transform in raw.transforms.items():  # e.g. hour <- timestamp, also at predict time
+        fmap.field(name).transform = transform
     label = frame["label"].to_numpy(dtype=np.float32)
 
     def encode(idx: np.ndarray) -> Split:

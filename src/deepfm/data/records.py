@@ -42,8 +42,8 @@ def raw_columns(feature_map: FeatureMap, tables: Tables | None = None) -> list[R
     out: dict[str, RawColumn] = {}
     for f in feature_map.fields:
         key = supplied.get(f.name)
-        if key is None:
-            out.setdefault(f.name, RawColumn(f.name, f.kind, _field_type(f)))
+        if key is None:  # a transformed field reads its source column (hour <- timestamp)
+            out.setdefault(f.source, RawColumn(f.source, f.kind, _field_type(f)))
         elif key not in out:
             if key in fields:
                 out[key] = RawColumn(key, fields[key].kind, _field_type(fields[key]))

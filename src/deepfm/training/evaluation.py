@@ -210,8 +210,9 @@ def make_evaluator(
 def for_run(config: Any, data: Any) -> Evaluator:
     """The evaluator of a training run; records ``rated`` and the ranking fields in ``data.extras``."""
     ranking = data.extras.get("ranking") or {}
-    if "rated" not in data.extras and ranking.get("user") and ranking.get("item"):
-        rated = build_rated(data.feature_map, data.train, ranking["user"], ranking["item"])
+    if "rated" not in data.extras and isinstance(data.train, Split):  # for recommend and ranking
+        user, item = ranking.get("user", USER_FIELD), ranking.get("item", ITEM_FIELD)
+        rated = build_rated(data.feature_map, data.train, user, item)
         if rated is not None:
             data.extras["rated"] = rated
     return make_evaluator(
@@ -318,3 +319,53 @@ def brief(values: dict[str, float], skip: tuple[str, ...] = ("auc", "logloss", "
         if k not in skip
     ]
     return "  ".join(parts) + ("  " if parts else "")
+
+
+def evaluate_model(
+    model: Any,
+    data: Any,
+    label: str | None = None,
+    metrics: str | None = None,
+    group_by: str | None = None,
+    negatives: int | None = None,
+    layout: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of a trained model on labelled raw data (files in its layout, a frame or records)."""
+    from deepfm.data.layouts import label_rule, labels_of, parse_label, read_labelled
+    from deepfm.data.records import prepare_records, records_frame
+
+    if isinstance(data, (str, Path)) or (
+        isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, Path)) for d in data)
+    ):
+        paths = [data] if isinstance(data, (str, Path)) else list(data)
+        frame, labels = read_labelled(model, paths, layout, label)
+    else:
+        frame = _frame_of(data)
+        rule = parse_label(label) if label else label_rule(model)
+        if model.config.drop_neutral and rule[0] == "rating" and "rating" in frame.columns:
+            frame = frame[frame["rating"] != 3].reset_index(drop=True)
+        labels = labels_of(frame, rule)
+    frame = prepare_records(records_frame(frame, model.feature_map), model.feature_map, model.tables)
+    split = Split.from_arrays(model.feature_map.encode(frame), labels)
+    probs = model.predict_split(split, model.config.eval_batch_size)
+    evaluator = for_model(model, metrics, group_by, negatives)
+    values = evaluator.evaluate(model.module, split, probs)
+    return {
+        "rows": len(split),
+        "positive_rate": float(labels.mean()) if len(labels) else math.nan,
+        **values,
+        "evaluation": evaluator.describe(),
+    }
+
+
+def _frame_of(data: Any) -> pd.DataFrame:
+    """A pandas frame of a DataFrame, an Arrow table, a Polars frame or a list of records."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if hasattr(data, "to_pandas"):  # pyarrow.Table, polars.DataFrame
+        return data.to_pandas()
+    if isinstance(data, (list, tuple)):
+        return pd.DataFrame.from_records(list(data))
+    raise ConfigError(
+        f"expected a DataFrame, an Arrow table, records or file paths, got {type(data).__name__}"
+    )

@@ -89,6 +89,8 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
     ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
     prep_seconds = time.perf_counter() - started
+    if config.spec:  # metadata: the spec's data set, not the --dataset default
+        config.dataset = data.name
     config.check_data(len(data.train))  # e.g. a batch larger than the training split
     summary = data.summary()
     evaluator = evaluation.for_run(config, data)  # --metrics, gAUC group, ranking protocol
