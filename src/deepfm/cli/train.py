@@ -8,6 +8,7 @@ from typing import Any
 from deepfm.config import TrainConfig, load_yaml, parse_mlp
 
 D = TrainConfig()
+MODEL_NAMES = "dcnv2, deepfm, fm, lr, widedeep"  # sorted(deepfm.models.MODELS), without importing torch
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -174,7 +175,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help="deepfm (default) or fm; see 'deepfm models' for all",
+        help=f"model to train: {MODEL_NAMES} (default {D.model}; fm is deepfm without the MLP)",
     )
     add_train_options(p)
     # resumable training

@@ -57,6 +57,8 @@ def choose_layout(model: Any, path: Path, layout: str = "auto") -> str:
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     if own is None or suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
         return "records"
+    if own.startswith("movielens") and suffix not in (".dat", ".data", ""):
+        return "records"  # ratings.dat / u.data; a .csv of records reports its missing columns
     return "records" if _header_has(path, model) else own
 
 
@@ -103,7 +105,12 @@ def _read_spec_file(model: Any, path: Path) -> pd.DataFrame:
     from deepfm.data.readers import BadLines, read_chunks
     from deepfm.data.spec import spec_from_dict
 
-    spec = spec_from_dict(model.extras["spec"], source=f"{path} (the model's spec layout)")
+    stored = dict(model.extras["spec"])
+    label = stored.get("label")
+    if isinstance(label, dict) and "op" in label:  # DatasetSpec.to_dict() form
+        stored["label"] = f"{label['column']} {label['op']} {label['value']}"
+    stored["split"] = {"method": "random"}  # reading a file does not split it
+    spec = spec_from_dict(stored, source=f"{path} (the model's spec layout)")
     numeric = {spec.label.column}
     numeric |= {
         f.source for f in spec.fields if f.kind == "numeric" or f.transform in ("hour_of_day", "weekday")

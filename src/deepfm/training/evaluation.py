@@ -182,10 +182,16 @@ def make_evaluator(
     user = (rated or {}).get("user") or ranking_fields.get("user") or USER_FIELD
     item = (rated or {}).get("item") or ranking_fields.get("item") or ITEM_FIELD
     can_rank = user in names and item in names
-    selected = M.parse_metrics(metrics, ranking_available=can_rank and bool(extras.get("leave_last")))
     group = group_by or (user if user in names else "")
     if group and group not in names:
         raise ConfigError(f"--group-by {group!r} is not a categorical field; fields are {sorted(names)}")
+    leave_last = can_rank and bool(extras.get("leave_last"))
+    selected = M.parse_metrics(metrics, ranking_available=leave_last, group_available=bool(group))
+    if "gauc" in selected and not group:
+        raise ConfigError(
+            f"gauc needs a group field: this model has no {user!r} field; pass --group-by FIELD "
+            f"(one of {sorted(names)})"
+        )
     wants_ranking = any(n.split("@")[0] in M.RANKING for n in selected)
     if wants_ranking and not can_rank:
         raise ConfigError(

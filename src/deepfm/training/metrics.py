@@ -71,12 +71,16 @@ def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     return float(np.average(group_auc, weights=per["n"]))
 
 
-def parse_metrics(text: str, ranking_available: bool = False) -> list[str]:
-    """``--metrics`` as a list of metric names; ``auto`` = the default (+ ranking@10 when available)."""
-    if text.strip() == "auto":  # on leave-last a user has one held-out row: no gAUC, ranking instead
+def parse_metrics(text: str, ranking_available: bool = False, group_available: bool = True) -> list[str]:
+    """``--metrics`` as a list of metric names.
+
+    ``auto``: auc, logloss, gauc (when there is a group field), calibration; on a leave-last split
+    (``ranking_available``) a user has one held-out row, so hitrate@10 and ndcg@10 replace gauc.
+    """
+    if text.strip() == "auto":
         if ranking_available:
             return ["auc", "logloss", "calibration", "hitrate@10", "ndcg@10"]
-        return DEFAULT.split(",")
+        return [n for n in DEFAULT.split(",") if n != "gauc" or group_available]
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
         raise ConfigError("--metrics must name at least one metric")
