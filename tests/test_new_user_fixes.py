@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from test_side_features import write_side_movielens
@@ -119,11 +120,9 @@ def test_all_time_model_scores_records_with_a_raw_timestamp(side_data, tmp_path)
     noon_thursday = 12 * 3600  # 1970-01-01 12:00 UTC
     probs = model.predict([{"user_id": 1, "movie_id": 2, "timestamp": noon_thursday}])
     assert probs.shape == (1,) and 0 < probs[0] < 1
-    encoded = model.feature_map.encode(
-        __import__("pandas")
-        .DataFrame({"user_id": [1], "movie_id": [2], "timestamp": [noon_thursday]})
-        .assign(gender="F", age=1, occupation=0, zip_prefix="1", genres=[["Drama"]], year=1990)
-    )
+    record = {"user_id": [1], "movie_id": [2], "timestamp": [noon_thursday]}
+    side = {"gender": "F", "age": 1, "occupation": 0, "zip_prefix": "1", "genres": [["Drama"]], "year": 1990}
+    encoded = model.feature_map.encode(pd.DataFrame(record).assign(**side))
     names = [f.name for f in model.feature_map.categorical]
     hour, weekday = model.feature_map.field("hour"), model.feature_map.field("weekday")
     assert encoded["ids"][0, names.index("hour")] == hour.offset + 1 + hour.vocab.index(12)

@@ -61,6 +61,11 @@ def fit(
         if valid is not None or test is not None or fields is not None:
             raise ConfigError("fit: valid, test and fields need data (a DataFrame, an Arrow table or a spec)")
     elif isinstance(data, (str, Path)):
+        if Path(data).suffix.lower() not in (".yaml", ".yml", ".toml"):
+            raise ConfigError(
+                f"fit: a path must be a dataset spec (.yaml/.toml), got {str(data)!r}; read a data file "
+                "into a DataFrame first, or declare it in a spec (docs/data-specs.md)"
+            )
         values["spec"] = str(data)
     else:
         spec = _spec_of(data, label, fields, valid, test, split, name)
