@@ -129,3 +129,46 @@ def test_ranking_among_all_items_equals_a_brute_force_ranking(tiny_ml, tmp_path)
     encoded = model.feature_map.encode(frame)
     split = Split.from_arrays(encoded, np.ones(len(frame), np.float32))
     assert ev.target_ranks(model.module, split).tolist() == expected
+
+
+def test_ranking_with_side_features_swaps_the_items_genres_and_year(tmp_path):
+    """A candidate row carries the candidate's own item-table features (a brute-force check)."""
+    from test_side_features import write_side_movielens
+
+    import deepfm
+    from deepfm.data.batching import Split
+    from deepfm.training import evaluation
+
+    folder = write_side_movielens(tmp_path / "ml", 120, 80, 3000)
+    out = tmp_path / "run"
+    args = ["train", "--data-dir", str(folder), "--out", str(out), "--epochs", "1", "--no-progress"]
+    args += ["--threads", "1", "--features", "all", "--split", "leave-last", "--batch-size", "256"]
+    assert main(args + ["--rank-negatives", "0"]) == 0
+    model = deepfm.load(out)
+    ev = evaluation.for_model(model)
+    assert ev.items is not None and ev.items.bags is not None  # genres is a bag field of the item
+    test = pd.read_parquet(out / "test_predictions.parquet")
+    rows = test[test["label"] == 1].head(4)
+    fi = model.feature_map.field("movie_id")
+    from deepfm.data.rated import rated_positions
+
+    expected = []
+    for user, item in zip(rows["user_id"], rows["movie_id"]):
+        position = model.feature_map.field("user_id").vocab.index(user)
+        seen = set(np.asarray(fi.vocab)[rated_positions(model.extras["rated"], position)].tolist())
+        items = [i for i in fi.vocab if i not in seen or i == item]
+        scores = model.predict(pd.DataFrame({"user_id": user, "movie_id": items}))  # side tables joined
+        expected.append(int((scores > scores[items.index(item)]).sum()))
+    from deepfm.data.records import prepare_records
+
+    frame = prepare_records(rows[["user_id", "movie_id"]], model.feature_map, model.tables)
+    split = Split.from_arrays(model.feature_map.encode(frame), np.ones(len(rows), np.float32))
+    assert ev.target_ranks(model.module, split).tolist() == expected
+
+
+def test_split_option_is_for_builtin_data_and_specs_declare_theirs(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    (tmp_path / "d.csv").write_text("u,y\n" + "".join(f"{i % 5},{i % 2}\n" for i in range(40)))
+    spec.write_text("input: {files: [d.csv]}\nlabel: y\nfields: [u]\n")
+    assert main(["train", "--spec", str(spec), "--split", "leave-last", "--out", str(tmp_path / "r")]) == 2
+    assert "split: {method: leave_last" in capsys.readouterr().err

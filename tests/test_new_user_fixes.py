@@ -129,6 +129,15 @@ def test_all_time_model_scores_records_with_a_raw_timestamp(side_data, tmp_path)
     assert encoded["ids"][0, names.index("weekday")] == weekday.offset + 1 + weekday.vocab.index(3)
     result = model.evaluate(side_data / "ratings.dat")  # the ratings file has the timestamp column
     assert result["rows"] == 4000 and np.isfinite(result["auc"])
+    # the HTTP server takes the same records (its request schema comes from the raw columns)
+    from fastapi.testclient import TestClient
+
+    from deepfm.serving.app import create_app
+
+    with TestClient(create_app(model)) as client:
+        response = client.post("/predict", json=[{"user_id": 1, "movie_id": 2, "timestamp": noon_thursday}])
+    assert response.status_code == 200, response.text
+    assert response.json()["probabilities"][0] == pytest.approx(float(probs[0]), abs=1e-6)
 
 
 @pytest.mark.parametrize("features", ["ids", "all"])

@@ -135,8 +135,8 @@ def prepare_raw(
     train_idx, valid_idx, test_idx = parts
     train_frame = frame.iloc[train_idx]
     fmap = FeatureMap.fit(train_frame, raw.fields, raw.kinds, min_count=options.min_count)
-    for name, transform in raw.transforms.items():  # e.g. hour <- timestamp, also at predict time
-        fmap.field(name).transform = transform
+    for field_name, transform in raw.transforms.items():  # e.g. hour <- timestamp, also at predict time
+        fmap.field(field_name).transform = transform
     label = frame["label"].to_numpy(dtype=np.float32)
 
     def encode(idx: np.ndarray) -> Split:
