@@ -1,12 +1,14 @@
 """deepfm: fast, practical DeepFM / FM / Wide&Deep for click-through-rate prediction.
 
-The public entry points are :func:`deepfm.load` (a trained model back from its folder or file)
-and the ``deepfm`` command line (``python -m deepfm``).
+The public entry points are :func:`deepfm.fit` (train on a DataFrame, an Arrow table, a spec or a
+built-in data set), :func:`deepfm.load` (a trained model back from its folder or file) and the
+``deepfm`` command line (``python -m deepfm``). Both return a
+:class:`~deepfm.training.checkpoint.TrainedModel` (``.predict``, ``.evaluate``, ``.recommend``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -21,4 +23,11 @@ def load(path: str) -> TrainedModel:
     return load_model(path)
 
 
-__all__ = ["__version__", "load"]
+def fit(data: Any = None, **kwargs: Any) -> TrainedModel:
+    """Train a model like ``deepfm train`` and return it; see :func:`deepfm.api.fit`."""
+    from deepfm.api import fit as _fit
+
+    return _fit(data, **kwargs)
+
+
+__all__ = ["__version__", "fit", "load"]

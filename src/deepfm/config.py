@@ -52,6 +52,11 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 0  # also save DIR/state.pt every N optimizer steps (0 = epoch ends only)
     resume: bool = False  # continue the run in ``out`` from its state.pt
+    # evaluation (deepfm.training.metrics / evaluation): metrics.json, history.csv, deepfm evaluate
+    metrics: str = "auto"  # auc,logloss,gauc,calibration,hitrate@K,ndcg@K; auto: see --help
+    group_by: str = ""  # gAUC group field ("" = user_id when the data has it)
+    split: str = "random"  # built-in data sets: "random" (80/10/10) or "leave-last" (per user)
+    rank_negatives: int = 100  # HitRate/NDCG candidates: N sampled unrated items; 0 = all items
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -93,6 +98,17 @@ class TrainConfig:
             problems.append(f"--on-bad-lines must be 'error' or 'skip', got {self.on_bad_lines!r}")
         if self.min_count < 1:
             problems.append(f"--min-count must be >= 1, got {self.min_count}")
+        if self.split not in ("random", "leave-last"):
+            problems.append(f"--split must be 'random' or 'leave-last', got {self.split!r}")
+        if self.rank_negatives < 0:
+            problems.append(f"--rank-negatives must be >= 0 (0 = all items), got {self.rank_negatives}")
+        if not problems:
+            from deepfm.training.metrics import parse_metrics
+
+            try:
+                parse_metrics(self.metrics)
+            except ConfigError as exc:
+                problems.append(str(exc))
         if self.threads < 0:
             problems.append(f"--threads must be >= 0, got {self.threads}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -208,8 +224,30 @@ def parse_mlp(value: Any) -> tuple[int, ...]:
     raise ConfigError(f"mlp must be a list of integer widths like [16, 16], got {value!r}")
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"  # package data: any NAME.yaml is preset NAME
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A YAML file, or the preset named ``path`` (``movielens-1m-all``; the old ``configs/NAME.yaml``
+    paths of a repository checkout resolve to the same preset)."""
+    given = Path(path)
+    if given.exists():
+        return given
+    for name in (str(path), given.stem if given.suffix in (".yaml", ".yml") else ""):
+        if name and (PRESETS / f"{name}.yaml").is_file() and "/" not in name.replace("\\", "/"):
+            return PRESETS / f"{name}.yaml"
+    raise ConfigError(
+        f"config file {path} not found, and it is not a preset name; presets: {', '.join(preset_names())}"
+    )
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """Options from a YAML file or a preset name (see :func:`resolve_config`)."""
+    path = resolve_config(path)
     try:
         data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except (FileNotFoundError, IsADirectoryError):

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from deepfm.cli.train import add_train_options, config_from_args
+from deepfm.cli.train import MODEL_NAMES, add_train_options, config_from_args
 from deepfm.errors import ConfigError
 
 DEFAULT_MODELS = "lr,fm,widedeep,deepfm"
@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--models",
         default=DEFAULT_MODELS,
-        help=f"comma-separated models (default {DEFAULT_MODELS}); see 'deepfm models'",
+        help=f"comma-separated models (default {DEFAULT_MODELS}); models: {MODEL_NAMES}",
     )
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     add_train_options(p)

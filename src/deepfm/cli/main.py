@@ -23,6 +23,7 @@ COMMANDS = (
     "train",
     "compare",
     "predict",
+    "evaluate",
     "recommend",
     "export",
     "serve",
@@ -38,11 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'deepfm COMMAND --help' for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"deepfm {__version__}")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         if importlib.util.find_spec(f"deepfm.cli.{name}") is not None:
             importlib.import_module(f"deepfm.cli.{name}").add_parser(sub)
+    for command in sub.choices.values():  # accepted anywhere on the line (main() takes it out first)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
+
+
+DEBUG_HELP = "on an error, print the full traceback as well as the one-line message"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

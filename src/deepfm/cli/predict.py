@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from deepfm.data.layouts import LAYOUTS
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -19,6 +21,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", required=True, help="run folder of 'deepfm train' (or its model.pt)")
     p.add_argument("--input", required=True, help="records file (.csv, .tsv, .parquet, .jsonl)")
     p.add_argument("--output", required=True, help="where to write records + probability")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=LAYOUTS,
+        help="input layout: records (by suffix), movielens-1m (ratings.dat), movielens-100k (u.data), "
+        "spec (the model's training spec, e.g. a headerless Criteo TSV); auto (default): records "
+        "files by suffix, else the layout the model was trained on",
+    )
     p.set_defaults(run=run)
 
 
@@ -28,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = deepfm.load(args.model)
     start = time.perf_counter()
-    scored = predict_file(model, args.input, args.output)
+    scored = predict_file(model, args.input, args.output, args.format)
     seconds = time.perf_counter() - start
     print(
         f"scored {len(scored):,} records in {seconds:.2f}s -> {args.output}",

@@ -8,6 +8,7 @@ from typing import Any
 from deepfm.config import TrainConfig, load_yaml, parse_mlp
 
 D = TrainConfig()
+MODEL_NAMES = "dcnv2, deepfm, fm, lr, widedeep"  # sorted(deepfm.models.MODELS), without importing torch
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -124,7 +125,51 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--no-progress", dest="progress", action="store_false", default=s, help="no progress bars"
     )
-    p.add_argument("--config", help="YAML file of options (command-line options override it)")
+    add_eval_options(p)
+    p.add_argument(
+        "--config",
+        help="YAML file of options, or the name of a preset shipped with the package (e.g. "
+        "movielens-1m-all; see docs); command-line options override it",
+    )
+
+
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    """Evaluation options (metrics, split, ranking protocol), each a TrainConfig field."""
+    s = argparse.SUPPRESS
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=s,
+        help=f"rows per forward pass when scoring validation and test (default {D.eval_batch_size})",
+    )
+    ev.add_argument(
+        "--metrics",
+        default=s,
+        help="comma-separated: auc, logloss, gauc, calibration, hitrate@K, ndcg@K; 'auto' (default): "
+        "auc,logloss,gauc,calibration; on a leave-last split auc,logloss,calibration,hitrate@10,ndcg@10",
+    )
+    ev.add_argument(
+        "--group-by",
+        default=s,
+        metavar="FIELD",
+        help="gAUC group field (default: user_id when the data has it)",
+    )
+    ev.add_argument(
+        "--split",
+        default=s,
+        choices=["random", "leave-last"],
+        help="built-in data: seeded random 80/10/10 (default), or leave-last: each user's latest "
+        "rating is test, the one before valid (specs declare split: {method: leave_last})",
+    )
+    ev.add_argument(
+        "--rank-negatives",
+        type=int,
+        default=s,
+        metavar="N",
+        help="HitRate@K / NDCG@K: rank each held-out item among N sampled items the user did not "
+        f"rate in training; 0 = among all such items (default {D.rank_negatives})",
+    )
 
 
 def given_options(args: argparse.Namespace, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -150,7 +195,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help="deepfm (default) or fm; see 'deepfm models' for all",
+        help=f"model to train: {MODEL_NAMES} (default {D.model}; fm is deepfm without the MLP)",
     )
     add_train_options(p)
     # resumable training

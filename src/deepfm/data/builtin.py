@@ -75,8 +75,14 @@ def user_table(users: pd.DataFrame) -> pd.DataFrame:
 
 
 def movie_table(movies: pd.DataFrame) -> pd.DataFrame:
+    """Genres and year bucket (features) and the title (shown by ``recommend``, not a feature)."""
     return pd.DataFrame(
-        {"movie_id": movies["movie_id"], "genres": movies["genres"], "year": year_bucket(movies["year"])}
+        {
+            "movie_id": movies["movie_id"],
+            "genres": movies["genres"],
+            "year": year_bucket(movies["year"]),
+            "title": movies["title"],
+        }
     )
 
 
@@ -85,6 +91,13 @@ def time_columns(frame: pd.DataFrame) -> None:
     ts = frame["timestamp"].to_numpy(dtype=np.int64)
     frame["hour"] = (ts // 3600) % 24
     frame["weekday"] = (ts // 86400 + 3) % 7  # 1970-01-01 was a Thursday
+
+
+# hour and weekday are read from the raw ``timestamp`` (training rows and predict records alike)
+TIME_TRANSFORMS = {
+    "hour": {"type": "hour_of_day", "column": "timestamp", "time_format": "unix"},
+    "weekday": {"type": "weekday", "column": "timestamp", "time_format": "unix"},
+}
 
 
 def title_table(movies: Callable[[], pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -117,7 +130,8 @@ def movielens_raw(
         time_columns(ratings)
         fields += TIME_FIELDS
     tables = {"user_id": user_table(users), "movie_id": movie_table(movies_frame)}
-    return RawData(ratings, fields, kinds={"genres": "sequence"}, tables=tables)
+    transforms = TIME_TRANSFORMS if options.features == "all+time" else {}
+    return RawData(ratings, fields, kinds={"genres": "sequence"}, tables=tables, transforms=transforms)
 
 
 def load_movielens_1m(data_dir: Path | None, options: DataOptions) -> RawData:

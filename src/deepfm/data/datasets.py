@@ -18,7 +18,7 @@ import pandas as pd
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap, FieldKind
 from deepfm.data.rated import build_rated
-from deepfm.data.split import random_split
+from deepfm.data.split import leave_last_split, random_split
 from deepfm.data.tables import Tables, join_tables
 from deepfm.errors import ConfigError, DataError
 
@@ -31,6 +31,7 @@ class DataOptions:
     drop_neutral: bool = False  # MovieLens: drop rating-3 rows instead of labelling them 0
     min_count: int = 1
     on_bad_lines: str = "error"  # streamed (spec) data sets: "error" or "skip" malformed rows
+    split: str = "random"  # "random" (80/10/10) or "leave-last" (each user's last row is test)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RawData:
     kinds: dict[str, FieldKind] = field(default_factory=dict)
     tables: Tables = field(default_factory=dict)  # side tables, joined on their key column
     extras: dict[str, Any] = field(default_factory=dict)  # JSON-able facts kept with the model
+    transforms: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> raw-column transform
 
 
 @dataclass
@@ -121,16 +123,26 @@ def prepare_raw(
     frame = join_tables(raw.frame, raw.tables)
     if len(frame) < 10:
         raise DataError(f"data set {name!r} has {len(frame)} rows; at least 10 are needed to split")
-    train_idx, valid_idx, test_idx = random_split(len(frame), ratios, seed)
+    extras = dict(raw.extras)
+    if options.split == "leave-last":
+        for column in ("user_id", "timestamp"):
+            if column not in frame.columns:
+                raise ConfigError(f"--split leave-last needs {column!r}; data set {name!r} has none")
+        parts = leave_last_split(frame["user_id"].to_numpy(), frame["timestamp"].to_numpy(), seed)
+        extras.update(leave_last=True, ranking={"user": "user_id", "item": "movie_id"})
+    else:
+        parts = random_split(len(frame), ratios, seed)
+    train_idx, valid_idx, test_idx = parts
     train_frame = frame.iloc[train_idx]
     fmap = FeatureMap.fit(train_frame, raw.fields, raw.kinds, min_count=options.min_count)
+    for field_name, transform in raw.transforms.items():  # e.g. hour <- timestamp, also at predict time
+        fmap.field(field_name).transform = transform
     label = frame["label"].to_numpy(dtype=np.float32)
 
     def encode(idx: np.ndarray) -> Split:
         return Split.from_arrays(fmap.encode(frame.iloc[idx]), label[idx])
 
     train = encode(train_idx)
-    extras = dict(raw.extras)
     rated = build_rated(fmap, train)  # for `deepfm recommend`: what each user rated in training
     if rated is not None:
         extras["rated"] = rated

@@ -131,8 +131,12 @@ class FeatureMap:
         return [f for f in self.fields if f.kind == "numeric"]
 
     def field(self, name: str) -> Field:
+        """The field called ``name`` (else the first one read from a raw column of that name)."""
         for f in self.fields:
             if f.name == name:
+                return f
+        for f in self.fields:
+            if f.source == name:
                 return f
         raise KeyError(name)
 

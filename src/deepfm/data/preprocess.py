@@ -43,7 +43,7 @@ from deepfm.data.memmap import MemmapSplit
 from deepfm.data.readers import BadLines, Chunk, read_chunks
 from deepfm.data.spec import PARTS, DatasetSpec, FieldSpec
 from deepfm.data.validate import check_label_values
-from deepfm.errors import DataError
+from deepfm.errors import ConfigError, DataError
 
 CACHE_VERSION = 2  # 2: meta.json records every file's size and checksum
 IN_MEMORY_BYTES = 1 << 30  # arrays up to this size are loaded into memory; larger ones stream
@@ -69,16 +69,26 @@ def prepare_spec(spec: DatasetSpec, options: PrepareOptions, in_memory: bool | N
     size = sum(p.stat().st_size for p in folder.glob("*.npy"))
     load_all = size <= IN_MEMORY_BYTES if in_memory is None else in_memory
     parts = [_load_split(folder, part) if load_all else MemmapSplit(folder, part) for part in PARTS]
-    extras = {
+    extras: dict[str, Any] = {
         "spec": meta["spec"],
         "bad_lines_skipped": meta["bad_lines_skipped"],
         "cache": str(folder),
     }
+    if spec.split.method == "leave_last":  # ranking metrics: each user's held-out item
+        others = [f.name for f in spec.fields if f.model_kind == "categorical" and f.name != spec.split.group]
+        extras.update(
+            leave_last=True, ranking={"user": spec.split.group, "item": spec.split.item or others[0]}
+        )
     return PreparedData(spec.name, fmap, *parts, tables={}, extras=extras)
 
 
 def prepare_spec_options(spec: DatasetSpec, options: Any, seed: int) -> Any:
     """``prepare_spec`` with the run's :class:`~deepfm.data.datasets.DataOptions`."""
+    if getattr(options, "split", "random") != "random":
+        raise ConfigError(
+            f"--split {options.split} is for the built-in MovieLens data; {spec.name} is declared by a spec, "
+            "whose split says it: split: {method: leave_last, group: user_id, time: timestamp}"
+        )
     return prepare_spec(spec, PrepareOptions(options.min_count, options.on_bad_lines, seed))
 
 
@@ -223,6 +233,7 @@ class _Plan:
     columns: list[str]
     numeric: set[str]
     thresholds: list[float] = field(default_factory=list)  # time split
+    assigned: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # leave_last
 
     @classmethod
     def of(cls, spec: DatasetSpec, files: dict[str, list[Path]], seed: int) -> _Plan:
@@ -236,6 +247,10 @@ class _Plan:
             assert spec.split.column is not None
             columns.append(spec.split.column)
             numeric.add(spec.split.column)
+        if spec.split.method == "leave_last":
+            assert spec.split.group is not None and spec.split.time is not None
+            columns += [spec.split.group, spec.split.time]
+            numeric.add(spec.split.time)
         return cls(spec, files, seed, list(dict.fromkeys(columns)), numeric)
 
     def stream(self, bad: BadLines, columns: list[str] | None = None) -> Iterator[tuple[Chunk, np.ndarray]]:
@@ -255,6 +270,8 @@ class _Plan:
                     n = chunk.frame.height
                     if split.method == "files":
                         parts = np.full(n, PARTS.index(part_name), dtype=np.int8)
+                    elif split.method == "leave_last":
+                        parts = _assigned_parts(self.assigned.get(str(path)), chunk.lines)
                     elif split.method == "time" and self.thresholds:
                         t = chunk.frame[split.column].to_numpy()
                         parts = np.searchsorted(self.thresholds, t, side="right").astype(np.int8)
@@ -263,6 +280,46 @@ class _Plan:
                         r0, r1, _ = split.ratios
                         parts = (u >= r0).astype(np.int8) + (u >= r0 + r1).astype(np.int8)
                     yield chunk, parts
+
+
+def _assigned_parts(assigned: tuple[np.ndarray, np.ndarray] | None, lines: np.ndarray) -> np.ndarray:
+    """The parts pass 0 gave these lines (rows it did not see: train)."""
+    if assigned is None or len(assigned[0]) == 0:
+        return np.zeros(len(lines), dtype=np.int8)
+    known, parts = assigned
+    at = np.minimum(np.searchsorted(known, lines), len(known) - 1)
+    return np.where(known[at] == lines, parts[at], 0).astype(np.int8)
+
+
+def _leave_last(plan: _Plan, seed: int) -> None:
+    """Pass 0 of a leave_last split: each group's latest row -> test, the one before -> valid."""
+    from deepfm.data.split import leave_last_split
+
+    split = plan.spec.split
+    assert split.group is not None and split.time is not None
+    paths, lines, groups, times = [], [], [], []
+    for chunk, _ in plan.stream(BadLines("skip"), [split.group, split.time, plan.spec.label.column]):
+        paths.append(np.full(chunk.frame.height, len(paths), dtype=np.int64))
+        paths[-1][:] = _path_index(plan, chunk.path)
+        lines.append(chunk.lines)
+        groups.append(chunk.frame[split.group].cast(pl.String).fill_null("").to_numpy())
+        times.append(chunk.frame[split.time].to_numpy())
+    if not lines:
+        return
+    p, line = np.concatenate(paths), np.concatenate(lines)
+    parts = np.zeros(len(line), dtype=np.int8)
+    train, valid, test = leave_last_split(np.concatenate(groups), np.concatenate(times), seed)
+    parts[valid], parts[test] = 1, 2
+    files = [str(f) for paths_ in plan.files.values() for f in paths_]
+    for i, name in enumerate(files):
+        mine = p == i
+        order = np.argsort(line[mine], kind="stable")
+        plan.assigned[name] = (line[mine][order], parts[mine][order])
+
+
+def _path_index(plan: _Plan, path: Path) -> int:
+    files = [str(f) for paths in plan.files.values() for f in paths]
+    return files.index(str(path))
 
 
 def tf_time() -> tuple[str, ...]:
@@ -567,6 +624,10 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
         t = np.concatenate(times) if times else np.zeros(0)
         r0, r1, _ = spec.split.ratios
         plan.thresholds = [float(np.quantile(t, r0)), float(np.quantile(t, r0 + r1))] if len(t) else []
+
+    if spec.split.method == "leave_last":
+        _say(options, f"{spec.name}: pass 0/2, holding out each {spec.split.group}'s latest rows")
+        _leave_last(plan, seed)
 
     _say(options, f"{spec.name}: pass 1/2, counting categories on the training rows")
     bad = BadLines(options.on_bad_lines)

@@ -45,7 +45,7 @@ def raw_columns(feature_map: FeatureMap, tables: Tables | None = None) -> list[R
         key = supplied.get(f.name)
         if key is None and (f.transform or {}).get("type") in NUMBER_TRANSFORMS:
             out.setdefault(f.source, RawColumn(f.source, "numeric", "float"))  # e.g. a log2bucket count
-        elif key is None:
+        elif key is None:  # a transformed field reads its source column (hour <- timestamp)
             out.setdefault(f.source, RawColumn(f.source, f.kind, _field_type(f)))
         elif key not in out:
             if key in fields:

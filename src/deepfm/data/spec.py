@@ -24,7 +24,7 @@ KINDS = ("categorical", "numeric", "multi")
 NUMERIC_TRANSFORMS = ("log2bucket", "quantile", "standardize")
 CATEGORICAL_TRANSFORMS = ("hour_of_day", "weekday")
 TIME_FORMATS = ("yymmddhh", "unix")
-SPLIT_METHODS = ("random", "time", "files")
+SPLIT_METHODS = ("random", "time", "files", "leave_last")
 BAD_LINES = ("error", "skip")
 PARTS = ("train", "valid", "test")
 _LABEL_RULE = re.compile(
@@ -94,6 +94,9 @@ class SplitSpec:
     seed: int | None = None  # random: default is the run's --seed
     column: str | None = None  # time: the (numeric) time column; earliest rows train, latest test
     files: dict[str, list[str]] = field(default_factory=dict)  # files: part -> paths or globs
+    group: str | None = None  # leave_last: the user column; its latest row is test, the one before valid
+    time: str | None = None  # leave_last: the (numeric) time column ordering each group's rows
+    item: str | None = None  # leave_last: the item field ranked by HitRate@K / NDCG@K
 
 
 @dataclass
@@ -112,6 +115,19 @@ class DatasetSpec:
         data.pop("source")
         data.pop("base_dir")
         data["split"]["ratios"] = list(self.split.ratios)
+        return data
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """A mapping :func:`spec_from_dict` reads back into this spec (unset keys left out)."""
+        data = self.to_dict()
+        data["label"] = self.label.rule
+        data["split"] = {k: v for k, v in data["split"].items() if v not in (None, {})}
+        data["input"] = {k: v for k, v in data["input"].items() if v not in (None, [])}
+        data["input"]["files"] = list(self.input.files)
+        data["fields"] = [
+            {k: v for k, v in f.items() if v is not None and v != "" and (k, v) != ("kind", "categorical")}
+            for f in data["fields"]
+        ]
         return data
 
     def input_files(self) -> dict[str, list[Path]]:
@@ -286,7 +302,7 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
 
 def _split(r: _Reader, raw: Any) -> SplitSpec:
     raw = r.mapping(raw, "split")
-    r.known(raw, "split", {"method", "ratios", "seed", "column", "files"})
+    r.known(raw, "split", {"method", "ratios", "seed", "column", "files", "group", "time", "item"})
     method = r.choice(raw.get("method", "random"), "split.method", SPLIT_METHODS)
     ratios = raw.get("ratios", [0.8, 0.1, 0.1])
     if (
@@ -304,6 +320,13 @@ def _split(r: _Reader, raw: Any) -> SplitSpec:
     )
     if method == "time" and not split.column:
         r.fail("split.column", "a time split needs the time column")
+    for key in ("group", "time", "item"):
+        value = r.typed(raw.get(key), f"split.{key}", str, optional=True)
+        if value is not None and method != "leave_last":
+            r.fail(f"split.{key}", "only used with method: leave_last")
+        setattr(split, key, value)
+    if method == "leave_last" and not (split.group and split.time):
+        r.fail("split", "leave_last needs group (the user column) and time (the column ordering rows)")
     if method == "files":
         files = r.mapping(raw.get("files"), "split.files")
         r.known(files, "split.files", set(PARTS))

@@ -61,10 +61,18 @@ def write_scores(frame: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def predict_file(model: TrainedModel, source: str | Path, output: str | Path) -> pd.DataFrame:
-    """Score every record of ``source``; writes the records plus a ``probability`` column."""
+def predict_file(
+    model: TrainedModel, source: str | Path, output: str | Path, layout: str = "auto"
+) -> pd.DataFrame:
+    """Score every record of ``source``; writes the records plus a ``probability`` column.
+
+    ``layout`` (see :mod:`deepfm.data.layouts`): ``auto`` reads records files by suffix and files
+    in the model's training layout (ratings.dat, a headerless Criteo TSV, ...) as such.
+    """
+    from deepfm.data.layouts import read_layout
+
     check_output(output)
-    frame = read_records(source, model)
+    frame = read_layout(model, source, layout)
     try:
         probs = model.predict(frame)
     except DataError as exc:

@@ -70,6 +70,30 @@ class TrainedModel:
         arrays = self.feature_map.encode(frame)
         return self.predict_split(Split.from_arrays(arrays, np.zeros(len(frame), np.float32)))
 
+    def evaluate(
+        self,
+        data: Any,
+        label: str | None = None,
+        metrics: str | None = None,
+        group_by: str | None = None,
+        negatives: int | None = None,
+        layout: str = "auto",
+    ) -> dict[str, Any]:
+        """Metrics on labelled data: a DataFrame / Arrow table / records, or files in the model's layout.
+
+        ``label`` is a column or a rule (``"rating > 3"``; default: the training data's rule);
+        ``metrics`` as ``--metrics`` (default: the run's). See :mod:`deepfm.training.evaluation`.
+        """
+        from deepfm.training.evaluation import evaluate_model
+
+        return evaluate_model(self, data, label, metrics, group_by, negatives, layout)
+
+    def recommend(self, user: Any, k: int = 10, exclude_rated: bool = True) -> Any:
+        """The ``k`` best items ``user`` did not rate in training (``Recommendations``; ``.items``)."""
+        from deepfm.serving.recommend import recommend
+
+        return recommend(self, user, k, exclude_rated=exclude_rated)
+
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(path, self.module, self.feature_map, self.config, self.tables, self.extras)
 

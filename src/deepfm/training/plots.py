@@ -1,4 +1,4 @@
-"""Learning-curve plot: train loss and validation AUC per epoch (matplotlib, no display)."""
+"""Learning-curve plot: train and validation loss, validation AUC per epoch, best epoch marked."""
 
 from __future__ import annotations
 
@@ -6,25 +6,45 @@ from pathlib import Path
 from typing import Any
 
 
-def learning_curve(epochs: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+def learning_curve_figure(
+    epochs: list[dict[str, Any]], title: str = "", best_epoch: int | None = None
+) -> Any:
+    """The matplotlib figure: losses on the left axis, validation AUC on the right, integer epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from deepfm.training.io import atomic_write
+    from matplotlib.ticker import MaxNLocator
 
     xs = [e["epoch"] for e in epochs]
     fig, ax_loss = plt.subplots(figsize=(6.4, 4.0))
     ax_loss.plot(xs, [e["train_loss"] for e in epochs], "o-", color="tab:blue", label="train loss")
+    if epochs and "valid_logloss" in epochs[0]:
+        ax_loss.plot(xs, [e["valid_logloss"] for e in epochs], "^--", color="tab:green", label="valid loss")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("train loss (BCE)", color="tab:blue")
+    ax_loss.set_ylabel("loss (BCE)")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_auc = ax_loss.twinx()
     ax_auc.plot(xs, [e["valid_auc"] for e in epochs], "s-", color="tab:orange", label="valid AUC")
     ax_auc.set_ylabel("validation AUC", color="tab:orange")
+    if best_epoch is not None and best_epoch in xs:
+        ax_loss.axvline(best_epoch, color="tab:red", linestyle=":", label=f"best epoch ({best_epoch})")
+    handles = ax_loss.get_legend_handles_labels()[0] + ax_auc.get_legend_handles_labels()[0]
+    ax_loss.legend(handles=handles, loc="best", fontsize="small")
     if title:
         ax_loss.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def learning_curve(
+    epochs: list[dict[str, Any]], path: str | Path, title: str = "", best_epoch: int | None = None
+) -> Path:
+    import matplotlib.pyplot as plt
+
+    from deepfm.training.io import atomic_write
+
+    fig = learning_curve_figure(epochs, title, best_epoch)
     path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path

@@ -19,13 +19,12 @@ from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
 from deepfm.data.validate import check_splits
-from deepfm.training import auto, optim
+from deepfm.training import auto, evaluation, optim
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.distributed import init_distributed
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.io import clean_temporary_files, finite, write_json, write_text
 from deepfm.training.loop import predict_probs, train_epoch
-from deepfm.training.metrics import evaluate
 from deepfm.training.plots import learning_curve
 from deepfm.training.precision import Autocast
 from deepfm.training.state import TrainingState
@@ -71,7 +70,11 @@ def frozen_parameters(module: torch.nn.Module, config: TrainConfig, epoch: int) 
 
 def load_data(config: TrainConfig) -> PreparedData:
     options = DataOptions(
-        config.features, config.drop_neutral, config.min_count, on_bad_lines=config.on_bad_lines
+        config.features,
+        config.drop_neutral,
+        config.min_count,
+        on_bad_lines=config.on_bad_lines,
+        split=config.split,
     )
     if config.spec:
         from deepfm.data.preprocess import prepare_spec_file
@@ -105,8 +108,11 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
     ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
     prep_seconds = time.perf_counter() - started
+    if config.spec:  # metadata: the spec's data set, not the --dataset default
+        config.dataset = data.name
     config.check_data(len(data.train))  # e.g. a batch larger than the training split
     summary = data.summary()
+    evaluator = evaluation.for_run(config, data)  # --metrics, gAUC group, ranking protocol
     echo(
         f"{data.name}: {summary['rows']['train']:,} train / {summary['rows']['valid']:,} valid / "
         f"{summary['rows']['test']:,} test rows, fields {summary['fields']} "
@@ -162,7 +168,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
         ddp.sync_buffers(module)  # same BatchNorm running stats on every rank
         valid_probs = ddp.predict(lambda s: predict_probs(module, s, eval_rows), data.valid)
-        valid = evaluate(data.valid.label.numpy(), valid_probs)
+        valid = evaluator.evaluate(module, data.valid, valid_probs)
         record = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -171,6 +177,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             "train_seconds": stats.seconds,
             "train_samples_per_s": stats.samples_per_s,
             "lr": optimizer.param_groups[0]["lr"],
+            **evaluation.prefixed("valid", valid),  # gAUC, calibration, HitRate@K, ... (--metrics)
         }
         epochs.append(record)
         improved = stopper.update(epoch, valid["auc"], module)
@@ -195,7 +202,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         module.load_state_dict(stopper.best_state)
     model = TrainedModel(module, data.feature_map, config, data.tables, data.extras)
     test_probs = ddp.predict(lambda s: model.predict_split(s, eval_rows), data.test)
-    test = evaluate(data.test.label.numpy(), test_probs)
+    test = evaluator.evaluate(module, data.test, test_probs)
     train_seconds = sum(e["train_seconds"] for e in epochs)
     train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
     metrics = {
@@ -203,6 +210,8 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         "test_logloss": test["logloss"],
         "best_epoch": stopper.best_epoch,
         "best_valid_auc": stopper.best,
+        **evaluation.prefixed("test", test),
+        "evaluation": evaluator.describe(),
         "epochs_run": len(epochs),
         "train_samples_per_s": train_samples / train_seconds if train_seconds else float("nan"),
         "train_seconds": train_seconds,
@@ -223,13 +232,20 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     }
     if ddp.is_main:  # only rank 0 writes
         write_json(out / "metrics.json", finite(metrics))  # strict JSON: an undefined number is null
-        learning_curve(epochs, out / "learning_curve.png", f"{config.model} on {data.name}")
+        evaluator.save_predictions(out / evaluation.PREDICTIONS_FILE, data.test, test_probs)
+        learning_curve(epochs, out / "learning_curve.png", curve_title(config, data.name), stopper.best_epoch)
     echo(
-        f"test AUC {test['auc']:.4f}  test logloss {test['logloss']:.4f}  "
+        f"test AUC {test['auc']:.4f}  test logloss {test['logloss']:.4f}  {evaluation.brief(test)}"
         f"(best epoch {stopper.best_epoch}, {metrics['train_samples_per_s'] / 1e3:,.0f}k train "
         f"samples/s) -> {out}"
     )
     return metrics
+
+
+def curve_title(config: TrainConfig, name: str) -> str:
+    """``deepfm on criteo (spec my.yaml)``: the data's own name, and where it came from."""
+    source = Path(config.spec).name if config.spec else Path(config.data_dir).name if config.data_dir else ""
+    return f"{config.model} on {name}" + (f" ({source})" if source and source != name else "")
 
 
 def _silent(*_: Any, **__: Any) -> None:

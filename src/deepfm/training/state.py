@@ -219,6 +219,11 @@ def read_state(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of config field ``name`` (``progress`` is turned off by --no-progress)."""
+    return "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
+
+
 def resume_config(out: str | Path, given: dict[str, Any]) -> TrainConfig:
     """The config a run in ``out`` was started with, for ``--resume``.
 
@@ -243,7 +248,7 @@ def resume_config(out: str | Path, given: dict[str, Any]) -> TrainConfig:
         elif new != values[key]:
             conflicts.append(f"--{key.replace('_', '-')} (started with {values[key]!r}, given {new!r})")
     if conflicts:
-        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDABLE)
+        allowed = ", ".join(option_flag(k) for k in RESUME_OVERRIDABLE)
         raise ConfigError(
             f"--resume continues {out} with the options it was started with; these differ: "
             f"{', '.join(conflicts)}. Only {allowed} may change on resume"

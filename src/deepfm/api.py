@@ -1,0 +1,193 @@
+"""The Python API: :func:`fit` trains on a DataFrame, an Arrow table, a spec or a built-in data set.
+
+``fit`` goes through exactly the command line's path: a frame or table is written once to a
+content-addressed Parquet file in the cache folder, declared in a dataset spec (``spec.yaml`` in
+the run folder, so ``deepfm train --spec RUN/spec.yaml`` repeats the run), preprocessed by
+:mod:`deepfm.data.preprocess` and trained by :func:`deepfm.training.run.train`, which writes the
+same run folder as ``deepfm train``. It returns the :class:`~deepfm.training.checkpoint.TrainedModel`
+that ``deepfm.load(out)`` returns, with ``.predict``, ``.evaluate`` and ``.recommend``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepfm.config import TrainConfig, load_yaml
+from deepfm.errors import ConfigError
+from deepfm.training.checkpoint import TrainedModel, load_model
+
+SPEC_FILE = "spec.yaml"
+FRAME_MTIME = 946684800  # frames are content-addressed: a fixed mtime keeps their cache key stable
+
+
+def fit(
+    data: Any = None,
+    *,
+    label: str | dict[str, Any] = "label",
+    fields: list[Any] | None = None,
+    valid: Any = None,
+    test: Any = None,
+    split: str | dict[str, Any] | None = None,
+    name: str | None = None,
+    out: str | Path = "runs/deepfm",
+    config: str | Path | None = None,
+    echo: Any = print,
+    **options: Any,
+) -> TrainedModel:
+    """Train a model and return it (the run folder ``out`` is written as by ``deepfm train``).
+
+    ``data``: a pandas DataFrame or Arrow table (with ``label``, ``fields`` and optionally
+    ``valid`` / ``test`` frames or a ``split``), a spec file path, a spec mapping (the YAML
+    schema of docs/data-specs.md) or ``None`` with ``dataset=`` / ``data_dir=`` for a built-in.
+    ``label``: a 0/1 column or a rule such as ``"rating > 3"``. ``fields``: names, or mappings
+    like ``{"name": "price", "kind": "numeric"}`` (default: every column but the label).
+    ``split``: ``"random"`` (80/10/10, the default), ``"leave-last"`` (needs ``group`` and
+    ``time`` in a mapping: ``{"method": "leave_last", "group": "user_id", "time": "timestamp"}``)
+    or any spec ``split`` mapping; with ``valid`` (and ``test``, default: ``valid``) frames the
+    parts are given. ``config``: a YAML file or preset name; ``options``: any ``deepfm train``
+    option by its Python name (``model="fm"``, ``epochs=10``, ``seed=1``, ...).
+    """
+    values: dict[str, Any] = load_yaml(config) if config else {}
+    values.update(options)
+    values["out"] = str(out)
+    out = Path(out)
+    if data is None:
+        if valid is not None or test is not None or fields is not None:
+            raise ConfigError("fit: valid, test and fields need data (a DataFrame, an Arrow table or a spec)")
+    elif isinstance(data, (str, Path)):
+        if Path(data).suffix.lower() not in (".yaml", ".yml", ".toml"):
+            raise ConfigError(
+                f"fit: a path must be a dataset spec (.yaml/.toml), got {str(data)!r}; read a data file "
+                "into a DataFrame first, or declare it in a spec (docs/data-specs.md)"
+            )
+        values["spec"] = str(data)
+    else:
+        spec = _spec_of(data, label, fields, valid, test, split, name)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / SPEC_FILE
+        path.write_text(
+            "# written by deepfm.fit: `deepfm train --spec THIS_FILE` repeats the run\n"
+            + yaml.safe_dump(spec, sort_keys=False, width=100)
+        )
+        values["spec"] = str(path)
+    from deepfm.training.run import train
+
+    train(TrainConfig.from_dict(values), echo=echo)
+    return load_model(out)
+
+
+def _spec_of(
+    data: Any,
+    label: str | dict[str, Any],
+    fields: list[Any] | None,
+    valid: Any,
+    test: Any,
+    split: str | dict[str, Any] | None,
+    name: str | None,
+) -> dict[str, Any]:
+    """A spec mapping for ``data`` (frames written to Parquet; relative spec paths made absolute)."""
+    from deepfm.data.spec import DatasetSpec, spec_from_dict
+
+    if isinstance(data, DatasetSpec):
+        spec = data
+    elif isinstance(data, dict):
+        spec = spec_from_dict(data, source=name or "<fit spec>", base_dir=Path.cwd())
+    else:
+        files = {"train": frame_file(data)}
+        if valid is not None:
+            files["valid"] = frame_file(valid)
+            files["test"] = frame_file(test) if test is not None else files["valid"]
+        elif test is not None:
+            raise ConfigError("fit: test data needs valid data too (or leave both out and give a split)")
+        columns = _columns(data)
+        declared = {
+            "name": name or "dataframe",
+            "input": {"files": [str(files["train"])], "format": "parquet"},
+            "label": label,
+            "fields": fields if fields is not None else [c for c in columns if c != _label_column(label)],
+            "split": _split(split, files),
+        }
+        spec = spec_from_dict(declared, source=f"fit({declared['name']})", base_dir=Path.cwd())
+    out = spec.to_yaml_dict()
+    resolved = spec.input_files()
+    if "all" in resolved:
+        out["input"]["files"] = [str(p.resolve()) for p in resolved["all"]]
+    else:
+        out["split"]["files"] = {part: [str(p.resolve()) for p in paths] for part, paths in resolved.items()}
+    return _plain(out)
+
+
+def _split(split: str | dict[str, Any] | None, files: dict[str, Path]) -> dict[str, Any]:
+    if len(files) > 1:
+        if split is not None:
+            raise ConfigError("fit: give either valid/test data or a split, not both")
+        return {"method": "files", "files": {part: [str(p)] for part, p in files.items()}}
+    if split is None or split == "random":
+        return {"method": "random"}
+    if isinstance(split, str):
+        raise ConfigError(
+            f"fit: split must be 'random' or a spec split mapping such as "
+            f"{{'method': 'leave_last', 'group': 'user_id', 'time': 'timestamp'}}, got {split!r}"
+        )
+    return dict(split)
+
+
+def _label_column(label: str | dict[str, Any]) -> str:
+    from deepfm.data.spec import spec_from_dict
+
+    probe = {"input": {"files": ["-"], "format": "parquet"}, "label": label, "fields": ["__probe__"]}
+    return spec_from_dict(probe, source="fit(label)").label.column
+
+
+def _columns(data: Any) -> list[str]:
+    names = getattr(data, "column_names", None)  # pyarrow.Table
+    return [str(c) for c in (names if names is not None else data.columns)]
+
+
+def frame_file(data: Any) -> Path:
+    """``data`` (pandas, Arrow or Polars) as a Parquet file in the cache, named by its content hash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepfm.data.download import cache_dir
+
+    if isinstance(data, pa.Table):
+        table = data
+    elif hasattr(data, "to_arrow"):  # polars
+        table = data.to_arrow()
+    elif hasattr(data, "to_parquet") or hasattr(data, "columns"):
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    else:
+        raise ConfigError(f"fit: expected a DataFrame or an Arrow table, got {type(data).__name__}")
+    folder = cache_dir() / "frames"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".frame-", suffix=".parquet", dir=folder)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()[:20]
+        path = folder / f"{digest}.parquet"
+        if path.exists():
+            os.unlink(tmp)
+        else:
+            os.utime(tmp, (FRAME_MTIME, FRAME_MTIME))
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (for ``yaml.safe_dump``)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
