@@ -31,6 +31,9 @@ class DataOptions:
     drop_neutral: bool = False  # MovieLens: drop rating-3 rows instead of labelling them 0
     min_count: int = 1
     on_bad_lines: str = "error"  # streamed (spec) data sets: "error" or "skip" malformed rows
+    max_vocab: int = 0  # keep at most this many values per field, the most frequent (0 = all)
+    base: FeatureMap | None = None  # warm start: extend this feature map's vocabularies
+    prune_below: int = 0  # warm start: drop base values seen fewer times in the new training data
 
 
 @dataclass
@@ -63,12 +66,15 @@ class PreparedData:
     extras: dict[str, Any] = field(default_factory=dict)  # checkpointed: plain values and tensors
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "dataset": self.name,
             "rows": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
             "positive_rate_train": float(self.train.label.mean()) if len(self.train) else 0.0,
             "fields": {f.name: f.size for f in self.feature_map.fields},
         }
+        if self.extras.get("hashing"):  # hashed fields: buckets, distinct values, collision rate
+            summary["hashing"] = self.extras["hashing"]
+        return summary
 
 
 REGISTRY: dict[str, DatasetInfo] = {}
@@ -123,7 +129,15 @@ def prepare_raw(
         raise DataError(f"data set {name!r} has {len(frame)} rows; at least 10 are needed to split")
     train_idx, valid_idx, test_idx = random_split(len(frame), ratios, seed)
     train_frame = frame.iloc[train_idx]
-    fmap = FeatureMap.fit(train_frame, raw.fields, raw.kinds, min_count=options.min_count)
+    fmap = FeatureMap.fit(
+        train_frame,
+        raw.fields,
+        raw.kinds,
+        min_count=options.min_count,
+        max_vocab=options.max_vocab,
+        base=options.base,
+        prune_below=options.prune_below,
+    )
     label = frame["label"].to_numpy(dtype=np.float32)
 
     def encode(idx: np.ndarray) -> Split:
