@@ -28,7 +28,7 @@ def _xxh64() -> Any:
         import xxhash
     except ImportError:
         raise ConfigError(
-            "hash_buckets needs the xxhash package: pip install 'deepfm[data]' (or pip install xxhash)"
+            "hash_buckets needs the xxhash package (a deepfm dependency): pip install xxhash"
         ) from None
     return xxhash.xxh64_intdigest
 

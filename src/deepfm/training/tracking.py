@@ -14,12 +14,15 @@ TensorBoard writes event files to ``DIR/<run folder name>-<run id>`` (per-step l
 metrics and lr, and the hyper-parameters with the test metrics in the HPARAMS tab), so
 ``tensorboard --logdir DIR`` lists every run. MLflow logs the options as params, the per-epoch
 metrics (step = epoch), the test metrics and the run folder's outputs as artifacts, in the
-experiment named after the data set; a bare path (default ``./mlruns``) is a local file store.
+experiment named after the data set; a bare path (default ``./mlruns``) is a local file store
+(MLflow 3 keeps that backend in maintenance mode: ``MLFLOW_ALLOW_FILE_STORE`` is set for it; a
+``sqlite:///mlflow.db`` URI is its recommended local backend).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +192,8 @@ class MLflowTracker(Tracker):
         import mlflow  # slow to import (seconds): only when asked for
 
         self.mlflow = mlflow
+        if self.uri.startswith("file:"):  # MLflow >= 3.x asks for this opt-in to its file store
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(str(summary.get("dataset") or "deepfm"))
         mlflow.start_run(run_name=f"{out.name}-{run['id']}")
