@@ -82,17 +82,17 @@ def options(tmp_path: Path, spec: Path, out: str, **extra) -> TrainConfig:
 def test_warm_start_carries_old_rows_exactly_and_extends_the_vocabulary(tmp_path):
     days = write_days(tmp_path / "days")
     train(options(tmp_path, day_spec(days, 1), "day1", epochs=2), echo=lambda *_: None)
-    base = load_base(tmp_path / "day1")
     config = options(tmp_path, day_spec(days, 2), "day2", init_from=str(tmp_path / "day1"), epochs=1)
+    base = load_base(config)
     data = load_data(config, base.feature_map)
     torch.manual_seed(0)
     module = model_from_config(config, data.feature_map)
     fresh = {k: v.clone() for k, v in module.state_dict().items()}
-    report = warm_start(base, module, data.feature_map, config.init_from)
+    report = warm_start(base, module, data.feature_map)
 
     old_fmap, new_fmap = base.feature_map, data.feature_map
     (table,) = table_keys(module, new_fmap.num_rows)
-    old_table, new_table = base.module.state_dict()[table], module.state_dict()[table]
+    old_table, new_table = base.model.module.state_dict()[table], module.state_dict()[table]
     for name in ("user", "item"):
         old, new = old_fmap.field(name), new_fmap.field(name)
         assert new.vocab[: len(old.vocab)] == old.vocab  # old values first, in their order
@@ -104,7 +104,7 @@ def test_warm_start_carries_old_rows_exactly_and_extends_the_vocabulary(tmp_path
             assert torch.equal(new_table[new.offset + 1 + j], fresh[table][new.offset + 1 + j])
     for key, value in module.state_dict().items():  # MLP, biases, BatchNorm: carried as they were
         if key != table:
-            assert torch.equal(value, base.module.state_dict()[key]), key
+            assert torch.equal(value, base.model.module.state_dict()[key]), key
     assert report.rows_carried == len(old_fmap.field("user").vocab) + len(old_fmap.field("item").vocab) + 2
     assert report.rows_new == new_fmap.num_rows - 1 - report.rows_carried
     assert report.rows_dropped == 0 and report.fresh == []
@@ -113,19 +113,19 @@ def test_warm_start_carries_old_rows_exactly_and_extends_the_vocabulary(tmp_path
 def test_prune_below_drops_vanished_values_and_init_optimizer_carries_moments(tmp_path):
     days = write_days(tmp_path / "days")
     train(options(tmp_path, day_spec(days, 1), "day1", epochs=1), echo=lambda *_: None)
-    base = load_base(tmp_path / "day1")
-    day1_users = set(base.feature_map.field("user").vocab)
-    day2_users = set(pd.read_csv(days / "day2.csv")["user"])
     config = options(
         tmp_path, day_spec(days, 2), "day2", init_from=str(tmp_path / "day1"), prune_below=1, epochs=1
     )
     config.init_optimizer = True
+    base = load_base(config)
+    day1_users = set(base.feature_map.field("user").vocab)
+    day2_users = set(pd.read_csv(days / "day2.csv")["user"])
     data = load_data(config, base.feature_map)
     assert set(data.feature_map.field("user").vocab) == day2_users  # vanished users pruned
     assert day1_users - day2_users  # (some did vanish)
     module = model_from_config(config, data.feature_map)
     optimizer = make_optimizer(module, config)
-    report = warm_start(base, module, data.feature_map, config.init_from, optimizer)
+    report = warm_start(base, module, data.feature_map, optimizer)
     day1_items = set(base.feature_map.field("item").vocab)
     day2_items = set(pd.read_csv(days / "day2.csv")["item"])
     assert report.optimizer
@@ -159,6 +159,23 @@ def test_warm_start_beats_a_cold_start_on_the_next_day_after_one_epoch(tmp_path)
         load_model(tmp_path / "warm").feature_map.num_rows
         > load_model(tmp_path / "day1").feature_map.num_rows
     )
+
+
+def test_in_place_warm_start_with_optimizer_and_its_resume(tmp_path):
+    """--init-from RUN --out RUN --init-optimizer: RUN's model and state are read before the folder
+    is cleared; a resume later prepares the same vocabulary from its own state.pt."""
+    days = write_days(tmp_path / "days", n=2000)
+    out = tmp_path / "run"
+    quiet = lambda *_: None  # noqa: E731
+    train(options(tmp_path, day_spec(days, 1), "run", epochs=1), echo=quiet)
+    config = options(
+        tmp_path, day_spec(days, 2), "run", epochs=1, init_from=str(out), init_optimizer=True, prune_below=2
+    )
+    first = train(config, echo=quiet)
+    assert first["warm_start"]["optimizer"] and first["warm_start"]["rows_dropped"] > 0
+    resumed = train(TrainConfig.from_dict({**config.to_dict(), "epochs": 2, "resume": True}), echo=quiet)
+    assert resumed["run_id"] == first["run_id"] and len(resumed["epochs"]) == 2
+    assert resumed["data_fingerprint"] == first["data_fingerprint"]  # the same vocabulary and data
 
 
 @pytest.mark.slow

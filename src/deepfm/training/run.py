@@ -32,7 +32,7 @@ from deepfm.training.metrics import evaluate
 from deepfm.training.plots import learning_curve
 from deepfm.training.runfolder import RunFolder, data_fingerprint
 from deepfm.training.state import TrainingState
-from deepfm.training.warmstart import Carried, load_base, warm_start
+from deepfm.training.warmstart import Base, Carried, load_base, warm_start
 
 
 def configure_threads(threads: int) -> None:
@@ -93,7 +93,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     main = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 owns the folder and the trackers
     tracker = tracking.from_config(config, main)  # a missing extra is an error before any work
     with RunFolder(config.out, writer=main) as folder:
-        base = load_base(config.init_from) if config.init_from else None  # before clearing: may be --out
+        base = load_base(config)  # --init-from: read before clearing (RUN may be --out itself)
         if not config.resume:
             folder.clear_outputs()
         failed = True
@@ -111,7 +111,7 @@ def _train(
     echo: Any,
     folder: RunFolder,
     tracker: tracking.Tracker,
-    base: Any,
+    base: Base | None,
 ) -> dict[str, Any]:
     configure_threads(config.threads)
     ddp = init_distributed(config.device)  # torchrun ranks; world size 1 = no-op context
@@ -133,6 +133,11 @@ def _train(
         f"{summary['rows']['test']:,} test rows, fields {summary['fields']} "
         f"(prepared in {prep_seconds:.1f}s)"
     )
+    for name, h in summary.get("hashing", {}).items():
+        echo(
+            f"hashed field {name}: {h['distinct_values']:,} distinct training values in {h['buckets']:,} "
+            f"buckets, collision rate {h['collision_rate']:.3f}"
+        )
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map).to(config.device)
@@ -143,9 +148,7 @@ def _train(
     stopper = EarlyStopping(config.patience)
     carried: Carried | None = None
     if base is not None and not config.resume:
-        carried = warm_start(
-            base, module, data.feature_map, config.init_from, optimizer if config.init_optimizer else None
-        )
+        carried = warm_start(base, module, data.feature_map, optimizer if config.init_optimizer else None)
         echo(carried.describe())
     params = sum(p.numel() for p in module.parameters())
     echo(f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs")
@@ -157,11 +160,12 @@ def _train(
 
     # DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
     state = TrainingState(out, config, module, optimizer, generator, stopper, scheduler, writer=ddp.is_main)
-    state.run = folder.info
+    base_map = {"base_feature_map": base.feature_map.to_dict()} if base is not None else {}
+    state.run = {**folder.info, **base_map}  # (a resumed warm start prepares the same vocabulary)
     if config.resume:
         echo(f"resuming from {state.restore().path} ({state.saved})")
         folder.adopt(state.run)  # a resumed run keeps its run id
-        state.run = folder.info
+        state.run = {**folder.info, **base_map}
     tracker.start(config, folder.info, out, summary)
     epochs: list[dict[str, Any]] = state.history
     for epoch in range(state.next_epoch, config.epochs + 1):

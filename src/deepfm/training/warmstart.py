@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepfm.config import TrainConfig
 from deepfm.data.features import FeatureMap
 from deepfm.errors import CheckpointError, brief
 from deepfm.training.checkpoint import TrainedModel, load_model, model_from_config, resolve
+from deepfm.training.state import STATE_FILE, read_state
 
 
 @dataclass
@@ -57,9 +59,37 @@ class Carried:
         return dict(self.__dict__)
 
 
-def load_base(path: str | Path) -> TrainedModel:
-    """The run to start from (a run folder or its ``model.pt``)."""
-    return load_model(path)
+@dataclass
+class Base:
+    """What a warm start needs from the run it starts from, read before ``--out`` is cleared
+    (``--init-from RUN --out RUN`` retrains in place)."""
+
+    feature_map: FeatureMap
+    model: TrainedModel | None = None  # None when resuming: the weights come from our state.pt
+    optimizer_state: dict[str, Any] | None = None  # RUN/state.pt's optimizer (--init-optimizer)
+    source: str = ""
+
+
+def load_base(config: TrainConfig) -> Base | None:
+    """The base of a warm-started run (None without ``--init-from``).
+
+    A resumed warm-started run takes the base vocabulary saved in its own ``state.pt``, so it
+    prepares exactly the data it started with even if ``RUN`` has changed (or is ``--out``).
+    """
+    if not config.init_from:
+        return None
+    if config.resume:
+        saved = (read_state(Path(config.out) / STATE_FILE).get("run") or {}).get("base_feature_map")
+        if saved:
+            return Base(FeatureMap.from_dict(saved), source=config.init_from)
+    model = load_model(config.init_from)
+    optimizer_state = None
+    if config.init_optimizer:
+        path = resolve(config.init_from).parent / STATE_FILE
+        optimizer_state = read_state(path).get("optimizer")
+        if optimizer_state is None:
+            raise CheckpointError(f"{path} holds no optimizer state for --init-optimizer")
+    return Base(model.feature_map, model, optimizer_state, str(config.init_from))
 
 
 def row_map(old: FeatureMap, new: FeatureMap) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,54 +181,49 @@ def carry_state(
     return out
 
 
-def warm_start(
-    base: TrainedModel,
-    module: nn.Module,
-    feature_map: FeatureMap,
-    source: str | Path,
-    optimizer: Any = None,
-) -> Carried:
+def warm_start(base: Base, module: nn.Module, feature_map: FeatureMap, optimizer: Any = None) -> Carried:
     """Load ``base``'s weights into ``module`` (built for ``feature_map``); with ``optimizer``, also
-    the optimizer state saved in ``source``'s run folder (``state.pt``)."""
-    report = Carried(str(source))
+    the base run's optimizer state (``base.optimizer_state``)."""
+    if base.model is None:
+        raise CheckpointError(f"no model of {base.source} to start from")
+    report = Carried(base.source)
     pairs = row_map(base.feature_map, feature_map)
     rows = (feature_map.num_rows, base.feature_map.num_rows)
     tables = table_keys(module, feature_map.num_rows)
-    old_state = {k: v.detach().cpu() for k, v in base.module.state_dict().items()}
+    old_state = {k: v.detach().cpu() for k, v in base.model.module.state_dict().items()}
     merged = carry_state(module.state_dict(), old_state, tables, rows, pairs, report)
     module.load_state_dict(merged)
     report.rows_carried = int(len(pairs[0]))
     report.rows_new = feature_map.num_rows - 1 - report.rows_carried
     report.rows_dropped = base.feature_map.num_rows - 1 - report.rows_carried
-    if optimizer is not None:
-        carry_optimizer(base, resolve(source).parent, module, optimizer, tables, rows, pairs)
+    if optimizer is not None and base.optimizer_state is not None:
+        carry_optimizer(base.model, base.optimizer_state, module, optimizer, tables, rows, pairs)
         report.optimizer = True
     return report
 
 
 def carry_optimizer(
     base: TrainedModel,
-    folder: Path,
+    saved: dict[str, Any],
     module: nn.Module,
     optimizer: Any,
     tables: set[str],
     rows: tuple[int, int],
     pairs: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
-    """Carry the base run's optimizer state (its ``state.pt``) onto ``optimizer``, by parameter name."""
+    """Carry the base run's optimizer state ``saved`` onto ``optimizer``, by parameter name."""
     from deepfm.training import optim
-    from deepfm.training.state import STATE_FILE, read_state
 
-    state_path = folder / STATE_FILE
-    payload = read_state(state_path)
-    old_module = model_from_config(base.config, base.feature_map)
+    old_module = model_from_config(base.config, base.feature_map)  # same parameter order as base's
     old_optimizer = optim.make_optimizer(
         old_module, base.config.optimizer, base.config.lr, base.config.weight_decay
     )
     try:
-        old_optimizer.load_state_dict(payload["optimizer"])
+        old_optimizer.load_state_dict(saved)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{state_path}: optimizer state does not fit its run ({brief(exc)})") from None
+        raise CheckpointError(
+            f"the base run's optimizer state does not fit its model ({brief(exc)})"
+        ) from None
     old_names = {id(p): n for n, p in old_module.named_parameters()}
     by_name: dict[str, dict[str, Any]] = {}
     for sub in _optimizers(old_optimizer):
