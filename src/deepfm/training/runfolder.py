@@ -53,10 +53,15 @@ class RunFolder:
         self.release()
 
     def _acquire(self) -> None:
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): run without the lock
+            return
         path = self.out / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run lock {path} ({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
