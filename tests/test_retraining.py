@@ -271,3 +271,40 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_ml):
     (out / ".lock").write_text(f"{dead.stdout.strip()} 20000101-000000-dead00\n")
     config = TrainConfig(data_dir=str(tiny_ml), out=str(out), epochs=1, progress=False)
     assert train(config, echo=lambda *_: None)["epochs_run"] == 1
+
+
+def test_carry_over_is_generic_over_layer_names():
+    """Any model: tables found as nn.Embedding modules over the feature map's rows, the rest by key."""
+    from torch import nn
+
+    from deepfm.data.features import FeatureMap
+    from deepfm.training.checkpoint import TrainedModel
+    from deepfm.training.warmstart import Base
+
+    class Toy(nn.Module):
+        def __init__(self, rows: int) -> None:
+            super().__init__()
+            self.lookup = nn.Embedding(rows, 3)
+            self.deep = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 1))
+
+    day1 = pd.DataFrame({"user": ["a", "b", "c"], "ad": ["x", "y", "x"]})
+    day2 = pd.DataFrame({"user": ["c", "d", "a"], "ad": ["z", "y", "y"]})
+    old_map = FeatureMap.fit(day1, ["user", "ad"])
+    new_map = FeatureMap.fit(day2, ["user", "ad"], base=old_map)
+    assert new_map.field("user").vocab == ["a", "b", "c", "d"] and new_map.field("ad").vocab == [
+        "x",
+        "y",
+        "z",
+    ]
+    old, new = Toy(old_map.num_rows), Toy(new_map.num_rows)
+    base = Base(old_map, TrainedModel(old, old_map, TrainConfig()), source="toy")
+    report = warm_start(base, new, new_map)
+    for name in ("user", "ad"):
+        f, g = new_map.field(name), old_map.field(name)
+        for value in g.vocab:
+            i, j = f.offset + 1 + f.vocab.index(value), g.offset + 1 + g.vocab.index(value)
+            assert torch.equal(new.lookup.weight[i], old.lookup.weight[j])
+    assert torch.equal(new.deep[0].weight, old.deep[0].weight) and torch.equal(
+        new.deep[2].bias, old.deep[2].bias
+    )
+    assert report.tables == ["lookup.weight"] and report.rows_new == 2  # user d, ad z
