@@ -57,6 +57,14 @@ class TrainConfig:
     group_by: str = ""  # gAUC group field ("" = user_id when the data has it)
     split: str = "random"  # built-in data sets: "random" (80/10/10) or "leave-last" (per user)
     rank_negatives: int = 100  # HitRate/NDCG candidates: N sampled unrated items; 0 = all items
+    # daily retraining (docs/retraining.md): warm start, vocabulary caps, experiment tracking
+    init_from: str | None = None  # warm start from this run folder (or model.pt) on new data
+    init_optimizer: bool = False  # warm start: also carry the optimizer state (its state.pt)
+    prune_below: int = 0  # warm start: drop old values seen fewer times in the new training data
+    max_vocab: int = 0  # keep at most the N most frequent values per field (0 = all)
+    tensorboard: str | None = None  # write TensorBoard event files under this folder
+    tensorboard_every: int = 50  # TensorBoard: log the training loss every N optimizer steps
+    mlflow: str | None = None  # MLflow tracking URI or local folder (file store)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -109,6 +117,13 @@ class TrainConfig:
                 parse_metrics(self.metrics)
             except ConfigError as exc:
                 problems.append(str(exc))
+        for name in ("prune_below", "max_vocab"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.tensorboard_every < 1:
+            problems.append(f"--tensorboard-every must be >= 1, got {self.tensorboard_every}")
+        if (self.init_optimizer or self.prune_below) and not self.init_from:
+            problems.append("--init-optimizer and --prune-below need --init-from RUN")
         if self.threads < 0:
             problems.append(f"--threads must be >= 0, got {self.threads}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):

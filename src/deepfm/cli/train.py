@@ -49,6 +49,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         help="MovieLens: drop rating-3 rows instead of labelling them 0",
     )
     data.add_argument("--min-count", type=int, default=s, help="values seen fewer times go to OOV")
+    data.add_argument(
+        "--max-vocab",
+        type=int,
+        default=s,
+        metavar="N",
+        help="keep at most the N most frequent values of every field; the rest go to OOV (default: all)",
+    )
     model = p.add_argument_group("model")
     model.add_argument("--embed-dim", type=int, default=s, help=f"embedding size (default {D.embed_dim})")
     model.add_argument(
@@ -212,6 +219,50 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         default=argparse.SUPPRESS,
         help="continue the run in --out from its state.pt, with the options it was started with",
+    )
+    daily = p.add_argument_group("daily retraining and tracking (docs/retraining.md)")
+    daily.add_argument(
+        "--init-from",
+        default=argparse.SUPPRESS,
+        metavar="RUN",
+        help="warm start from a trained run (folder or model.pt): its vocabulary extended with the new "
+        "data's values, old rows and every other weight carried over, new rows initialised as usual",
+    )
+    daily.add_argument(
+        "--init-optimizer",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="with --init-from: also carry the optimizer state (Adam moments) from RUN/state.pt",
+    )
+    daily.add_argument(
+        "--prune-below",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="with --init-from: drop old values seen fewer than N times in the new training data "
+        "(default 0: values that vanished keep their rows)",
+    )
+    daily.add_argument(
+        "--tensorboard",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="write TensorBoard event files to DIR/<run folder name>-<run id> (needs deepfm[track])",
+    )
+    daily.add_argument(
+        "--tensorboard-every",
+        type=int,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=f"log the training loss every N steps (default {D.tensorboard_every})",
+    )
+    daily.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="mlruns",
+        default=argparse.SUPPRESS,
+        metavar="URI",
+        help="log params, per-epoch metrics and the run folder to MLflow: a tracking URI, or a local "
+        "folder (default ./mlruns; needs deepfm[track])",
     )
     p.set_defaults(run=run)
 

@@ -32,6 +32,9 @@ class DataOptions:
     min_count: int = 1
     on_bad_lines: str = "error"  # streamed (spec) data sets: "error" or "skip" malformed rows
     split: str = "random"  # "random" (80/10/10) or "leave-last" (each user's last row is test)
+    max_vocab: int = 0  # keep at most this many values per field, the most frequent (0 = all)
+    base: FeatureMap | None = None  # warm start: extend this feature map's vocabularies
+    prune_below: int = 0  # warm start: drop base values seen fewer times in the new training data
 
 
 @dataclass
@@ -65,12 +68,15 @@ class PreparedData:
     extras: dict[str, Any] = field(default_factory=dict)  # checkpointed: plain values and tensors
 
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "dataset": self.name,
             "rows": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
             "positive_rate_train": float(self.train.label.mean()) if len(self.train) else 0.0,
             "fields": {f.name: f.size for f in self.feature_map.fields},
         }
+        if self.extras.get("hashing"):  # hashed fields: buckets, distinct values, collision rate
+            summary["hashing"] = self.extras["hashing"]
+        return summary
 
 
 REGISTRY: dict[str, DatasetInfo] = {}
@@ -134,7 +140,15 @@ def prepare_raw(
         parts = random_split(len(frame), ratios, seed)
     train_idx, valid_idx, test_idx = parts
     train_frame = frame.iloc[train_idx]
-    fmap = FeatureMap.fit(train_frame, raw.fields, raw.kinds, min_count=options.min_count)
+    fmap = FeatureMap.fit(
+        train_frame,
+        raw.fields,
+        raw.kinds,
+        min_count=options.min_count,
+        max_vocab=options.max_vocab,
+        base=options.base,
+        prune_below=options.prune_below,
+    )
     for field_name, transform in raw.transforms.items():  # e.g. hour <- timestamp, also at predict time
         fmap.field(field_name).transform = transform
     label = frame["label"].to_numpy(dtype=np.float32)

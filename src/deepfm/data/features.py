@@ -6,8 +6,12 @@ Global index layout of the one shared table (TorchRec's "sparse part"):
 * each field owns ``size = len(vocab) + 1`` consecutive rows starting at ``offset``;
   the first of them is the field's out-of-vocabulary (OOV) row, then one row per known value.
 
-Vocabularies are built from the training split only (``min_count`` drops rare values to OOV), so
-ids never seen in training, at test or predict time, map to their field's OOV row and never crash.
+Vocabularies are built from the training split only (``min_count`` drops rare values to OOV,
+``max_vocab`` keeps the most frequent), so ids never seen in training, at test or predict time,
+map to their field's OOV row and never crash. A warm-started run (``--init-from``) extends the
+previous run's vocabulary: its values keep their order, new ones are appended (``choose_vocab``).
+A hashed field (``hash_buckets: B``) has no vocabulary: it owns ``1 + B`` rows and a value's row
+is ``1 + xxh64(text) % B`` (see :mod:`deepfm.data.hashing`).
 Encoding is vectorised with ``pandas.Index.get_indexer`` (a hash lookup, no Python per row).
 """
 
@@ -19,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from deepfm.data.hashing import HASH_NAME
 from deepfm.errors import DataError
 
 FieldKind = Literal["categorical", "sequence", "numeric"]
@@ -39,11 +44,14 @@ class Field:
     max_len: int = 0  # sequence fields: values kept per row (longer lists are cut)
     pooling: str = "mean"  # sequence fields: "mean" or "sum"
     transform: dict[str, Any] | None = None  # spec-declared transform (see deepfm.data.transforms)
+    hash_buckets: int = 0  # > 0: hashed field, 1 + hash_buckets rows, no vocabulary
 
     @property
     def size(self) -> int:
         """Rows this field owns in the fused table (numeric fields own none)."""
-        return 0 if self.kind == "numeric" else len(self.vocab) + 1
+        if self.kind == "numeric":
+            return 0
+        return 1 + (self.hash_buckets or len(self.vocab))
 
     @property
     def source(self) -> str:
@@ -67,6 +75,10 @@ class Field:
 
     def encode(self, values: pd.Series | np.ndarray, index: pd.Index | None = None) -> np.ndarray:
         """Global row indices of ``values`` (unseen values go to this field's OOV row)."""
+        if self.hash_buckets:
+            from deepfm.data.hashing import local_rows
+
+            return local_rows(values, self.hash_buckets) + self.offset
         local = (index if index is not None else self.index()).get_indexer(np.asarray(values)) + 1
         return (local + self.offset).astype(np.int64)
 
@@ -85,8 +97,14 @@ class FeatureMap:
         kinds: dict[str, FieldKind] | None = None,
         min_count: int = 1,
         max_len: dict[str, int] | None = None,
+        max_vocab: int = 0,
+        base: FeatureMap | None = None,
+        prune_below: int = 0,
     ) -> FeatureMap:
-        """Build vocabularies from ``frame`` (the training split). Values are sorted for stability."""
+        """Build vocabularies from ``frame`` (the training split). Values are sorted for stability.
+
+        ``base`` (a warm start's feature map) keeps its values and their order; see :func:`choose_vocab`.
+        """
         kinds = kinds or {}
         fields = []
         for name in names:
@@ -100,8 +118,9 @@ class FeatureMap:
             if kind == "sequence":
                 column = column.explode().dropna()
             counts = column.value_counts(sort=False)
-            kept = counts.index[counts.to_numpy() >= min_count]
-            vocab = sorted(kept.tolist(), key=_sort_key)
+            old = base_vocab(base, name, kind)
+            values, numbers = counts.index.tolist(), counts.to_numpy()
+            vocab = choose_vocab(values, numbers, min_count, max_vocab, old, prune_below)
             length = int((max_len or {}).get(name, 0)) or _longest(frame[name], kind)
             fields.append(Field(name, kind, vocab, max_len=length))
         return cls(fields).with_offsets()
@@ -183,6 +202,7 @@ class FeatureMap:
                     "max_len": f.max_len,
                     "pooling": f.pooling,
                     **({"transform": f.transform} if f.transform else {}),
+                    **({"hash_buckets": f.hash_buckets, "hash": HASH_NAME} if f.hash_buckets else {}),
                 }
                 for f in self.fields
             ]
@@ -190,7 +210,60 @@ class FeatureMap:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureMap:
-        return cls([Field(**f) for f in data["fields"]])
+        fields = []
+        for raw in data["fields"]:
+            raw = dict(raw)
+            name = raw.pop("hash", HASH_NAME)
+            if name != HASH_NAME:
+                field_name = raw.get("name")
+                raise DataError(f"field {field_name!r}: unknown hash {name!r} (this deepfm has {HASH_NAME})")
+            fields.append(Field(**raw))
+        return cls(fields)
+
+
+def base_vocab(base: FeatureMap | None, name: str, kind: str) -> list[Any] | None:
+    """The vocabulary of field ``name`` in a warm start's ``base`` map (None: no such counted field)."""
+    if base is None:
+        return None
+    try:
+        f = base.field(name)
+    except KeyError:
+        return None
+    return list(f.vocab) if f.kind == kind and not f.hash_buckets else None
+
+
+def choose_vocab(
+    values: list[Any],
+    counts: np.ndarray,
+    min_count: int = 1,
+    max_vocab: int = 0,
+    base: list[Any] | None = None,
+    prune_below: int = 0,
+) -> list[Any]:
+    """A field's vocabulary from its training ``values`` and their ``counts``.
+
+    Values seen at least ``min_count`` times; with ``max_vocab`` only the most frequent of them
+    (ties by value); sorted for stability. With ``base`` (a warm start): the base values first, in
+    their order (those seen fewer than ``prune_below`` times dropped when ``prune_below`` > 0),
+    then the new values, so ``max_vocab`` caps the total.
+    """
+    counts = np.asarray(counts)
+    keep = counts >= min_count
+    kept = [v for v, k in zip(values, keep) if k]
+    kept_counts = counts[keep]
+    old: list[Any] = []
+    if base is not None:
+        seen = dict(zip(values, counts.tolist()))
+        old = [v for v in base if not prune_below or seen.get(v, 0) >= prune_below]
+        known = set(base)
+        fresh = [i for i, v in enumerate(kept) if v not in known]
+        kept, kept_counts = [kept[i] for i in fresh], kept_counts[fresh]
+    if max_vocab:
+        room = max(max_vocab - len(old), 0)
+        if len(kept) > room:
+            order = sorted(range(len(kept)), key=lambda i: (-int(kept_counts[i]), _sort_key(kept[i])))
+            kept = [kept[i] for i in order[:room]]
+    return old + sorted(kept, key=_sort_key)
 
 
 def _encode_lists(f: Field, column: pd.Series, width: int) -> np.ndarray:

@@ -38,7 +38,8 @@ import polars as pl
 from deepfm.data import transforms as tf
 from deepfm.data.batching import Split
 from deepfm.data.download import cache_dir
-from deepfm.data.features import FeatureMap, Field, _sort_key
+from deepfm.data.features import FeatureMap, Field, base_vocab, choose_vocab
+from deepfm.data.hashing import CollisionStats, local_rows
 from deepfm.data.memmap import MemmapSplit
 from deepfm.data.readers import BadLines, Chunk, read_chunks
 from deepfm.data.spec import PARTS, DatasetSpec, FieldSpec
@@ -57,6 +58,9 @@ class PrepareOptions:
     on_bad_lines: str = "error"
     seed: int = 0  # the random split's seed when the spec does not fix one
     progress: bool = True
+    max_vocab: int = 0  # cap on every field's vocabulary (the --max-vocab option; 0 = none)
+    base: FeatureMap | None = None  # warm start (--init-from): extend this map's vocabularies
+    prune_below: int = 0  # warm start: drop base values seen fewer times in the new training rows
 
 
 def prepare_spec(spec: DatasetSpec, options: PrepareOptions, in_memory: bool | None = None) -> Any:
@@ -79,6 +83,8 @@ def prepare_spec(spec: DatasetSpec, options: PrepareOptions, in_memory: bool | N
         extras.update(
             leave_last=True, ranking={"user": spec.split.group, "item": spec.split.item or others[0]}
         )
+    if meta.get("hashing"):
+        extras["hashing"] = meta["hashing"]
     return PreparedData(spec.name, fmap, *parts, tables={}, extras=extras)
 
 
@@ -89,7 +95,15 @@ def prepare_spec_options(spec: DatasetSpec, options: Any, seed: int) -> Any:
             f"--split {options.split} is for the built-in MovieLens data; {spec.name} is declared by a spec, "
             "whose split says it: split: {method: leave_last, group: user_id, time: timestamp}"
         )
-    return prepare_spec(spec, PrepareOptions(options.min_count, options.on_bad_lines, seed))
+    prepare = PrepareOptions(
+        options.min_count,
+        options.on_bad_lines,
+        seed,
+        max_vocab=getattr(options, "max_vocab", 0),
+        base=getattr(options, "base", None),
+        prune_below=getattr(options, "prune_below", 0),
+    )
+    return prepare_spec(spec, prepare)
 
 
 def prepare_spec_file(path: str | Path, options: Any, seed: int) -> Any:
@@ -117,12 +131,19 @@ def cache_key(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareO
         "min_count": options.min_count,
         "on_bad_lines": options.on_bad_lines,
         "seed": spec.split.seed if spec.split.seed is not None else options.seed,
+        "max_vocab": options.max_vocab,
+        "prune_below": options.prune_below,
+        "base": _fingerprint(options.base.to_dict()) if options.base is not None else None,
         "files": {
             part: [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
             for part, paths in files.items()
         },
     }
     return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fingerprint(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def preprocess(spec: DatasetSpec, options: PrepareOptions) -> Path:
@@ -379,12 +400,18 @@ class _Counts:
         if frames:
             self.merged = pl.concat(frames).group_by("value").agg(pl.col("count").sum())
 
-    def vocab(self, min_count: int) -> list[Any]:
+    def vocab(
+        self, min_count: int, max_vocab: int = 0, base: list[Any] | None = None, prune: int = 0
+    ) -> list[Any]:
+        """The field's vocabulary (see :func:`deepfm.data.features.choose_vocab`)."""
         self._merge()
         if self.merged is None:
-            return []
-        kept = self.merged.filter(pl.col("count") >= min_count)["value"].to_list()
-        return sorted(kept, key=_sort_key)
+            return choose_vocab([], np.zeros(0, np.int64), min_count, max_vocab, base, prune)
+        merged = self.merged
+        if base is None or not prune:  # only values that can be kept matter
+            merged = merged.filter(pl.col("count") >= min_count)
+        values, counts = merged["value"].to_list(), merged["count"].to_numpy()
+        return choose_vocab(values, counts, min_count, max_vocab, base, prune)
 
 
 class _Sample:
@@ -462,8 +489,11 @@ def _tokens(f: FieldSpec, frame: pl.DataFrame, transform: dict[str, Any] | None 
 def _collect_stats(plan: _Plan, options: PrepareOptions, bad: BadLines) -> dict[str, Any]:
     spec = plan.spec
     counts = {
-        f.name: _Counts() for f in spec.fields if f.model_kind != "numeric" and f.transform != "quantile"
+        f.name: _Counts()
+        for f in spec.fields
+        if f.model_kind != "numeric" and f.transform != "quantile" and not f.hash_buckets
     }
+    hashed = {f.name: CollisionStats(f.hash_buckets) for f in spec.fields if f.hash_buckets}
     samples = {
         f.name: _Sample(SAMPLE_SIZE, np.random.default_rng(plan.seed + 1))
         for f in spec.fields
@@ -484,13 +514,22 @@ def _collect_stats(plan: _Plan, options: PrepareOptions, bad: BadLines) -> dict[
                 moments[f.name].add(_numbers(train, f.source))
             elif f.name in samples:
                 samples[f.name].add(_numbers(train, f.source))
+            elif f.name in hashed:  # no vocabulary: only the distinct hashes, for the collision rate
+                hashed[f.name].add(_tokens(f, train).to_numpy())
             elif f.kind == "multi":
                 lists = _lists(train, f)
                 counts[f.name].longest = max(counts[f.name].longest, int(lists.list.len().max() or 0))
                 counts[f.name].add(lists.explode().drop_nulls())
             else:
                 counts[f.name].add(_tokens(f, train))
-    return {"counts": counts, "samples": samples, "moments": moments, "rows": rows, "positives": positives}
+    return {
+        "counts": counts,
+        "samples": samples,
+        "moments": moments,
+        "hashed": hashed,
+        "rows": rows,
+        "positives": positives,
+    }
 
 
 def _labels(spec: DatasetSpec, frame: pl.DataFrame) -> np.ndarray:
@@ -503,32 +542,52 @@ def _labels(spec: DatasetSpec, frame: pl.DataFrame) -> np.ndarray:
 
 def _feature_map(spec: DatasetSpec, stats: dict[str, Any], options: PrepareOptions) -> FeatureMap:
     fields = []
+    base = options.base
     for f in spec.fields:
         min_count = max(f.min_count or spec.min_count, options.min_count)
-        if f.model_kind == "numeric":
+        max_vocab = min(v for v in (f.max_vocab, options.max_vocab, 1 << 62) if v)
+        max_vocab = 0 if max_vocab == 1 << 62 else max_vocab
+        old = base_vocab(base, f.name, f.model_kind)
+        old_transform = _base_transform(base, f.name)
+        if f.hash_buckets:
+            transform = {"type": "string", "column": f.source}
+            fields.append(Field(f.name, "categorical", [], transform=transform, hash_buckets=f.hash_buckets))
+        elif f.model_kind == "numeric":
             mean, std = stats["moments"][f.name].mean_std()
             transform = {"type": "standardize", "column": f.source, "mean": mean, "std": std}
+            if old_transform and old_transform.get("type") == "standardize":
+                transform = old_transform  # a warm start keeps what the numbers mean
             fields.append(Field(f.name, "numeric", transform=transform))
         elif f.transform == "quantile":
             edges = tf.quantile_edges(stats["samples"][f.name].values, f.buckets)
             transform = {"type": "quantile", "column": f.source, "edges": edges}
+            if old_transform and old_transform.get("type") == "quantile":
+                transform = old_transform  # same bucket edges: the old bucket rows stay meaningful
+                edges = transform["edges"]
             vocab = [tf.MISSING, *range(len(edges) + 1)]
             fields.append(Field(f.name, "categorical", vocab, transform=transform))
         elif f.kind == "multi":
             counts = stats["counts"][f.name]
             max_len = min(f.max_len or counts.longest, counts.longest) or 1
             transform = {"type": "split", "column": f.source, "sep": f.separator}
-            fields.append(
-                Field(f.name, "sequence", counts.vocab(min_count), max_len=max_len, transform=transform)
-            )
+            vocab = counts.vocab(min_count, max_vocab, old, options.prune_below)
+            fields.append(Field(f.name, "sequence", vocab, max_len=max_len, transform=transform))
         else:
             transform = {"type": f.transform or "string", "column": f.source}
             if f.transform in tf_time():
                 transform["time_format"] = f.time_format
-            fields.append(
-                Field(f.name, "categorical", stats["counts"][f.name].vocab(min_count), transform=transform)
-            )
+            vocab = stats["counts"][f.name].vocab(min_count, max_vocab, old, options.prune_below)
+            fields.append(Field(f.name, "categorical", vocab, transform=transform))
     return FeatureMap(fields).with_offsets()
+
+
+def _base_transform(base: FeatureMap | None, name: str) -> dict[str, Any] | None:
+    if base is None:
+        return None
+    try:
+        return base.field(name).transform
+    except KeyError:
+        return None
 
 
 # --------------------------------------------------------------------------- pass 2: encoding
@@ -543,7 +602,7 @@ class _Encoder:
         self.specs = {f.name: f for f in spec.fields}
         self.lookups: dict[str, Any] = {}
         for f in fmap.fields:
-            if f.kind == "numeric":
+            if f.kind == "numeric" or f.hash_buckets:
                 continue
             if f.vocab and isinstance(f.vocab[0], str):
                 self.lookups[f.name] = pl.DataFrame(
@@ -555,6 +614,9 @@ class _Encoder:
 
     def local(self, name: str, values: pl.Series) -> np.ndarray:
         """Local rows (1 + vocab position; 0 = OOV) of ``values``."""
+        buckets = self.fmap.field(name).hash_buckets
+        if buckets:
+            return local_rows(values.to_numpy(), buckets)
         lookup = self.lookups[name]
         if isinstance(lookup, pd.Index):
             return (
@@ -690,6 +752,9 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
         "seconds": {"count": counted - started, "total": seconds},
         "rows_per_s": float(rows.sum() / seconds) if seconds > 0 else None,
     }
+    hashing = {name: h.summary() for name, h in stats["hashed"].items()}
+    if hashing:
+        meta["hashing"] = hashing
     meta["files_written"] = {p.name: file_digest(p) for p in sorted(out.iterdir()) if p.name != "meta.json"}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""

@@ -221,6 +221,8 @@ def _bad_number(value: Any) -> bool:
 def _field_type(f: Field) -> ValueType:
     if f.kind == "numeric":
         return "float"
+    if f.hash_buckets:  # hashed as text: read "007" as "007", not 7
+        return "str"
     return INFERRED.get(f.index().inferred_type, "any")  # the cached vocabulary index: no scan
 
 

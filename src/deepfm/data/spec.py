@@ -70,6 +70,8 @@ class FieldSpec:
     separator: str = "|"  # multi: separator inside the cell
     max_len: int | None = None  # multi: values kept per row (default: the longest seen in training)
     time_format: str = "yymmddhh"  # hour_of_day / weekday: "yymmddhh" (Avazu) or "unix" seconds
+    hash_buckets: int | None = None  # categorical: hash values into this many rows (no vocabulary)
+    max_vocab: int | None = None  # categorical / multi: keep only the N most frequent values
 
     @property
     def source(self) -> str:
@@ -265,6 +267,8 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
             "separator",
             "max_len",
             "time_format",
+            "hash_buckets",
+            "max_vocab",
         },
     )
     name = r.typed(r.required(raw, "name", key), f"{key}.name", str)
@@ -288,7 +292,19 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
         separator=r.typed(raw.get("separator", "|"), f"{key}.separator", str),
         max_len=r.typed(raw.get("max_len"), f"{key}.max_len", int, optional=True),
         time_format=r.choice(raw.get("time_format", "yymmddhh"), f"{key}.time_format", TIME_FORMATS),
+        hash_buckets=r.typed(raw.get("hash_buckets"), f"{key}.hash_buckets", int, optional=True),
+        max_vocab=r.typed(raw.get("max_vocab"), f"{key}.max_vocab", int, optional=True),
     )
+    if f.hash_buckets is not None:
+        if f.hash_buckets < 1:
+            r.fail(f"{key}.hash_buckets", f"must be >= 1, got {f.hash_buckets}")
+        if f.kind != "categorical" or f.transform is not None:
+            r.fail(f"{key}.hash_buckets", "only a categorical field without a transform can be hashed")
+        for other in ("min_count", "max_vocab"):
+            if raw.get(other) is not None:
+                r.fail(f"{key}.{other}", "a hashed field has no vocabulary; drop hash_buckets or this key")
+    if f.max_vocab is not None and f.max_vocab < 1:
+        r.fail(f"{key}.max_vocab", f"must be >= 1, got {f.max_vocab}")
     if f.min_count is not None and f.min_count < 1:
         r.fail(f"{key}.min_count", f"must be >= 1, got {f.min_count}")
     if f.buckets < 2:

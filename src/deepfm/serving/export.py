@@ -177,7 +177,8 @@ def write_feature_map(model: TrainedModel, path: Path) -> Path:
         ],
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch"]},
         "encoding": "global row = field offset + 1 + position in vocab; unseen value = field offset "
-        "(OOV row); 0 pads bags; dense = raw float (missing -> 0)",
+        "(OOV row); hashed field (hash_buckets B, hash xxh64-utf8-seed0): field offset + 1 + "
+        "xxh64(value text as UTF-8, seed 0) % B; 0 pads bags; dense = raw float (missing -> 0)",
         "feature_map": fmap.to_dict(),
     }
     text = json.dumps(doc, indent=1) + "\n"

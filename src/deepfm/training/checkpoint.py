@@ -106,7 +106,9 @@ def save_checkpoint(
     tables: Tables | None = None,
     extras: dict[str, Any] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
+    """Write ``model.pt``; ``run`` (run id, data fingerprint) is stored beside the weights."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -115,6 +117,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in (state_dict or module.state_dict()).items()},
         "tables": tables_to_payload(tables or {}),
         "extras": extras or {},
+        **({"run": run} if run else {}),
     }
     return atomic_write(path, lambda f: torch.save(payload, f))
 

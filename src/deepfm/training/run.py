@@ -2,12 +2,15 @@
 
 Outputs in ``--out``: ``model.pt`` (best epoch, self-contained), ``metrics.json``,
 ``history.csv`` (one row per epoch, rewritten atomically after each) and ``learning_curve.png``.
+The folder is one run's (``deepfm.training.runfolder``: a lock, a run id, no stale outputs);
+``--init-from`` warm-starts (``warmstart``), ``--tensorboard`` / ``--mlflow`` track (``tracking``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import platform
 import time
 from pathlib import Path
@@ -18,8 +21,9 @@ import torch
 from deepfm import __version__
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
+from deepfm.data.features import FeatureMap
 from deepfm.data.validate import check_splits
-from deepfm.training import auto, evaluation, optim
+from deepfm.training import auto, evaluation, optim, tracking
 from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
 from deepfm.training.distributed import init_distributed
 from deepfm.training.early_stopping import EarlyStopping
@@ -27,7 +31,9 @@ from deepfm.training.io import clean_temporary_files, finite, write_json, write_
 from deepfm.training.loop import predict_probs, train_epoch
 from deepfm.training.plots import learning_curve
 from deepfm.training.precision import Autocast
+from deepfm.training.runfolder import RunFolder, data_fingerprint
 from deepfm.training.state import TrainingState
+from deepfm.training.warmstart import Base, Carried, load_base, warm_start
 
 
 def configure_threads(threads: int) -> None:
@@ -64,17 +70,23 @@ def make_scheduler(optimizer: Any, config: TrainConfig) -> Any | None:
 def frozen_parameters(module: torch.nn.Module, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
     """Parameters not updated in ``epoch``, as the model declares them (``warmup_frozen``, e.g.
     DeepFM's MLP during its ``fm_warmup_epochs``); none for a model that declares nothing."""
+    if config.init_from:
+        return []  # a warm start's parts are trained already
     declared = getattr(module, "warmup_frozen", None)
     return list(declared(epoch, config.fm_warmup_epochs)) if declared is not None else []
 
 
-def load_data(config: TrainConfig) -> PreparedData:
+def load_data(config: TrainConfig, base: FeatureMap | None = None) -> PreparedData:
+    """The run's data; ``base`` (a warm start's feature map): extend its vocabularies."""
     options = DataOptions(
         config.features,
         config.drop_neutral,
         config.min_count,
         on_bad_lines=config.on_bad_lines,
         split=config.split,
+        max_vocab=config.max_vocab,
+        base=base,
+        prune_below=config.prune_below,
     )
     if config.spec:
         from deepfm.data.preprocess import prepare_spec_file
@@ -84,27 +96,45 @@ def load_data(config: TrainConfig) -> PreparedData:
 
 
 def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = print) -> dict[str, Any]:
-    """Train, early-stop, test and write every output; returns the ``metrics.json`` content."""
+    """Train, early-stop, test and write every output; returns the ``metrics.json`` content.
+
+    Holds the run folder's lock throughout; a fresh run first removes the previous run's outputs.
+    """
     config.validate()
+    main = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 owns the folder and the trackers
+    tracker = tracking.from_config(config, main)  # a missing extra is an error before any work
+    with RunFolder(config.out, writer=main) as folder:
+        base = load_base(config)  # --init-from: read before clearing (RUN may be --out itself)
+        if not config.resume:
+            folder.clear_outputs()
+        failed = True
+        try:
+            metrics = _train(config, data, echo, folder, tracker, base)
+            failed = False
+        finally:
+            tracker.close(failed)
+    return metrics
+
+
+def _train(
+    config: TrainConfig,
+    data: PreparedData | None,
+    echo: Any,
+    folder: RunFolder,
+    tracker: tracking.Tracker,
+    base: Base | None,
+) -> dict[str, Any]:
     configure_threads(config.threads)
     ddp = init_distributed(config.device)  # torchrun ranks; world size 1 = no-op context
     echo = echo if ddp.is_main else _silent
     out = Path(config.out)
-    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     clean_temporary_files(out)  # left by a run killed while writing (atomic writes)
     started = time.perf_counter()
-    try:
-        if data is None:
-            with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
-                data = load_data(config)
-        check_splits(
-            data.name, {"train": data.train.label, "valid": data.valid.label, "test": data.test.label}
-        )
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # an early data error leaves no empty --out folder behind
-        raise
+    if data is None:
+        with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
+            data = load_data(config, base.feature_map if base is not None else None)
+    check_splits(data.name, {"train": data.train.label, "valid": data.valid.label, "test": data.test.label})
     sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
     ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
     prep_seconds = time.perf_counter() - started
@@ -113,11 +143,17 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     config.check_data(len(data.train))  # e.g. a batch larger than the training split
     summary = data.summary()
     evaluator = evaluation.for_run(config, data)  # --metrics, gAUC group, ranking protocol
+    folder.data_fingerprint = data_fingerprint(data)
     echo(
         f"{data.name}: {summary['rows']['train']:,} train / {summary['rows']['valid']:,} valid / "
         f"{summary['rows']['test']:,} test rows, fields {summary['fields']} "
         f"(prepared in {prep_seconds:.1f}s)"
     )
+    for name, h in summary.get("hashing", {}).items():
+        echo(
+            f"hashed field {name}: {h['distinct_values']:,} distinct training values in {h['buckets']:,} "
+            f"buckets, collision rate {h['collision_rate']:.3f}"
+        )
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map).to(config.device)
@@ -133,6 +169,10 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     stopper = EarlyStopping(config.patience)
+    carried: Carried | None = None
+    if base is not None and not config.resume:
+        carried = warm_start(base, module, data.feature_map, optimizer if config.init_optimizer else None)
+        echo(carried.describe())
     params = sum(p.numel() for p in module.parameters())
     echo(
         f"model {config.model}: {params:,} parameters; up to {config.epochs} epochs; "
@@ -146,8 +186,13 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
 
     # DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
     state = TrainingState(out, config, module, optimizer, generator, stopper, scheduler, writer=ddp.is_main)
+    base_map = {"base_feature_map": base.feature_map.to_dict()} if base is not None else {}
+    state.run = {**folder.info, **base_map}  # (a resumed warm start prepares the same vocabulary)
     if config.resume:
         echo(f"resuming from {state.restore().path} ({state.saved})")
+        folder.adopt(state.run)  # a resumed run keeps its run id
+        state.run = {**folder.info, **base_map}
+    tracker.start(config, folder.info, out, summary)
     epochs: list[dict[str, Any]] = state.history
     for epoch in range(state.next_epoch, config.epochs + 1):
         if stopper.should_stop:  # a resumed run that had already stopped early
@@ -163,7 +208,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             desc=f"epoch {epoch}/{config.epochs}",
             shard=ddp.shard if ddp.enabled else None,
             frozen=frozen_parameters(module, config, epoch),
-            **state.loop_options(epoch),  # resume position, step hook
+            **tracking.with_step_logging(state.loop_options(epoch), tracker, lambda: state.global_step),
         )
         stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
         ddp.sync_buffers(module)  # same BatchNorm running stats on every rank
@@ -180,6 +225,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             **evaluation.prefixed("valid", valid),  # gAUC, calibration, HitRate@K, ... (--metrics)
         }
         epochs.append(record)
+        tracker.log_epoch(record)
         improved = stopper.update(epoch, valid["auc"], module)
         if scheduler is not None:
             scheduler.step(valid["auc"])
@@ -189,7 +235,9 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             + ("  *" if improved else "")
         )
         if improved and ddp.is_main:
-            save_checkpoint(out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras)
+            save_checkpoint(
+                out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras, run=folder.info
+            )
         if ddp.is_main:
             write_text(out / "history.csv", _csv(epochs))
         state.end_epoch(epoch)  # (writes on rank 0 only)
@@ -206,6 +254,8 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
     train_seconds = sum(e["train_seconds"] for e in epochs)
     train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
     metrics = {
+        "run_id": folder.run_id,
+        "data_fingerprint": folder.data_fingerprint,
         "test_auc": test["auc"],
         "test_logloss": test["logloss"],
         "best_epoch": stopper.best_epoch,
@@ -221,6 +271,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         "distributed": ddp.describe(config.batch_size),
         "config": config.to_dict(),
         "epochs": epochs,
+        **({"warm_start": carried.to_dict()} if carried is not None else {}),
         "environment": {
             "deepfm": __version__,
             "torch": torch.__version__,
@@ -234,6 +285,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         write_json(out / "metrics.json", finite(metrics))  # strict JSON: an undefined number is null
         evaluator.save_predictions(out / evaluation.PREDICTIONS_FILE, data.test, test_probs)
         learning_curve(epochs, out / "learning_curve.png", curve_title(config, data.name), stopper.best_epoch)
+        tracker.end(metrics, out)
     echo(
         f"test AUC {test['auc']:.4f}  test logloss {test['logloss']:.4f}  {evaluation.brief(test)}"
         f"(best epoch {stopper.best_epoch}, {metrics['train_samples_per_s'] / 1e3:,.0f}k train "

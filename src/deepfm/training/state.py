@@ -42,7 +42,16 @@ VERSION = 1
 # Test hook: seconds to sleep after every optimizer step (makes "kill mid-epoch" easy to hit).
 STEP_DELAY_ENV = "DEEPFM_TEST_STEP_DELAY"
 # Options a resumed run may change: they do not change what is computed (epochs only extends it).
-RESUME_OVERRIDABLE = ("progress", "data_dir", "epochs", "eval_batch_size", "checkpoint_every")
+RESUME_OVERRIDABLE = (
+    "progress",
+    "data_dir",
+    "epochs",
+    "eval_batch_size",
+    "checkpoint_every",
+    "tensorboard",
+    "tensorboard_every",
+    "mlflow",
+)
 
 
 class TrainingState:
@@ -71,6 +80,7 @@ class TrainingState:
         self.next_epoch = 1
         self.global_step = 0
         self.saved: str | None = None  # where the last good state stands, for messages
+        self.run: dict[str, Any] = {}  # run id and data fingerprint (deepfm.training.runfolder)
         self._resume: EpochPosition | None = None
         self._resume_generator: torch.Tensor | None = None
         self._epoch_generator = generator.get_state()
@@ -102,6 +112,7 @@ class TrainingState:
             )
             self._resume_generator = payload["epoch_generator"]
             _set_rng(payload["rng"])
+            self.run = dict(payload.get("run") or self.run)
         except (
             KeyError,
             TypeError,
@@ -194,6 +205,7 @@ class TrainingState:
             },
             "rng": _get_rng(),
             "history": self.history,
+            "run": self.run,
         }
         atomic_write(self.path, lambda f: torch.save(payload, f))
         self.saved = _where(pos)

@@ -1,0 +1,140 @@
+"""A run folder is one unit: one run at a time (a lock), one run's outputs, a run id.
+
+* ``DIR/.lock`` holds the training process's pid while it runs, under an exclusive ``flock``: a
+  second process training into the same ``--out`` is refused (``ConfigError``: exit status 2)
+  while the first is alive; the kernel drops the lock when its holder dies, so a lock file left
+  by a killed run is simply taken over.
+* A fresh run (not ``--resume``) removes every output of the previous run in the folder before
+  it starts, so ``metrics.json``, ``model.pt``, ``history.csv``, ``state.pt`` and
+  ``learning_curve.png`` always describe the same run. ``--resume`` keeps them.
+* Each run gets a run id (kept across ``--resume``), written with the data fingerprint into
+  ``metrics.json``, ``model.pt`` and ``state.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from deepfm.errors import ConfigError
+
+LOCK_FILE = ".lock"
+# Every file a run writes into its folder (a fresh run removes the previous run's).
+OUTPUTS = ("metrics.json", "model.pt", "history.csv", "state.pt", "learning_curve.png")
+
+
+def new_run_id() -> str:
+    """``YYYYmmdd-HHMMSS-xxxxxx``: sortable by start time, unique."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class RunFolder:
+    """Context manager holding ``DIR/.lock`` for one training process (rank 0 only under DDP)."""
+
+    def __init__(self, out: str | Path, writer: bool = True) -> None:
+        self.out = Path(out)
+        self.writer = writer
+        self.run_id = new_run_id()
+        self.data_fingerprint: str | None = None
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> RunFolder:
+        self._created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.writer:
+            self._acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+        if self._created and self.writer and exc[0] is not None:
+            # a run that failed before writing anything (a data error, say) leaves no --out behind
+            leftovers = [p for p in self.out.iterdir() if p.name != LOCK_FILE]
+            if not leftovers:
+                (self.out / LOCK_FILE).unlink(missing_ok=True)
+                self.out.rmdir()
+
+    def _acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): run without the lock
+            return
+        path = self.out / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run lock {path} ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = f"process {holder[0]}" if holder else "another process"
+            raise ConfigError(
+                f"{self.out} is in use: {who} is training into it ({path}); wait for it to finish "
+                "or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)  # a stale pid from a dead holder is replaced
+        os.pwrite(fd, f"{os.getpid()} {self.run_id}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def clear_outputs(self, extra: tuple[str, ...] = ()) -> list[str]:
+        """Remove the previous run's outputs (and temporary files of interrupted writes)."""
+        removed = []
+        if not self.writer:
+            return removed
+        for name in (*OUTPUTS, *extra):
+            path = self.out / name
+            if path.is_file():
+                path.unlink()
+                removed.append(name)
+        for stale in self.out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        return removed
+
+    def adopt(self, run: dict[str, Any] | None) -> None:
+        """Keep the run id of a resumed run (stored in its ``state.pt``)."""
+        if run and run.get("id"):
+            self.run_id = str(run["id"])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """``{"id": ..., "data_fingerprint": ...}``: written into model.pt, state.pt, metrics.json."""
+        return {"id": self.run_id, "data_fingerprint": self.data_fingerprint}
+
+
+def data_fingerprint(data: Any) -> str:
+    """A short hash of the prepared data: its feature map, split sizes and encoded contents.
+
+    A streamed (spec) data set is identified by its cache key, which already hashes the spec, the
+    options and every input file's path, size and modification time; an in-memory one by its
+    tensors.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(data.feature_map.to_dict(), sort_keys=True, default=str).encode())
+    cache = data.extras.get("cache") if isinstance(data.extras, dict) else None
+    for split in (data.train, data.valid, data.test):
+        digest.update(str(len(split)).encode())
+        if cache is None:
+            for name in ("ids", "bags", "dense", "label"):
+                tensor = getattr(split, name, None)
+                if tensor is not None:
+                    digest.update(tensor.contiguous().numpy().tobytes())
+    if cache is not None:
+        digest.update(Path(cache).name.encode())
+    return digest.hexdigest()[:16]

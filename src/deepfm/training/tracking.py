@@ -1,0 +1,254 @@
+"""Experiment tracking: TensorBoard (``--tensorboard DIR``) and MLflow (``--mlflow [URI]``).
+
+Both are optional extras (``pip install 'deepfm[track]'``) imported only when asked for; asking
+without them installed is a one-line error naming the extra. ``deepfm.training.run`` talks to
+them through one small interface, :class:`Tracker`:
+
+* ``start(config, run, out, summary)`` once the data is ready,
+* ``log_step(step, loss)`` every ``--tensorboard-every`` optimizer steps (the mean training loss
+  since the previous call),
+* ``log_epoch(record)`` after every epoch (the ``history.csv`` row: loss, valid AUC/logloss, lr...),
+* ``end(metrics, out)`` after the outputs are written, ``close(failed)`` always.
+
+TensorBoard writes event files to ``DIR/<run folder name>-<run id>`` (per-step loss, per-epoch
+metrics and lr, and the hyper-parameters with the test metrics in the HPARAMS tab), so
+``tensorboard --logdir DIR`` lists every run. MLflow logs the options as params, the per-epoch
+metrics (step = epoch), the test metrics and the run folder's outputs as artifacts, in the
+experiment named after the data set; a bare path (default ``./mlruns``) is a local file store
+(MLflow 3 keeps that backend in maintenance mode: ``MLFLOW_ALLOW_FILE_STORE`` is set for it; a
+``sqlite:///mlflow.db`` URI is its recommended local backend).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from deepfm.config import TrainConfig
+from deepfm.errors import ConfigError
+
+EXTRA = "pip install 'deepfm[track]'"
+
+
+class Tracker:
+    """Does nothing; subclasses log somewhere."""
+
+    def start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
+        """The run begins (data prepared, model built)."""
+
+    def log_step(self, step: int, loss: float) -> None:
+        """Mean training loss of the steps since the previous call; ``step`` counts the whole run."""
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """One epoch's ``history.csv`` row."""
+
+    def end(self, metrics: dict[str, Any], out: Path) -> None:
+        """The run finished and wrote its outputs."""
+
+    def close(self, failed: bool = False) -> None:
+        """Always called last (also after an error)."""
+
+    @property
+    def step_every(self) -> int:
+        """Steps between ``log_step`` calls (0: never)."""
+        return 0
+
+
+class Trackers(Tracker):
+    """Several trackers as one."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+
+    def start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.start(config, run, out, summary)
+
+    def log_step(self, step: int, loss: float) -> None:
+        for t in self.trackers:
+            t.log_step(step, loss)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        for t in self.trackers:
+            t.log_epoch(record)
+
+    def end(self, metrics: dict[str, Any], out: Path) -> None:
+        for t in self.trackers:
+            t.end(metrics, out)
+
+    def close(self, failed: bool = False) -> None:
+        for t in self.trackers:
+            t.close(failed)
+
+    @property
+    def step_every(self) -> int:
+        return max((t.step_every for t in self.trackers), default=0)
+
+
+def from_config(config: TrainConfig, main: bool = True) -> Tracker:
+    """The trackers ``config`` asks for (none on DDP ranks other than 0); checks the extras first."""
+    trackers: list[Tracker] = []
+    if config.tensorboard is not None:
+        _need("tensorboard", "--tensorboard")
+        trackers.append(TensorBoardTracker(config.tensorboard, config.tensorboard_every))
+    if config.mlflow is not None:
+        _need("mlflow", "--mlflow")
+        trackers.append(MLflowTracker(config.mlflow))
+    return Trackers(trackers) if main else Tracker()
+
+
+def _need(module: str, option: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{option} needs {module} (not installed): {EXTRA} (or pip install {module})")
+
+
+def params(config: TrainConfig) -> dict[str, Any]:
+    """The options as flat scalar params (lists joined, None -> "")."""
+    flat: dict[str, Any] = {}
+    for key, value in config.to_dict().items():
+        if key == "extra":
+            for k, v in _flatten(value, "extra").items():
+                flat[k] = v
+        elif isinstance(value, (list, tuple)):
+            flat[key] = ",".join(map(str, value))
+        else:
+            flat[key] = "" if value is None else value
+    return flat
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value if isinstance(value, (int, float, str, bool)) else str(value)}
+
+
+EPOCH_SCALARS = {
+    "train_loss": "train/loss",
+    "valid_auc": "valid/auc",
+    "valid_logloss": "valid/logloss",
+    "lr": "train/lr",
+    "train_samples_per_s": "train/samples_per_s",
+}
+FINAL_SCALARS = ("test_auc", "test_logloss", "best_valid_auc", "best_epoch")
+
+
+class TensorBoardTracker(Tracker):
+    def __init__(self, logdir: str, every: int) -> None:
+        self.root = Path(logdir)
+        self.every = every
+        self.writer: Any = None
+        self.hparams: dict[str, Any] = {}
+
+    @property
+    def step_every(self) -> int:
+        return self.every
+
+    def start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.logdir = self.root / f"{out.name}-{run['id']}"
+        self.writer = SummaryWriter(log_dir=str(self.logdir))
+        self.hparams = {k: v for k, v in params(config).items() if isinstance(v, (int, float, str, bool))}
+        self.writer.add_text("run", f"run id {run['id']}, data fingerprint {run.get('data_fingerprint')}")
+
+    def log_step(self, step: int, loss: float) -> None:
+        self.writer.add_scalar("train/loss_step", loss, step)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        for key, tag in EPOCH_SCALARS.items():
+            if key in record:
+                self.writer.add_scalar(tag, record[key], record["epoch"])
+        self.writer.flush()
+
+    def end(self, metrics: dict[str, Any], out: Path) -> None:
+        final = {f"hparam/{k}": float(metrics[k]) for k in FINAL_SCALARS if metrics.get(k) is not None}
+        self.writer.add_hparams(self.hparams, final, run_name=".")
+
+    def close(self, failed: bool = False) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def tracking_uri(value: str) -> str:
+    """A URI as given (``http://...``, ``file:...``, ``sqlite:///...``); a bare path -> a file store."""
+    if "://" in value or value.split(":", 1)[0] in ("file", "sqlite", "databricks", "postgresql", "mysql"):
+        return value
+    return Path(value).expanduser().resolve().as_uri()
+
+
+class MLflowTracker(Tracker):
+    def __init__(self, uri: str) -> None:
+        self.uri = tracking_uri(uri)
+        self.mlflow: Any = None
+        self.active = False
+
+    def start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
+        import mlflow  # slow to import (seconds): only when asked for
+
+        self.mlflow = mlflow
+        if self.uri.startswith("file:"):  # MLflow >= 3.x asks for this opt-in to its file store
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(str(summary.get("dataset") or "deepfm"))
+        mlflow.start_run(run_name=f"{out.name}-{run['id']}")
+        self.active = True
+        mlflow.set_tags(
+            {
+                "deepfm.run_id": run["id"],
+                "deepfm.data_fingerprint": str(run.get("data_fingerprint")),
+                "deepfm.out": str(out.resolve()),
+            }
+        )
+        mlflow.log_params({k: str(v)[:500] for k, v in params(config).items()})
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        values = {k: float(record[k]) for k in EPOCH_SCALARS if k in record}
+        self.mlflow.log_metrics(values, step=int(record["epoch"]))
+
+    def end(self, metrics: dict[str, Any], out: Path) -> None:
+        from deepfm.training.runfolder import OUTPUTS
+
+        final = {k: float(metrics[k]) for k in FINAL_SCALARS if metrics.get(k) is not None}
+        self.mlflow.log_metrics(final)
+        for name in OUTPUTS:
+            if (out / name).is_file():
+                self.mlflow.log_artifact(str(out / name))
+
+    def close(self, failed: bool = False) -> None:
+        if self.active:
+            self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
+            self.active = False
+
+
+def with_step_logging(options: dict[str, Any], tracker: Tracker, global_step: Any) -> dict[str, Any]:
+    """``train_epoch`` options whose step hook also logs the loss every ``tracker.step_every`` steps.
+
+    Uses the loop's ``on_step`` hook (the running loss sum it reports): the hook it already has
+    (``state.pt`` saving) still runs first, at its own step numbers.
+    """
+    every = tracker.step_every
+    if not every:
+        return options
+    import math
+
+    inner, inner_every = options.get("on_step"), options.get("step_every") or 0
+    start = options.get("start")
+    last = [float(start.loss_sum) if start is not None and start.loss_sum is not None else 0.0]
+    last.append(start.samples if start is not None else 0)
+
+    def on_step(pos: Any) -> None:
+        if inner is not None:
+            inner(pos)
+        if pos.step % every == 0 and pos.loss_sum is not None and pos.samples > last[1]:
+            total = float(pos.loss_sum)
+            tracker.log_step(int(global_step()), (total - last[0]) / (pos.samples - last[1]))
+            last[:] = [total, pos.samples]
+
+    step_every = math.gcd(inner_every, every) if inner_every else every
+    return {**options, "on_step": on_step, "step_every": step_every}
