@@ -34,33 +34,58 @@ AUTO_THREADS = 1
 
 
 def make_optimizer(
-    module: nn.Module, name: str = DEFAULT_OPTIMIZER, lr: float = 1e-3, weight_decay: float = 0.0
+    module: nn.Module,
+    name: str = DEFAULT_OPTIMIZER,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    embedding_l2: float | None = None,
+    net_l2: float | None = None,
 ) -> torch.optim.Optimizer | CombinedOptimizer:
     """The optimizer ``name`` over ``module``'s parameters (see the module docstring).
 
+    Two parameter groups: the embeddings (``nn.Embedding`` tables and everything under the
+    model's ``features`` input layer) with L2 weight decay ``embedding_l2``, all other
+    parameters with ``net_l2``; either one ``None`` falls back to ``weight_decay``.
     ``lazy`` switches the module's ``nn.Embedding`` layers to sparse gradients.
     """
+    emb_decay = weight_decay if embedding_l2 is None else embedding_l2
+    net_decay = weight_decay if net_l2 is None else net_l2
+    embedding = embedding_parameters(module)
+    tables = [m for m in module.modules() if isinstance(m, nn.Embedding)]
+    sparse_ids = {id(t.weight) for t in tables} if name == "lazy" else set()
+    groups = [
+        {"params": [p for p in module.parameters() if id(p) in embedding and id(p) not in sparse_ids]},
+        {"params": [p for p in module.parameters() if id(p) not in embedding], "weight_decay": net_decay},
+    ]
+    groups = [g for g in groups if g["params"]]
     if name == "adam":
-        return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=emb_decay)
     if name == "fused":
-        return fused_adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        return fused_adam(groups, lr=lr, weight_decay=emb_decay)
     if name == "lazy":
-        tables = [m for m in module.modules() if isinstance(m, nn.Embedding)]
         for table in tables:
             table.sparse = True
-        sparse_ids = {id(t.weight) for t in tables}
-        dense = [p for p in module.parameters() if id(p) not in sparse_ids]
         sparse = [t.weight for t in tables]
         return CombinedOptimizer(
             [
-                fused_adam(dense, lr=lr, weight_decay=weight_decay),
-                LazyAdam(sparse, lr=lr, weight_decay=weight_decay),
+                fused_adam(groups, lr=lr, weight_decay=emb_decay),
+                LazyAdam(sparse, lr=lr, weight_decay=emb_decay),
             ]
         )
     raise ConfigError(f"--optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
 
 
-def fused_adam(params: Iterable[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Adam:
+def embedding_parameters(module: nn.Module) -> set[int]:
+    """``id``s of the embedding parameters: ``nn.Embedding`` weights and the parameters of the
+    model's input layer ``module.features`` (tables and numeric-field vectors)."""
+    ids = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    features = getattr(module, "features", None)
+    if isinstance(features, nn.Module):
+        ids |= {id(p) for p in features.parameters()}
+    return ids
+
+
+def fused_adam(params: Iterable[Any], lr: float, weight_decay: float) -> torch.optim.Adam:
     """:class:`FusedAdam`; ``torch.optim.Adam(foreach=True)`` where fused is unsupported."""
     params = list(params)
     try:

@@ -35,7 +35,9 @@ def configure_threads(threads: int) -> None:
 
 
 def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return optim.make_optimizer(module, config.optimizer, config.lr, config.weight_decay)
+    return optim.make_optimizer(
+        module, config.optimizer, config.lr, config.weight_decay, config.embedding_l2, config.net_l2
+    )
 
 
 def make_scheduler(optimizer: Any, config: TrainConfig) -> Any | None:
