@@ -372,7 +372,14 @@ def _feature_map(spec: DatasetSpec, stats: dict[str, Any], options: PrepareOptio
             max_len = min(f.max_len or counts.longest, counts.longest) or 1
             transform = {"type": "split", "column": f.source, "sep": f.separator}
             fields.append(
-                Field(f.name, "sequence", counts.vocab(min_count), max_len=max_len, transform=transform)
+                Field(
+                    f.name,
+                    "sequence",
+                    counts.vocab(min_count),
+                    max_len=max_len,
+                    pooling=f.pooling,
+                    transform=transform,
+                )
             )
         else:
             transform = {"type": f.transform or "string", "column": f.source}
