@@ -20,6 +20,7 @@ from deepfm.errors import DeepFMError
 COMMANDS = (
     "train",
     "compare",
+    "tune",
     "predict",
     "recommend",
     "export",

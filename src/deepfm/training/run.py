@@ -10,6 +10,7 @@ import csv
 import io
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,16 @@ def load_data(config: TrainConfig) -> PreparedData:
     return prepare(config.dataset, config.data_dir, options, seed=config.seed)
 
 
-def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = print) -> dict[str, Any]:
-    """Train, early-stop, test and write every output; returns the ``metrics.json`` content."""
+def train(
+    config: TrainConfig,
+    data: PreparedData | None = None,
+    echo: Any = print,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train, early-stop, test and write every output; returns the ``metrics.json`` content.
+
+    ``on_epoch(record)`` is called after every epoch's validation (``deepfm tune`` prunes there).
+    """
     config.validate()
     configure_threads(config.threads)
     ddp = init_distributed(config.device)  # torchrun ranks; world size 1 = no-op context
@@ -159,6 +168,8 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
         if ddp.is_main:
             write_text(out / "history.csv", _csv(epochs))
         state.end_epoch(epoch)  # (writes on rank 0 only)
+        if on_epoch is not None:
+            on_epoch(record)
         if stopper.should_stop:
             echo(f"early stop: no valid AUC gain for {config.patience} epochs")
             break
