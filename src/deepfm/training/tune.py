@@ -42,7 +42,9 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read and check a search-space file; errors name the file and the option."""
     raw = load_yaml(path)
     if not raw:
-        raise ConfigError(f"{path}: the search space is empty; give options like 'lr: {{low: 1e-4, high: 1e-2}}'")
+        raise ConfigError(
+            f"{path}: the search space is empty; give options like 'lr: {{low: 1e-4, high: 1e-2}}'"
+        )
     known = {f.name for f in dataclasses.fields(TrainConfig)} - NOT_TUNABLE
     space: dict[str, dict[str, Any]] = {}
     for name, spec in raw.items():
@@ -78,13 +80,19 @@ def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if "choices" in spec:
             keys = [json.dumps(c) for c in spec["choices"]]
             params[name] = json.loads(trial.suggest_categorical(name, keys))
-        elif all(isinstance(spec[k], int) for k in ("low", "high")) and not isinstance(spec.get("step"), float):
+        elif all(isinstance(spec[k], int) for k in ("low", "high")) and not isinstance(
+            spec.get("step"), float
+        ):
             params[name] = trial.suggest_int(
                 name, spec["low"], spec["high"], step=spec.get("step", 1), log=bool(spec.get("log"))
             )
         else:
             params[name] = trial.suggest_float(
-                name, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=bool(spec.get("log"))
+                name,
+                float(spec["low"]),
+                float(spec["high"]),
+                step=spec.get("step"),
+                log=bool(spec.get("log")),
             )
     return params
 
@@ -245,7 +253,10 @@ def write_outputs(
                 "best_epoch": t.user_attrs.get("best_epoch", ""),
                 "last_epoch": max(t.intermediate_values, default=""),
                 "seconds": "" if t.duration is None else f"{t.duration.total_seconds():.1f}",
-                **{n: json.dumps(params[n]) if isinstance(params.get(n), list) else params.get(n, "") for n in names},
+                **{
+                    n: json.dumps(params[n]) if isinstance(params.get(n), list) else params.get(n, "")
+                    for n in names
+                },
             }
         )
     buffer = io.StringIO()
