@@ -66,12 +66,8 @@ def make_optimizer(
         for table in tables:
             table.sparse = True
         sparse = [t.weight for t in tables]
-        return CombinedOptimizer(
-            [
-                fused_adam(groups, lr=lr, weight_decay=emb_decay),
-                LazyAdam(sparse, lr=lr, weight_decay=emb_decay),
-            ]
-        )
+        dense = [fused_adam(groups, lr=lr, weight_decay=emb_decay)] if groups else []
+        return CombinedOptimizer([*dense, LazyAdam(sparse, lr=lr, weight_decay=emb_decay)])
     raise ConfigError(f"--optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
 
 
