@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,7 +107,8 @@ def test_compare_cli_writes_csv_markdown_png_and_prints_the_table(tiny_ml, tmp_p
     assert all(float(r["test_auc_std"]) > 0 for r in rows)  # two seeds: two different splits
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "comparison.md").read_text()
-    assert "| fm |" in md and "±" in md and "deepfm - fm test AUC, paired by seed" in md
+    assert "| fm |" in md and "±" in md and "minus fm's, paired by seed" in md
+    assert "| deepfm − fm |" in md and "p-value" in md
     printed = capsys.readouterr().out
     assert "| deepfm |" in printed and "comparison.csv" in printed
     runs = json.loads((out / "comparison.json").read_text())["runs"]
@@ -116,6 +118,15 @@ def test_compare_cli_writes_csv_markdown_png_and_prints_the_table(tiny_ml, tmp_p
         ("fm", 0),
         ("fm", 1),
     ]
+    (pair,) = json.loads((out / "comparison.json").read_text())["paired"]
+    auc = {(r["model"], r["seed"]): r["test_auc"] for r in runs}
+    diffs = [auc["deepfm", s] - auc["fm", s] for s in (0, 1)]
+    assert pair["model"] == "deepfm" and pair["baseline"] == "fm" and pair["seeds"] == [0, 1]
+    assert pair["differences"] == pytest.approx(diffs)
+    # two seeds: t = mean / (std / sqrt(2)), p from the t distribution with 1 degree of freedom
+    t = np.mean(diffs) / (np.std(diffs, ddof=1) / np.sqrt(2))
+    assert pair["t"] == pytest.approx(t)
+    assert pair["p_value"] == pytest.approx(1 - 2 * np.arctan(abs(t)) / np.pi)
     # deterministic: the same seeds reproduce the same numbers
     again = tmp_path / "again"
     assert (

@@ -36,6 +36,11 @@ class TrainConfig:
     dropout: float = 0.5
     lr: float = 1e-3
     weight_decay: float = 1e-6
+    # L2 on the embeddings only / on all other weights (None = --weight-decay). Coupled Adam weight
+    # decay: the same update as adding lambda/2 * ||W||^2 of the whole table to the loss every step,
+    # i.e. FuxiCTR/BARS `embedding_regularizer: lambda` / `net_regularizer: lambda` (docs/tuning.md)
+    embedding_l2: float | None = None
+    net_l2: float | None = None
     optimizer: str = "auto"  # auto | fused | adam (reference kernels) | lazy (row-wise embeddings)
     batch_size: int = 1024
     epochs: int = 40
@@ -98,6 +103,10 @@ class TrainConfig:
             problems.append(f"--fm-warmup-epochs must be >= 0, got {self.fm_warmup_epochs}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             problems.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("embedding_l2", "net_l2"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                problems.append(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.checkpoint_every < 0:
             problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.optimizer not in ("auto", "fused", "adam", "lazy"):
@@ -180,6 +189,8 @@ def _type_problems(config: TrainConfig) -> list[str]:
         }.get(hint)
         if hint == (str | None):
             allowed = (str, type(None))
+        elif hint == (float | None):
+            allowed = (int, float, type(None))
         elif hint == tuple[int, ...]:
             ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             if not (isinstance(value, tuple) and ints):

@@ -22,6 +22,7 @@ from deepfm.errors import DeepFMError
 COMMANDS = (
     "train",
     "compare",
+    "tune",
     "predict",
     "evaluate",
     "recommend",

@@ -68,6 +68,20 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "--weight-decay", type=float, default=s, help=f"Adam L2 weight decay (default {D.weight_decay})"
     )
     opt.add_argument(
+        "--embedding-l2",
+        type=float,
+        default=s,
+        help="L2 weight decay on the embeddings only (default: --weight-decay); equals FuxiCTR/BARS "
+        "embedding_regularizer (lambda/2 * ||W||^2 over the whole table each step)",
+    )
+    opt.add_argument(
+        "--net-l2",
+        type=float,
+        default=s,
+        help="L2 weight decay on all non-embedding weights (default: --weight-decay); equals "
+        "FuxiCTR/BARS net_regularizer",
+    )
+    opt.add_argument(
         "--optimizer",
         default=s,
         choices=["auto", "fused", "adam", "lazy"],

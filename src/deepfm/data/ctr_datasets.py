@@ -7,6 +7,7 @@ Both are streamed and cached by :mod:`deepfm.data.preprocess`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +119,111 @@ register(
         spec=avazu_spec,
     )
 )
+
+
+# --------------------------------------------------------------------------- BARS (reczoo) data sets
+# The "x1" splits of the BARS benchmark (https://github.com/reczoo/BARS, files from
+# https://github.com/reczoo/Datasets): train.csv / valid.csv / test.csv with a header, column
+# ``label`` and the fields below, already split (the split is the files). ``published`` is the
+# benchmark's DeepFM result (test AUC / logloss, mean of 5 runs) with its recipe, shipped as the
+# preset of the same name (``--config frappe-x1``).
+
+
+@dataclass(frozen=True)
+class BarsDataset:
+    name: str
+    folder: str  # the folder name in reczoo/Datasets
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...] = ()
+    published: str = ""
+
+
+BARS = {
+    d.name: d
+    for d in (
+        BarsDataset(
+            "frappe-x1",
+            "Frappe_x1",
+            (
+                "user",
+                "item",
+                "daytime",
+                "weekday",
+                "isweekend",
+                "homework",
+                "cost",
+                "weather",
+                "country",
+                "city",
+            ),
+            published="DeepFM 0.983947 ± 0.00016 AUC, logloss 0.149462",
+        ),
+        BarsDataset(
+            "movielenslatest-x1",
+            "MovielensLatest_x1",
+            ("user_id", "item_id", "tag_id"),
+            published="DeepFM 0.968223 ± 0.00016 AUC, logloss 0.213790",
+        ),
+        BarsDataset(
+            "avazu-x1",
+            "Avazu_x1",
+            tuple(f"feat_{i}" for i in range(1, 23)),
+            published="DeepFM 0.764586 ± 0.00044 AUC, logloss 0.366971",
+        ),
+        BarsDataset(
+            "criteo-x1",
+            "Criteo_x1",
+            tuple(CRITEO_CATS),
+            numeric=tuple(CRITEO_INTS),
+            published="DeepFM 0.813812 ± 0.00008 AUC, logloss 0.438033",
+        ),
+    )
+}
+
+
+def bars_spec_dict(dataset: BarsDataset) -> dict[str, Any]:
+    """The spec of a BARS x1 data set: header CSVs, ``label``, categorical (and numeric) fields,
+    split by file (train.csv, valid.csv, test.csv, each optionally gzipped)."""
+    fields: list[dict[str, Any]] = [{"name": c, "kind": "numeric"} for c in dataset.numeric]
+    fields += [{"name": c} for c in dataset.categorical]
+    return {
+        "name": dataset.name,
+        "input": {"format": "csv", "header": True},
+        "label": "label",
+        "fields": fields,
+        "split": {
+            "method": "files",
+            "files": {part: [f"{part}.csv*"] for part in ("train", "valid", "test")},
+        },
+    }
+
+
+def bars_spec(dataset: BarsDataset) -> Any:
+    def spec(data_dir: Path | None) -> DatasetSpec:
+        where = (
+            f"Get {dataset.folder} (train.csv, valid.csv, test.csv) as linked from "
+            f"https://github.com/reczoo/Datasets/tree/main/{dataset.folder.split('_')[0]}/{dataset.folder} "
+            "and pass --data-dir FOLDER."
+        )
+        if data_dir is None:
+            raise ConfigError(f"{dataset.name} cannot be downloaded automatically. {where}")
+        missing = [p for p in ("train", "valid", "test") if not list(Path(data_dir).glob(f"{p}.csv*"))]
+        if missing:
+            raise DataError(
+                f"{data_dir}: no {', '.join(f'{p}.csv' for p in missing)} for {dataset.name}. {where}"
+            )
+        return spec_from_dict(bars_spec_dict(dataset), source=dataset.name, base_dir=data_dir)
+
+    return spec
+
+
+for _bars in BARS.values():
+    register(
+        DatasetInfo(
+            _bars.name,
+            f"BARS {_bars.folder} (train/valid/test CSV, {len(_bars.categorical) + len(_bars.numeric)} "
+            f"fields); needs --data-dir; published {_bars.published}",
+            _no_raw(_bars.name),
+            spec=bars_spec(_bars),
+        )
+    )

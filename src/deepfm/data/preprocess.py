@@ -570,8 +570,16 @@ def _feature_map(spec: DatasetSpec, stats: dict[str, Any], options: PrepareOptio
             counts = stats["counts"][f.name]
             max_len = min(f.max_len or counts.longest, counts.longest) or 1
             transform = {"type": "split", "column": f.source, "sep": f.separator}
-            vocab = counts.vocab(min_count, max_vocab, old, options.prune_below)
-            fields.append(Field(f.name, "sequence", vocab, max_len=max_len, transform=transform))
+            fields.append(
+                Field(
+                    f.name,
+                    "sequence",
+                    counts.vocab(min_count, max_vocab, old, options.prune_below),
+                    max_len=max_len,
+                    pooling=f.pooling,
+                    transform=transform,
+                )
+            )
         else:
             transform = {"type": f.transform or "string", "column": f.source}
             if f.transform in tf_time():

@@ -325,7 +325,8 @@ def _read_parquet(
 
 
 def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterator[Chunk]:
-    """libsvm ``label idx:val ...`` -> ``label`` + list column ``features``;
+    """libsvm ``label idx:val ...`` -> ``label`` + list column ``features`` (and ``@N``: the
+    N-th token's index alone, for fixed-width rows read as fields);
     libfm ``label field:idx:val ...`` -> ``label`` + one list column per field number.
 
     Features with value 0 are dropped; other values are ignored (binary features).
@@ -360,6 +361,7 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
             .select("row", pl.col("t").list.slice(1))
             .explode("t")
             .drop_nulls("t")
+            .with_columns(pl.int_range(pl.len()).over("row").alias("pos"))  # token position: "@N"
             .with_columns(pl.col("t").str.split(":").alias("p"))
             .with_columns(pl.col("p").list.len().alias("n"), pl.col("p").list.last().alias("v"))
         )
@@ -376,6 +378,11 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
         if fmt == "libsvm":
             lists = feats.group_by("row").agg(pl.col("p").list.get(0).alias("features"))
             frame = frame.join(lists, on="row", how="left", maintain_order="left")
+            for column in columns:  # "@N": the N-th token alone (fixed-width rows as fields)
+                if column.startswith("@") and column[1:].isdigit():
+                    at = feats.filter(pl.col("pos") == int(column[1:]))
+                    lists = at.group_by("row").agg(pl.col("p").list.get(0).alias(column))
+                    frame = frame.join(lists, on="row", how="left", maintain_order="left")
         else:
             feats = feats.with_columns(
                 pl.col("p").list.get(0).alias("field"), pl.col("p").list.get(1).alias("idx")

@@ -9,6 +9,7 @@ Relative input paths are resolved against the spec file's folder.
 from __future__ import annotations
 
 import glob
+import gzip
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ CATEGORICAL_TRANSFORMS = ("hour_of_day", "weekday")
 TIME_FORMATS = ("yymmddhh", "unix")
 SPLIT_METHODS = ("random", "time", "files", "leave_last")
 BAD_LINES = ("error", "skip")
+POOLINGS = ("mean", "sum")
+POSITION = re.compile(r"@(\d+)")  # libsvm: the N-th feature token of a row
 PARTS = ("train", "valid", "test")
 _LABEL_RULE = re.compile(
     r"^\s*(?:(?P<column>[A-Za-z_][\w.-]*)\s*)?(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$"
@@ -72,6 +75,9 @@ class FieldSpec:
     time_format: str = "yymmddhh"  # hour_of_day / weekday: "yymmddhh" (Avazu) or "unix" seconds
     hash_buckets: int | None = None  # categorical: hash values into this many rows (no vocabulary)
     max_vocab: int | None = None  # categorical / multi: keep only the N most frequent values
+    # multi: "mean" (one averaged vector) or "sum" (every element a feature of its own in the
+    # linear and FM terms, libFM's definition); default "sum" for libsvm/libfm files, else "mean"
+    pooling: str = "mean"
 
     @property
     def source(self) -> str:
@@ -198,9 +204,13 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
 
     label = _label(r, data.get("label", "label"))
     raw_fields = r.required(data, "fields", "")
+    if raw_fields == "auto":
+        if fmt != "libsvm":
+            r.fail("fields", "'auto' (one field per token position) is for libsvm files only")
+        raw_fields = _positional_fields(r, data, Path(base_dir))
     if not isinstance(raw_fields, list) or not raw_fields:
         r.fail("fields", "must be a non-empty list of fields")
-    fields = [_field(r, f, f"fields[{i}]") for i, f in enumerate(raw_fields)]
+    fields = [_field(r, f, f"fields[{i}]", fmt) for i, f in enumerate(raw_fields)]
     seen: set[str] = set()
     for i, f in enumerate(fields):
         if f.name in seen:
@@ -219,8 +229,11 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
         if label.column != "label":
             r.fail("label", f"{fmt} files have their label in the first token; use label: label")
         for i, f in enumerate(fields):
-            if fmt == "libsvm" and f.source != "features":
-                r.fail(f"fields[{i}].column", "a libsvm file has one column, 'features'")
+            if fmt == "libsvm" and f.source != "features" and not POSITION.fullmatch(f.source):
+                r.fail(
+                    f"fields[{i}].column",
+                    "a libsvm file has the column 'features' (all tokens) and '@N' (the N-th token)",
+                )
     split = _split(r, data.get("split", {}))
     if split.method != "files" and not inp.files:
         r.fail("input.files", "list the input files (or use split.method: files)")
@@ -228,6 +241,29 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
     if min_count < 1:
         r.fail("min_count", f"must be >= 1, got {min_count}")
     return DatasetSpec(name, inp, label, fields, split, min_count, source, str(base_dir))
+
+
+def _positional_fields(r: _Reader, data: dict[str, Any], base_dir: Path) -> list[dict[str, Any]]:
+    """``fields: auto``: one categorical field per token position (``@0``, ``@1``, ...) of a
+    fixed-width libsvm file, as many as the first row of the first input file has."""
+    split = data.get("split") or {}
+    files = (split.get("files") or {}).get("train") if isinstance(split, dict) else None
+    patterns = files or (data.get("input") or {}).get("files") or []
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    paths = [
+        p
+        for pattern in patterns
+        for p in sorted(glob.glob(str(base_dir / Path(pattern).expanduser())))
+        if Path(p).is_file()
+    ]
+    if not paths:
+        r.fail("fields", "'auto' reads the first row of the first input file, and no input file was found")
+    opener = gzip.open if paths[0].endswith(".gz") else open
+    with opener(paths[0], "rt", encoding="utf-8", errors="replace") as f:
+        first = f.readline().split()
+    if len(first) < 2:
+        r.fail("fields", f"'auto': the first row of {paths[0]} has no feature tokens")
+    return [{"name": f"f{i}", "column": f"@{i}"} for i in range(len(first) - 1)]
 
 
 def _label(r: _Reader, raw: Any) -> LabelSpec:
@@ -250,7 +286,7 @@ def _label(r: _Reader, raw: Any) -> LabelSpec:
     return LabelSpec(column, match["op"], value, declared="positive" in raw)
 
 
-def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
+def _field(r: _Reader, raw: Any, key: str, fmt: str = "csv") -> FieldSpec:
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = r.mapping(raw, key)
@@ -269,6 +305,7 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
             "time_format",
             "hash_buckets",
             "max_vocab",
+            "pooling",
         },
     )
     name = r.typed(r.required(raw, "name", key), f"{key}.name", str)
@@ -294,6 +331,9 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
         time_format=r.choice(raw.get("time_format", "yymmddhh"), f"{key}.time_format", TIME_FORMATS),
         hash_buckets=r.typed(raw.get("hash_buckets"), f"{key}.hash_buckets", int, optional=True),
         max_vocab=r.typed(raw.get("max_vocab"), f"{key}.max_vocab", int, optional=True),
+        pooling=r.choice(
+            raw.get("pooling", "sum" if fmt in ("libsvm", "libfm") else "mean"), f"{key}.pooling", POOLINGS
+        ),
     )
     if f.hash_buckets is not None:
         if f.hash_buckets < 1:
@@ -305,6 +345,8 @@ def _field(r: _Reader, raw: Any, key: str) -> FieldSpec:
                 r.fail(f"{key}.{other}", "a hashed field has no vocabulary; drop hash_buckets or this key")
     if f.max_vocab is not None and f.max_vocab < 1:
         r.fail(f"{key}.max_vocab", f"must be >= 1, got {f.max_vocab}")
+    if "pooling" in raw and kind != "multi":
+        r.fail(f"{key}.pooling", "only multi-valued fields are pooled")
     if f.min_count is not None and f.min_count < 1:
         r.fail(f"{key}.min_count", f"must be >= 1, got {f.min_count}")
     if f.buckets < 2:

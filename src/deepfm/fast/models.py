@@ -93,7 +93,10 @@ class InputLayer:
         rows = self.features.sparse(ids, bags)  # plain ops: gathers, bag pooling
         if dense is not None and self.features.dense is not None:
             rows = torch.cat([rows, self.features.dense(dense)], dim=1)
-        return RowsNode.apply(rows, self.consts(rows.shape[1], rows), self.want_emb)
+        out, emb = RowsNode.apply(rows, self.consts(rows.shape[1], rows), self.want_emb)
+        if self.fm:  # the pairs inside sum-pooled (libsvm) bags, as the plain model adds them
+            out = out + self.features.bag_pairs(bags)
+        return out, emb
 
 
 def deep_forward(model: nn.Module, layout: BatchLayout, fm: bool) -> Forward | None:

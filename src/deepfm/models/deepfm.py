@@ -32,7 +32,8 @@ class DeepFM(CTRModel):
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
         linear, emb = self.features(ids, bags, dense)  # first-order sum [B], embeddings [B, F, D]
-        return self.bias + linear + self.fm(emb) + self.mlp(emb.flatten(1))
+        fm = self.fm(emb) + self.features.bag_pairs(bags)  # + pairs inside sum-pooled (libsvm) bags
+        return self.bias + linear + fm + self.mlp(emb.flatten(1))
 
     def warmup_frozen(self, epoch: int, warmup_epochs: int) -> list[nn.Parameter]:
         """The MLP during the first ``warmup_epochs`` epochs: the FM part trains alone first.

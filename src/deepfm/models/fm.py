@@ -22,4 +22,5 @@ class FM(CTRModel):
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
         linear, emb = self.features(ids, bags, dense)
-        return self.bias + linear + self.fm(emb)
+        # + the pairs inside sum-pooled (libsvm) bags: FM over every active index, as in libFM
+        return self.bias + linear + self.fm(emb) + self.features.bag_pairs(bags)

@@ -17,11 +17,18 @@ from deepfm import masks
 
 
 class SparseFeatures(nn.Module):
-    """Fused table ``[rows, 1 + embed_dim]``: returns first-order sums and field embeddings."""
+    """Fused table ``[rows, 1 + embed_dim]``: returns first-order sums and field embeddings.
+
+    A bag (multi-valued field) becomes one field: the mean of its rows, or with ``"sum"`` in
+    ``bag_pooling`` (one entry per bag; libsvm/libfm fields) their sum, where every element is a
+    feature of its own (libFM): its first-order weight counts in full and
+    :meth:`Features.bag_pairs` adds the FM pairs inside the bag.
+    """
 
     def __init__(self, num_rows: int, embed_dim: int, init_std: float = 0.01) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.bag_pooling: tuple[str, ...] = ()  # per bag: "mean" (default) or "sum"
         self.table = nn.Embedding(num_rows, 1 + embed_dim, padding_idx=0)
         with torch.no_grad():
             self.table.weight.normal_(0.0, init_std)
@@ -34,7 +41,10 @@ class SparseFeatures(nn.Module):
         if bags is not None:
             pooled = self.table(bags).sum(2)  # padding row is zero
             counts = (bags > 0).sum(2, keepdim=True).clamp_min(1)
-            rows = torch.cat([rows, pooled / counts], dim=1)  # mean-pooled bag = one field
+            if "sum" in self.bag_pooling:  # sum-pooled bags divide by 1
+                summed = torch.tensor([p == "sum" for p in self.bag_pooling], device=bags.device)
+                counts = counts.masked_fill(summed.view(1, -1, 1), 1)
+            rows = torch.cat([rows, pooled / counts], dim=1)  # pooled bag = one field
         return rows
 
 
@@ -64,6 +74,19 @@ class Features(nn.Module):
         if dense is not None and self.dense is not None:
             rows = torch.cat([rows, self.dense(dense)], dim=1)
         return rows[..., 0].sum(1), rows[..., 1:]
+
+    def bag_pairs(self, bags: torch.Tensor | None) -> torch.Tensor | float:
+        """FM pairs inside sum-pooled bags, ``0.5 * sum_k((sum_i e_ik)^2 - sum_i e_ik^2)`` [B].
+
+        The FM term over fields sees a sum-pooled bag as one vector ``sum_i e_i``, which gives
+        every pair of elements from different fields; these are the pairs within a bag, so FM
+        over fields plus ``bag_pairs`` is FM over every active element (libFM's definition).
+        """
+        summed = [j for j, p in enumerate(self.sparse.bag_pooling) if p == "sum"]
+        if bags is None or not summed:
+            return 0.0
+        emb = self.sparse.table(bags[:, summed])[..., 1:]  # [B, S, L, D], padding rows zero
+        return 0.5 * (emb.sum(2).square() - emb.square().sum(2)).sum((1, 2))
 
 
 class FactorizationMachine(nn.Module):

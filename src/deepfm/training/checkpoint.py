@@ -32,7 +32,7 @@ MODEL_FILE = "model.pt"
 
 
 def model_from_config(config: TrainConfig, feature_map: FeatureMap) -> nn.Module:
-    return build_model(
+    module = build_model(
         config.model,
         num_rows=feature_map.num_rows,
         num_fields=len(feature_map.fields),
@@ -42,6 +42,10 @@ def model_from_config(config: TrainConfig, feature_map: FeatureMap) -> nn.Module
         dropout=config.dropout,
         **config.extra.get("model_options", {}),
     )
+    features = getattr(module, "features", None)
+    if features is not None:  # per bag: mean-pooled, or summed with libFM interactions
+        features.sparse.bag_pooling = tuple(f.pooling for f in feature_map.sequences)
+    return module
 
 
 @dataclass

@@ -124,33 +124,67 @@ def to_markdown(
             f"{r['test_logloss_mean']:.4f} ± {r['test_logloss_std']:.4f} | "
             f"{r['train_seconds']:.0f} | {r['params']:,} |"
         )
-    lines += paired_gap(runs, "deepfm", "fm")
+    lines += paired_markdown(paired(runs, [r["model"] for r in rows]))
     return "\n".join(lines) + "\n"
 
 
-def paired_gap(runs: list[dict[str, Any]], model: str, other: str) -> list[str]:
-    """``model`` - ``other`` test AUC, per seed (same split), as mean ± std and against 2 std.
+def paired(runs: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    """Test AUC of each model minus the baseline's (``fm`` when compared, else the first model),
+    per seed on the same split, with a paired t-test (``scipy.stats.ttest_rel``).
 
     The spread of each model over seeds is mostly the spread of the splits; the per-seed
     difference removes it, so it is the fairer test of which model is better.
     """
+    from scipy import stats
+
+    baseline = "fm" if "fm" in models else models[0]
     auc = {(r["model"], r["seed"]): r["test_auc"] for r in runs}
-    seeds = sorted({s for m, s in auc if m == model} & {s for m, s in auc if m == other})
-    if len(seeds) < 2:
+    rows = []
+    for model in models:
+        if model == baseline:
+            continue
+        seeds = sorted({s for m, s in auc if m == model} & {s for m, s in auc if m == baseline})
+        gaps = np.array([auc[model, s] - auc[baseline, s] for s in seeds])
+        mean, std = (float(gaps.mean()), _std(gaps)) if len(gaps) else (math.nan, math.nan)
+        t, p = math.nan, math.nan
+        if len(gaps) > 1 and std > 0:
+            result = stats.ttest_rel([auc[model, s] for s in seeds], [auc[baseline, s] for s in seeds])
+            t, p = float(result.statistic), float(result.pvalue)
+        rows.append(
+            {
+                "model": model,
+                "baseline": baseline,
+                "seeds": seeds,
+                "differences": gaps.tolist(),
+                "mean": mean,
+                "std": std,
+                "std_ratio": mean / std if std > 0 else math.nan,  # the gap in paired stds
+                "t": t,
+                "p_value": p,
+            }
+        )
+    return rows
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The paired table: per-seed differences, mean ± std, mean / std and the paired t-test."""
+    rows = [r for r in rows if len(r["seeds"]) > 1]
+    if not rows:
         return []
-    gaps = np.array([auc[model, s] - auc[other, s] for s in seeds])
-    mean, std = float(gaps.mean()), _std(gaps)
-    by_model = {m: np.array([auc[m, s] for s in seeds]) for m in (model, other)}
-    spread = max(_std(by_model[model]), _std(by_model[other]))
-    text = (
-        f"{model} - {other} test AUC, paired by seed: {mean:+.4f} ± {std:.4f} "
-        f"(per seed {', '.join(f'{g:+.4f}' for g in gaps)})"
-    )
-    if spread > 0:
-        text += f"; the gap of the means is {mean / spread:+.1f}x the larger per-model std ({spread:.4f})"
-    if std > 0:
-        text += f", {mean / std:+.1f}x the std of the paired gaps"
-    return ["", text + "."]
+    lines = [
+        "",
+        f"Test AUC minus {rows[0]['baseline']}'s, paired by seed (same split), with a paired t-test:",
+        "",
+        "| model | per-seed difference | mean ± std | mean / std | t | p-value |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_seed = ", ".join(f"{g:+.4f}" for g in r["differences"])
+        lines.append(
+            f"| {r['model']} − {r['baseline']} | {per_seed} | {r['mean']:+.4f} ± {r['std']:.4f} | "
+            f"{r['std_ratio']:+.1f} | {r['t']:+.2f} | {r['p_value']:.2g} |"
+        )
+    return lines
 
 
 def write_report(
@@ -160,7 +194,15 @@ def write_report(
     write_text(out / "comparison.md", to_markdown(rows, runs, base, seeds))
     write_json(
         out / "comparison.json",
-        finite({"config": base.to_dict(), "seeds": seeds, "summary": rows, "runs": runs}),
+        finite(
+            {
+                "config": base.to_dict(),
+                "seeds": seeds,
+                "summary": rows,
+                "paired": paired(runs, [r["model"] for r in rows]),
+                "runs": runs,
+            }
+        ),
     )
     plot(rows, runs, out / "comparison.png", f"{base.dataset}, features {base.features}")
 

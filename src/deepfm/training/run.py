@@ -13,6 +13,7 @@ import io
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,9 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """``config.optimizer`` over ``module``; ``auto`` as resolved in ``choices`` (or ``fused``)."""
     name = config.optimizer if config.optimizer != "auto" else choices.optimizer if choices else "fused"
-    return optim.make_optimizer(module, name, config.lr, config.weight_decay)
+    decay = {"embedding": config.embedding_l2, "dense": config.net_l2}  # None: --weight-decay
+    group_decay = {group: value for group, value in decay.items() if value is not None}
+    return optim.make_optimizer(module, name, config.lr, config.weight_decay, group_decay)
 
 
 def trainable(module: torch.nn.Module, data: PreparedData, config: TrainConfig) -> torch.nn.Module:
@@ -95,10 +98,17 @@ def load_data(config: TrainConfig, base: FeatureMap | None = None) -> PreparedDa
     return prepare(config.dataset, config.data_dir, options, seed=config.seed)
 
 
-def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = print) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    data: PreparedData | None = None,
+    echo: Any = print,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train, early-stop, test and write every output; returns the ``metrics.json`` content.
 
     Holds the run folder's lock throughout; a fresh run first removes the previous run's outputs.
+
+    ``on_epoch(record)`` is called after every epoch's validation (``deepfm tune`` prunes there).
     """
     config.validate()
     main = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 owns the folder and the trackers
@@ -109,7 +119,7 @@ def train(config: TrainConfig, data: PreparedData | None = None, echo: Any = pri
             folder.clear_outputs()
         failed = True
         try:
-            metrics = _train(config, data, echo, folder, tracker, base)
+            metrics = _train(config, data, echo, folder, tracker, base, on_epoch)
             failed = False
         finally:
             tracker.close(failed)
@@ -123,6 +133,7 @@ def _train(
     folder: RunFolder,
     tracker: tracking.Tracker,
     base: Base | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     configure_threads(config.threads)
     ddp = init_distributed(config.device)  # torchrun ranks; world size 1 = no-op context
@@ -241,6 +252,8 @@ def _train(
         if ddp.is_main:
             write_text(out / "history.csv", _csv(epochs))
         state.end_epoch(epoch)  # (writes on rank 0 only)
+        if on_epoch is not None:
+            on_epoch(record)
         if stopper.should_stop:
             echo(f"early stop: no valid AUC gain for {config.patience} epochs")
             break

@@ -1,0 +1,46 @@
+"""``deepfm tune``: Optuna search over training options, selected on validation AUC."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from deepfm.cli.train import add_train_options, config_from_args
+from deepfm.errors import ConfigError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="search hyper-parameters (Optuna) on the validation split",
+        description="Search the options in --space with Optuna (TPE sampler, median pruning on the "
+        "per-epoch validation AUC). Every trial trains on the same split (--seed) and is scored "
+        "by its best validation AUC only. The study is kept in OUT/study.db, so running the same "
+        "command again resumes a killed search. Writes OUT/trials.csv, OUT/best.yaml (use it "
+        "with 'deepfm train --config OUT/best.yaml'), OUT/search.png and OUT/trials/N.",
+    )
+    p.add_argument("--space", required=True, help="YAML search space (see docs/tuning.md)")
+    p.add_argument("--out", default="runs/tune", help="study folder (default runs/tune)")
+    p.add_argument("--trials", type=int, default=20, help="trials in the study (default 20)")
+    p.add_argument("--n-jobs", type=int, default=1, help="parallel trial processes (default 1)")
+    add_train_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("deepfm tune needs Optuna: pip install 'deepfm[tune]'") from None
+    from deepfm.training.tune import load_space, tune
+
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    if args.n_jobs < 1:
+        raise ConfigError(f"--n-jobs must be >= 1, got {args.n_jobs}")
+    space = load_space(args.space)
+    base = config_from_args(args, ignore=("space", "trials", "n_jobs"))
+    base = dataclasses.replace(base, progress=False)
+    tune(base, space, args.out, args.trials, args.n_jobs)
+    return 0

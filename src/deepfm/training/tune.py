@@ -1,0 +1,332 @@
+"""``deepfm tune``: hyper-parameter search with Optuna, selected on the validation split only.
+
+- The search space is a YAML mapping of :class:`~deepfm.config.TrainConfig` options, each
+  ``{low: A, high: B}`` (int or float by the bounds' type; ``log: true``, ``step: S``) or
+  ``{choices: [...]}`` (any YAML values, e.g. lists of MLP widths); see ``docs/tuning.md``.
+- TPE sampler (seeded by ``--seed``), median pruning on the per-epoch validation AUC.
+- The study lives in ``OUT/study.db`` (SQLite): running the same command again resumes it. Trials
+  a killed search left running are marked failed and queued again with the same parameters, and
+  only the trials still missing are run.
+- Every trial trains on the same split (``--seed``) and is scored by its best validation AUC;
+  the test split plays no part. Outputs: ``trials.csv``, ``best.yaml`` (the base options plus the
+  best trial's, usable as ``--config``), ``search.png`` and each trial's run folder
+  ``trials/NUMBER``. ``--n-jobs N`` runs N trial processes sharing the study.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepfm.config import TrainConfig, load_yaml
+from deepfm.errors import ConfigError
+from deepfm.training.io import atomic_write, write_text
+
+STUDY_NAME = "deepfm-tune"
+DB_FILE = "study.db"
+# options a trial may not vary (they name where the run goes, not how it trains)
+NOT_TUNABLE = {"out", "resume", "progress", "checkpoint_every", "extra", "spec", "dataset", "data_dir"}
+# options never written to best.yaml (where a run goes and how it is shown)
+NOT_IN_BEST = {"out", "resume", "progress", "checkpoint_every"}
+
+
+def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read and check a search-space file; errors name the file and the option."""
+    raw = load_yaml(path)
+    if not raw:
+        raise ConfigError(
+            f"{path}: the search space is empty; give options like 'lr: {{low: 1e-4, high: 1e-2}}'"
+        )
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - NOT_TUNABLE
+    space: dict[str, dict[str, Any]] = {}
+    for name, spec in raw.items():
+        where = f"{path}: {name}"
+        if name not in known:
+            raise ConfigError(f"{where}: not a tunable option; tunable options are {sorted(known)}")
+        if isinstance(spec, list):
+            spec = {"choices": spec}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected {{low: A, high: B}} or {{choices: [...]}}, got {spec!r}")
+        if "choices" in spec:
+            if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ConfigError(f"{where}: 'choices' must be the only key and a non-empty list")
+        else:
+            unknown = sorted(set(spec) - {"low", "high", "log", "step"})
+            if unknown or "low" not in spec or "high" not in spec:
+                raise ConfigError(f"{where}: a range needs 'low' and 'high' (and optionally 'log', 'step')")
+            low, high = spec["low"], spec["high"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+                raise ConfigError(f"{where}: 'low' and 'high' must be numbers, got {low!r}, {high!r}")
+            if not low < high:
+                raise ConfigError(f"{where}: 'low' must be below 'high', got {low} and {high}")
+            if spec.get("log") and low <= 0:
+                raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+        space[name] = spec
+    return space
+
+
+def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The trial's options drawn from ``space`` (lists in ``choices`` round-trip through JSON)."""
+    params: dict[str, Any] = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            keys = [json.dumps(c) for c in spec["choices"]]
+            params[name] = json.loads(trial.suggest_categorical(name, keys))
+        elif all(isinstance(spec[k], int) for k in ("low", "high")) and not isinstance(
+            spec.get("step"), float
+        ):
+            params[name] = trial.suggest_int(
+                name, spec["low"], spec["high"], step=spec.get("step", 1), log=bool(spec.get("log"))
+            )
+        else:
+            params[name] = trial.suggest_float(
+                name,
+                float(spec["low"]),
+                float(spec["high"]),
+                step=spec.get("step"),
+                log=bool(spec.get("log")),
+            )
+    return params
+
+
+def decode(space: dict[str, dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """Stored Optuna parameters -> option values (JSON-encoded choices decoded)."""
+    return {k: json.loads(v) if "choices" in space.get(k, {}) else v for k, v in params.items()}
+
+
+def tune(
+    base: TrainConfig,
+    space: dict[str, dict[str, Any]],
+    out: str | Path,
+    n_trials: int,
+    n_jobs: int = 1,
+    echo: Any = print,
+) -> dict[str, Any]:
+    """Run (or resume) the search; write trials.csv, best.yaml and search.png; return the best."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(out / DB_FILE).resolve()}"
+    study = _study(storage, base.seed)
+    requeued = _requeue_stale(study)
+    if requeued:
+        echo(f"resuming {out / DB_FILE}: {requeued} trial(s) left running by a killed search queued again")
+    done = _finished(study)
+    missing = max(0, n_trials - done)
+    echo(f"tune: {done} of {n_trials} trials done, {missing} to run ({n_jobs} process(es)) -> {out}")
+    if missing:
+        jobs = [base.to_dict(), space, str(out), storage, n_trials]
+        if n_jobs <= 1:
+            _worker(*jobs, worker=1, echo=echo)
+        else:
+            context = multiprocessing.get_context("spawn")
+            procs = [context.Process(target=_worker, args=[*jobs, i + 1]) for i in range(n_jobs)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            failed = [p.exitcode for p in procs if p.exitcode != 0]
+            if failed:
+                raise ConfigError(f"{len(failed)} tune worker process(es) failed (exit codes {failed})")
+    study = _study(storage, base.seed)
+    return write_outputs(study, base, space, out, echo)
+
+
+def _study(storage: str, seed: int, worker: int = 0) -> Any:
+    """The study in ``storage``; each process (``worker``) and each resumption seeds its own TPE
+    sampler, so parallel or resumed processes do not propose the same parameters again."""
+    import optuna
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if worker else None
+    done = len(study.get_trials(deepcopy=False)) if study is not None else 0
+    return optuna.create_study(
+        study_name=STUDY_NAME,
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed + 1009 * worker + 7919 * done),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+        load_if_exists=True,
+    )
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _requeue_stale(study: Any) -> int:
+    """Trials still RUNNING when a search starts were left by a killed one: fail and re-queue them."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+    return len(stale)
+
+
+def _worker(
+    base_dict: dict[str, Any],
+    space: dict,
+    out: str,
+    storage: str,
+    n_trials: int,
+    worker: int = 1,
+    echo: Any = print,
+) -> None:
+    """One trial process: optimize until the study holds ``n_trials`` finished trials."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from deepfm.training.run import configure_threads, load_data, train
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = TrainConfig.from_dict(base_dict)
+    configure_threads(base.threads)
+    study = _study(storage, base.seed, worker)
+    cache: dict[tuple, Any] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        config = dataclasses.replace(
+            base, **params, out=str(Path(out) / "trials" / str(trial.number)), progress=False, resume=False
+        )
+        if "mlp" in params:
+            config.mlp = tuple(params["mlp"])
+        config.validate()
+        key = (config.features, config.drop_neutral, config.min_count, config.seed)
+        if key not in cache:
+            cache.clear()
+            cache[key] = load_data(config)
+
+        def report(record: dict[str, Any]) -> None:
+            trial.report(record["valid_auc"], record["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        metrics = train(config, data=cache[key], echo=lambda *_: None, on_epoch=report)
+        trial.set_user_attr("best_epoch", metrics["best_epoch"])
+        trial.set_user_attr("epochs_run", metrics["epochs_run"])
+        return float(metrics["best_valid_auc"])
+
+    def log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = "" if trial.value is None else f" valid AUC {trial.value:.4f}"
+        shown = decode(space, trial.params)
+        echo(f"trial {trial.number:3d} {trial.state.name.lower()}{value}  {shown}")
+
+    study.optimize(
+        objective,
+        callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), log],
+        n_trials=n_trials,
+        catch=(),
+    )
+
+
+def write_outputs(
+    study: Any, base: TrainConfig, space: dict[str, dict[str, Any]], out: Path, echo: Any = print
+) -> dict[str, Any]:
+    """trials.csv, best.yaml, search.png; the best trial as a dict."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    names = list(space)
+    rows = []
+    for t in trials:
+        params = decode(space, t.params)
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "valid_auc": "" if t.value is None else f"{t.value:.6f}",
+                "best_epoch": t.user_attrs.get("best_epoch", ""),
+                "last_epoch": max(t.intermediate_values, default=""),
+                "seconds": "" if t.duration is None else f"{t.duration.total_seconds():.1f}",
+                **{
+                    n: json.dumps(params[n]) if isinstance(params.get(n), list) else params.get(n, "")
+                    for n in names
+                },
+            }
+        )
+    buffer = io.StringIO()
+    fields = ["number", "state", "valid_auc", "best_epoch", "last_epoch", "seconds", *names]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "trials.csv", buffer.getvalue())
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise ConfigError(f"no trial of {out / DB_FILE} completed; see {out / 'trials.csv'}")
+    best = max(complete, key=lambda t: t.value)
+    params = decode(space, best.params)
+    options = {k: v for k, v in base.to_dict().items() if k not in NOT_IN_BEST}
+    if not options.get("extra"):
+        options.pop("extra", None)
+    options.update(params)
+    header = (
+        f"# deepfm tune: best of {len(complete)} completed trials ({len(trials)} in all) by validation AUC\n"
+        f"# trial {best.number}: valid AUC {best.value:.6f} at epoch {best.user_attrs.get('best_epoch')}\n"
+        f"# usage: deepfm train --config {out / 'best.yaml'} --out DIR\n"
+    )
+    write_text(out / "best.yaml", header + yaml.safe_dump(options, sort_keys=False))
+    plot(trials, out / "search.png")
+    echo(f"best: trial {best.number}, valid AUC {best.value:.4f}, {params} -> {out / 'best.yaml'}")
+    return {"number": best.number, "valid_auc": best.value, "params": params, "trials": len(trials)}
+
+
+def plot(trials: list[Any], path: Path) -> Path:
+    """Validation AUC per trial (completed and pruned) with the running best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax = axes[0]
+    best, xs, ys = -math.inf, [], []
+    for t in trials:
+        if t.state.name == "COMPLETE":
+            ax.plot(t.number, t.value, "o", color="C0")
+            best = max(best, t.value)
+        elif t.state.name == "PRUNED" and t.intermediate_values:
+            ax.plot(t.number, max(t.intermediate_values.values()), "x", color="C3")
+        if best > -math.inf:
+            xs.append(t.number)
+            ys.append(best)
+    ax.step(xs, ys, where="post", color="C2", label="best so far")
+    ax.plot([], [], "o", color="C0", label="completed")
+    ax.plot([], [], "x", color="C3", label="pruned (best epoch seen)")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation AUC")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    for t in trials:
+        if t.intermediate_values:
+            steps = sorted(t.intermediate_values)
+            colour = "C3" if t.state.name == "PRUNED" else "C0"
+            ax.plot(steps, [t.intermediate_values[s] for s in steps], "-", color=colour, alpha=0.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation AUC (one line per trial)")
+    ax.grid(alpha=0.3)
+    values = [v for t in trials for v in t.intermediate_values.values()]
+    if values:
+        top = max(values)
+        for a in axes:
+            a.set_ylim(max(min(values), top - 0.05), top + 0.005)
+    fig.suptitle("deepfm tune: validation AUC (red: pruned)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path

@@ -1,0 +1,84 @@
+"""``deepfm tune``: a killed search resumes and completes; best.yaml reproduces its validation AUC."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deepfm.cli.main import main
+from deepfm.errors import ConfigError
+from deepfm.training.tune import load_space
+
+pytest.importorskip("optuna")
+
+SPACE = {
+    "lr": {"low": 0.002, "high": 0.02, "log": True},
+    "embed_dim": {"choices": [4, 8]},
+    "mlp": {"choices": [[16], [32, 16]]},
+}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_and_best_config_reproduces_its_valid_auc(tiny_ml, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    out = tmp_path / "tune"
+    command = [sys.executable, "-m", "deepfm", "tune", "--space", str(space), "--out", str(out)]
+    command += ["--trials", "4", "--data-dir", str(tiny_ml), "--epochs", "3", "--threads", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "trials" / "1" / "history.csv").exists():  # trial 1 is mid-run
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (out / "trials.csv").exists()  # it never got to the end
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "1 trial(s) left running by a killed search queued again" in resumed.stdout
+    assert "tune: 1 of 4 trials done, 3 to run" in resumed.stdout
+    rows = _rows(out / "trials.csv")
+    states = [r["state"] for r in rows]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") + states.count("PRUNED") == 4
+    killed = rows[states.index("FAIL")]
+    retried = [r for r in rows if r["number"] != killed["number"] and r["lr"] == killed["lr"]]
+    assert retried and retried[0]["state"] in ("COMPLETE", "PRUNED")  # the same parameters, again
+    assert (out / "search.png").read_bytes()[:4] == b"\x89PNG"
+
+    best = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: float(r["valid_auc"]))
+    options = yaml.safe_load((out / "best.yaml").read_text())
+    assert options["lr"] == pytest.approx(float(best["lr"])) and options["mlp"] == json.loads(best["mlp"])
+    run = tmp_path / "again"
+    assert main(["train", "--config", str(out / "best.yaml"), "--out", str(run), "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_valid_auc"] == pytest.approx(float(best["valid_auc"]), abs=1e-6)
+
+
+def test_space_errors_name_the_file_and_option(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("lr: {low: 0.1, high: 0.01}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: lr: 'low' must be below 'high'"):
+        load_space(path)
+    path.write_text("out: {choices: [a, b]}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: out: not a tunable option"):
+        load_space(path)
+    path.write_text("lr: {low: 0, high: 0.01, log: true}\n")
+    with pytest.raises(ConfigError, match=r"log range needs low > 0"):
+        load_space(path)
+    assert main(["tune", "--space", str(path), "--out", str(tmp_path / "t")]) == 2
