@@ -46,7 +46,9 @@ def test_embedding_and_net_l2_equal_fuxictr_regularizer_loss(name, num_dense):
     """Adam with the two decays takes the same steps as plain Adam on the FuxiCTR loss."""
     ours, theirs = _model(num_dense), _model(num_dense)
     ids, dense, y = _batch(num_dense)
-    opt = make_optimizer(ours, name, lr=0.01, weight_decay=1e-6, group_weight_decay={"embedding": 0.05, "dense": 0.002})
+    opt = make_optimizer(
+        ours, name, lr=0.01, weight_decay=1e-6, group_weight_decay={"embedding": 0.05, "dense": 0.002}
+    )
     ref = torch.optim.Adam(theirs.parameters(), lr=0.01, weight_decay=0.0)
     ours.eval(), theirs.eval()  # no dropout noise: the steps must match exactly
     for _ in range(5):
@@ -60,7 +62,9 @@ def test_embedding_and_net_l2_equal_fuxictr_regularizer_loss(name, num_dense):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
     # and the decay really is split: without net_l2 the MLP moves differently
     other = _model(num_dense)
-    opt = make_optimizer(other, name, lr=0.01, weight_decay=1e-6, group_weight_decay={"embedding": 0.05, "dense": 0.0})
+    opt = make_optimizer(
+        other, name, lr=0.01, weight_decay=1e-6, group_weight_decay={"embedding": 0.05, "dense": 0.0}
+    )
     other.eval()
     for _ in range(5):
         opt.zero_grad()
@@ -74,7 +78,9 @@ def test_groups_fall_back_to_weight_decay():
     model = _model()
     opt = make_optimizer(copy.deepcopy(model), "fused", weight_decay=3e-4)
     assert [g["weight_decay"] for g in opt.param_groups] == [3e-4, 3e-4]
-    opt = make_optimizer(model, "lazy", weight_decay=3e-4, group_weight_decay={"embedding": 0.1, "dense": 0.0})
+    opt = make_optimizer(
+        model, "lazy", weight_decay=3e-4, group_weight_decay={"embedding": 0.1, "dense": 0.0}
+    )
     decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decays[id(model.features.sparse.table.weight)] == 0.1
     assert all(decays[id(p)] == 0.0 for p in model.mlp.parameters())

@@ -112,9 +112,16 @@ def test_warm_start_carries_old_rows_exactly_and_extends_the_vocabulary(tmp_path
 
 def test_prune_below_drops_vanished_values_and_init_optimizer_carries_moments(tmp_path):
     days = write_days(tmp_path / "days")
-    train(options(tmp_path, day_spec(days, 1), "day1", epochs=1), echo=lambda *_: None)
+    # full-table Adam: one moment tensor per parameter, indexed like named_parameters()
+    train(options(tmp_path, day_spec(days, 1), "day1", epochs=1, optimizer="fused"), echo=lambda *_: None)
     config = options(
-        tmp_path, day_spec(days, 2), "day2", init_from=str(tmp_path / "day1"), prune_below=1, epochs=1
+        tmp_path,
+        day_spec(days, 2),
+        "day2",
+        init_from=str(tmp_path / "day1"),
+        prune_below=1,
+        epochs=1,
+        optimizer="fused",
     )
     config.init_optimizer = True
     base = load_base(config)
@@ -132,9 +139,11 @@ def test_prune_below_drops_vanished_values_and_init_optimizer_carries_moments(tm
     assert report.rows_dropped == len(day1_users - day2_users) + len(day1_items - day2_items)
     state = torch.load(tmp_path / "day1" / "state.pt", weights_only=True)["optimizer"]
     (table,) = table_keys(module, data.feature_map.num_rows)
-    names = [n for n, _ in module.named_parameters()]
+    # the state dict numbers parameters in the order of the optimizer's groups
+    flat = [p for group in optimizer.param_groups for p in group["params"]]
+    position = next(i for i, p in enumerate(flat) if p is dict(module.named_parameters())[table])
     moments = optimizer.state[dict(module.named_parameters())[table]]["exp_avg"]
-    old_moments = state["state"][names.index(table)]["exp_avg"]
+    old_moments = state["state"][position]["exp_avg"]
     old, new = base.feature_map.field("user"), data.feature_map.field("user")
     for j, value in enumerate(new.vocab):
         if value in day1_users:

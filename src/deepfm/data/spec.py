@@ -123,6 +123,9 @@ class DatasetSpec:
         data.pop("source")
         data.pop("base_dir")
         data["split"]["ratios"] = list(self.split.ratios)
+        for f in data["fields"]:
+            if f["kind"] != "multi":
+                del f["pooling"]  # only bags are pooled
         return data
 
     def to_yaml_dict(self) -> dict[str, Any]:

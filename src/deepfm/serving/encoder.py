@@ -130,6 +130,8 @@ class RecordEncoder:
     # ------------------------------------------------------------------ compiled steps
 
     def _categorical(self, f: Field, j: int) -> Callable[..., None]:
+        if f.hash_buckets:  # no vocabulary: the field's own hash of each value's text
+            return self._hashed(f, j)
         name, lookup, oov = f.source, _lookup(f), f.offset
         t = (f.transform or {}).get("type")
         if t is None:
@@ -176,6 +178,17 @@ class RecordEncoder:
             column = out["ids"][:, j]
             for i, token in enumerate(tokens):
                 column[i] = lookup.get(token, oov)
+
+        return step
+
+    def _hashed(self, f: Field, j: int) -> Callable[..., None]:
+        name = f.source
+
+        def step(records: list[dict[str, Any]], out: dict[str, np.ndarray]) -> None:
+            values = [r[name] for r in records]
+            if not all(isinstance(v, SCALARS) for v in values):
+                _check_scalars(records, name)
+            out["ids"][:, j] = f.encode(pd.Series(values, dtype=object))
 
         return step
 

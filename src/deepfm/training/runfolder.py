@@ -25,7 +25,14 @@ from deepfm.errors import ConfigError
 
 LOCK_FILE = ".lock"
 # Every file a run writes into its folder (a fresh run removes the previous run's).
-OUTPUTS = ("metrics.json", "model.pt", "history.csv", "state.pt", "learning_curve.png")
+OUTPUTS = (
+    "metrics.json",
+    "model.pt",
+    "history.csv",
+    "state.pt",
+    "learning_curve.png",
+    "test_predictions.parquet",
+)
 
 
 def new_run_id() -> str:

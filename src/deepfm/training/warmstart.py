@@ -212,12 +212,14 @@ def carry_optimizer(
     pairs: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
     """Carry the base run's optimizer state ``saved`` onto ``optimizer``, by parameter name."""
-    from deepfm.training import optim
 
     old_module = model_from_config(base.config, base.feature_map)  # same parameter order as base's
-    old_optimizer = optim.make_optimizer(
-        old_module, base.config.optimizer, base.config.lr, base.config.weight_decay
-    )
+    from deepfm.training import auto
+    from deepfm.training.run import make_optimizer
+
+    # the base run's optimizer as it was built: ``auto`` resolved as that run resolved it
+    choices = auto.resolve(base.config, old_module, base.feature_map)
+    old_optimizer = make_optimizer(old_module, base.config, choices)
     try:
         old_optimizer.load_state_dict(saved)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
