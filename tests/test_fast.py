@@ -235,3 +235,23 @@ def test_mlp_is_ordinary_layers_with_named_keys():
     assert list(mlp.state_dict())[:3] == ["linear0.weight", "linear0.bias", "norm0.weight"]
     assert "output.weight" in mlp.state_dict()
     assert isinstance(mlp.dropout0, nn.Dropout)
+
+
+@pytest.mark.parametrize("layout", ["bags", "all"])
+def test_bags_gather_node_with_sparse_table_gradients(layout):
+    """Ids and pooled bags come from one gather (``SparseRowsNode``): row-wise (sparse) table
+    gradients equal the plain path's two ``nn.Embedding`` gradients summed."""
+    model = _model("deepfm", layout, 0.5)
+    model.features.sparse.table.sparse = True
+    plain = copy.deepcopy(model)
+    net = fast.accelerate(model, fast.BatchLayout(*LAYOUTS[layout]))
+    inputs = _batch(layout)
+    torch.manual_seed(3)
+    out = net(*inputs)
+    torch.manual_seed(3)
+    ref = plain(*inputs)
+    torch.testing.assert_close(out, ref)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    assert model.features.sparse.table.weight.grad.is_sparse
+    _assert_same_state(model, plain)
