@@ -126,6 +126,17 @@ def test_fast_model_evaluates_with_the_plain_model():
         assert torch.equal(out, model(ids))
 
 
+def test_autocast_runs_the_plain_modules():
+    model = _model("deepfm", "ids", 0.5, dtype=torch.float32)
+    net = fast.accelerate(model, fast.BatchLayout(3))
+    ids, _, _ = _batch("ids")
+    assert type(net(ids).grad_fn).__name__ == "TableMLPNodeBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(ids)
+    assert "TableMLPNode" not in type(out.grad_fn).__name__
+    out.float().sum().backward()  # the plain modules' autograd graph
+
+
 def test_no_fused_path_for_other_devices_unknown_models_and_unknown_layers():
     model = _model("deepfm", "ids", 0.5)
     assert fast.accelerate(model, fast.BatchLayout(3, device="cuda")) is None
