@@ -126,6 +126,17 @@ def test_fast_model_evaluates_with_the_plain_model():
         assert torch.equal(out, model(ids))
 
 
+def test_autocast_runs_the_plain_modules():
+    model = _model("deepfm", "ids", 0.5, dtype=torch.float32)
+    net = fast.accelerate(model, fast.BatchLayout(3))
+    ids, _, _ = _batch("ids")
+    assert type(net(ids).grad_fn).__name__ == "TableMLPNodeBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(ids)
+    assert "TableMLPNode" not in type(out.grad_fn).__name__
+    out.float().sum().backward()  # the plain modules' autograd graph
+
+
 def test_no_fused_path_for_other_devices_unknown_models_and_unknown_layers():
     model = _model("deepfm", "ids", 0.5)
     assert fast.accelerate(model, fast.BatchLayout(3, device="cuda")) is None
@@ -235,3 +246,23 @@ def test_mlp_is_ordinary_layers_with_named_keys():
     assert list(mlp.state_dict())[:3] == ["linear0.weight", "linear0.bias", "norm0.weight"]
     assert "output.weight" in mlp.state_dict()
     assert isinstance(mlp.dropout0, nn.Dropout)
+
+
+@pytest.mark.parametrize("layout", ["bags", "all"])
+def test_bags_gather_node_with_sparse_table_gradients(layout):
+    """Ids and pooled bags come from one gather (``SparseRowsNode``): row-wise (sparse) table
+    gradients equal the plain path's two ``nn.Embedding`` gradients summed."""
+    model = _model("deepfm", layout, 0.5)
+    model.features.sparse.table.sparse = True
+    plain = copy.deepcopy(model)
+    net = fast.accelerate(model, fast.BatchLayout(*LAYOUTS[layout]))
+    inputs = _batch(layout)
+    torch.manual_seed(3)
+    out = net(*inputs)
+    torch.manual_seed(3)
+    ref = plain(*inputs)
+    torch.testing.assert_close(out, ref)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    assert model.features.sparse.table.weight.grad.is_sparse
+    _assert_same_state(model, plain)

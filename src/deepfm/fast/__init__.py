@@ -71,7 +71,9 @@ def register(cls: type[nn.Module]) -> Callable[[Builder], Builder]:
 
 
 class FastModel(nn.Module):
-    """``model`` with a fused training forward; everything else (eval, no-grad) is ``model``."""
+    """``model`` with a fused training forward; everything else (eval, no-grad, autocast) is
+    ``model``. (The hand-written backwards assume one dtype throughout; under autocast the
+    plain modules run until the kernels learn mixed precision.)"""
 
     def __init__(self, model: nn.Module, forward: Forward) -> None:
         super().__init__()
@@ -81,7 +83,7 @@ class FastModel(nn.Module):
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and not torch.is_autocast_enabled(ids.device.type):
             return self._fused(ids, bags, dense)
         return self.model(ids, bags, dense)
 

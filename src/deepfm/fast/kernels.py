@@ -12,7 +12,8 @@ optimizer update, BatchNorm statistics, dropout masks).
 - ``gather`` / ``scatter``: the rows of categorical ids from the fused table, and the table
   gradient (one ``index_add_``, or a sparse row gradient for row-wise optimizers).
 - ``mlp_forward`` / ``mlp_backward``: Linear -> BatchNorm -> ReLU -> Dropout layers (:class:`MLPSpec`).
-- ``TableNode``, ``RowsNode``, ``MLPNode``, ``TableMLPNode``: the autograd Functions built from them.
+- ``TableNode``, ``SparseRowsNode``, ``RowsNode``, ``MLPNode``, ``TableMLPNode``: the autograd
+  Functions built from them.
 """
 
 from __future__ import annotations
@@ -124,6 +125,39 @@ class TableNode(torch.autograd.Function):
         rows, s, flat_ids = ctx.saved_tensors
         grad_rows = rows_backward(rows, s, ctx.fields, ctx.consts, grad_out, grad_emb)
         return scatter(grad_rows, flat_ids, ctx.embedding), None, None, None, None
+
+
+class SparseRowsNode(torch.autograd.Function):
+    """The rows ``[B, F + S, W]`` of categorical ids and mean-pooled multi-valued fields (bags,
+    0 = padding) from the fused table: one gather and one table gradient for both (the plain
+    path's two ``nn.Embedding`` calls each make a table-sized gradient)."""
+
+    @staticmethod
+    def forward(ctx, table, ids, bags, embedding):  # noqa: ANN001, ANN205
+        batch, fields = ids.shape
+        width = table.shape[1]
+        flat_ids = ids.reshape(-1) if bags is None else torch.cat([ids.reshape(-1), bags.reshape(-1)])
+        gathered = table.index_select(0, flat_ids)
+        rows = gathered[: batch * fields].view(batch, fields, width)
+        counts = None
+        if bags is not None:
+            pooled = gathered[batch * fields :].view(*bags.shape, width).sum(2)  # padding row is zero
+            counts = (bags > 0).sum(2, keepdim=True).clamp_min(1)
+            rows = torch.cat([rows, pooled / counts], dim=1)
+        ctx.save_for_backward(flat_ids, counts)
+        ctx.embedding, ctx.fields, ctx.bag_shape = embedding, fields, None if bags is None else bags.shape
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows):  # noqa: ANN001, ANN205
+        flat_ids, counts = ctx.saved_tensors
+        batch, _, width = grad_rows.shape
+        grad_flat = grad_rows[:, : ctx.fields].reshape(-1, width)
+        if ctx.bag_shape is not None:
+            per_bag = grad_rows[:, ctx.fields :] / counts
+            per_item = per_bag.unsqueeze(2).expand(*ctx.bag_shape, width).reshape(-1, width)
+            grad_flat = torch.cat([grad_flat, per_item])
+        return scatter(grad_flat, flat_ids, ctx.embedding), None, None, None
 
 
 class RowsNode(torch.autograd.Function):

@@ -3,7 +3,8 @@
 Each builder reads the model's plain structure (the shared input layer ``Features``, an
 ``MLP``, ...) once and returns a function ``(ids, bags, dense) -> logits`` made of the nodes
 of ``deepfm.fast.kernels``: the input layer as one node (categorical ids: gather, first order,
-FM and MLP input together; bags / numeric fields: the plain input layer's rows, then one node),
+FM and MLP input together; with bags / numeric fields: one gather node for ids and pooled bags,
+the numeric fields' plain rows, then one node),
 the MLP as one node, DeepFM / Wide & Deep on ids as a single node for the whole model. Dropout
 masks are drawn from :mod:`deepfm.masks` in the plain modules' order, so both paths use the same.
 """
@@ -15,7 +16,15 @@ from torch import nn
 
 from deepfm import masks
 from deepfm.fast import BatchLayout, Forward, register
-from deepfm.fast.kernels import MLPNode, MLPSpec, RowsNode, TableMLPNode, TableNode, fm_consts
+from deepfm.fast.kernels import (
+    MLPNode,
+    MLPSpec,
+    RowsNode,
+    SparseRowsNode,
+    TableMLPNode,
+    TableNode,
+    fm_consts,
+)
 from deepfm.models.dcnv2 import DCNv2
 from deepfm.models.deepfm import DeepFM
 from deepfm.models.fm import FM
@@ -90,7 +99,7 @@ class InputLayer:
         if self.ids_only(bags, dense):
             consts = self.consts(ids.shape[1], embedding.weight)
             return TableNode.apply(embedding.weight, ids, embedding, consts, self.want_emb)
-        rows = self.features.sparse(ids, bags)  # plain ops: gathers, bag pooling
+        rows = SparseRowsNode.apply(embedding.weight, ids, bags, embedding)  # ids + pooled bags
         if dense is not None and self.features.dense is not None:
             rows = torch.cat([rows, self.features.dense(dense)], dim=1)
         out, emb = RowsNode.apply(rows, self.consts(rows.shape[1], rows), self.want_emb)
