@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if key in names or "@" in key:
             shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
             print(f"{names.get(key, key):<12} {shown}")
-    if "gauc" not in result and not args.metrics:
+    if "gauc" not in result and not args.metrics and result["evaluation"]["gauc_group"] is None:
         print(f"{'gAUC':<12} n/a (the model has no user_id field; --group-by FIELD: AUC per FIELD value)")
     if "ranking" in result["evaluation"]:
         print(

@@ -72,7 +72,8 @@ class Evaluator:
             out["ranking"] = {
                 "user": self.user,
                 "item": self.item,
-                "targets": "every held-out row with label 1 (leave-last: each user's last interaction)",
+                "targets": "every held-out row with label 1 (leave-last: each user's last interaction); "
+                "an item unseen in training counts as a miss",
                 "candidates": (
                     "all items the user did not rate in training"
                     if self.negatives == 0
@@ -111,11 +112,12 @@ class Evaluator:
         ids = split.ids.numpy()
         users = ids[rows, names.index(self.user)] - (fu.offset + 1)
         targets = ids[rows, names.index(self.item)] - (fi.offset + 1)
-        keep = targets >= 0  # an item unseen in training cannot be ranked among known items
-        rows, users, targets = rows[keep], users[keep], targets[keep]
         n_items = len(fi.vocab)
+        keep = targets >= 0  # an item unseen in training cannot be recommended: a miss (rank n_items)
+        misses = np.full(int((~keep).sum()), float(max(n_items, 1)))
+        rows, users, targets = rows[keep], users[keep], targets[keep]
         if len(rows) == 0 or n_items == 0:
-            return np.zeros(0)
+            return misses
         width = n_items if self.negatives == 0 else min(self.negatives, n_items - 1) + 1
         rng = np.random.default_rng(self.seed)
         per_chunk = max(1, min(RANK_ROWS // width, (1 << 22) // n_items))  # bounds the key matrix too
@@ -142,7 +144,7 @@ class Evaluator:
             target_score = scores[np.arange(len(r)), np.argmax(candidates == t[:, None], axis=1)]
             higher = (scores > target_score[:, None]) & valid
             ranks.append(higher.sum(axis=1))
-        return np.concatenate(ranks).astype(np.float64)
+        return np.concatenate([*ranks, misses]).astype(np.float64)
 
     def _score(
         self, module: torch.nn.Module, split: Split, rows: np.ndarray, candidates: np.ndarray

@@ -308,7 +308,7 @@ def _train(
 
 
 def curve_title(config: TrainConfig, name: str) -> str:
-    """``deepfm on criteo (spec my.yaml)``: the data's own name, and where it came from."""
+    """``fm on my-clicks (my.yaml)``: the data's own name, and the spec or folder it came from."""
     source = Path(config.spec).name if config.spec else Path(config.data_dir).name if config.data_dir else ""
     return f"{config.model} on {name}" + (f" ({source})" if source and source != name else "")
 
