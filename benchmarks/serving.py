@@ -28,7 +28,7 @@ with its own keep-alive connection, stopping after ``--soak-seconds``; it report
 streams that many MB with ``Transfer-Encoding: chunked`` and reports the reply, how much was
 sent before the server stopped reading, and the server's peak RSS growth while it streamed.
 Latency runs use one ``http.client`` keep-alive connection (a light client: the numbers are the
-server's, not the client library's).
+server's, not the client library's), with request bodies JSON-encoded before the clock starts.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main() -> int:
     p.add_argument("--soak", type=int, default=0, help="mixed valid/invalid requests to send (0: skip)")
     p.add_argument("--soak-concurrency", type=int, default=16, help="soak client threads (default 16)")
     p.add_argument("--soak-seconds", type=float, default=600, help="soak time bound (default 600)")
+    p.add_argument("--soak-rounds", type=int, default=1, help="repeat the soak (RSS after each round)")
     p.add_argument("--chunked-mb", type=int, default=0, help="MB of one chunked body to send (0: skip)")
     p.add_argument("--skip-latency", action="store_true", help="only the robustness runs")
     p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run as the client process
@@ -269,9 +270,11 @@ def client(args: argparse.Namespace) -> int:
             }
 
         n, b = len(records), args.batch_rows
-        run("predict, 1 record", args.single, lambda i: http.post("/predict", json=[records[i % n]]), 1)
-        batch = lambda i: http.post("/predict", json=records[(i * b) % n : (i * b) % n + b])  # noqa: E731
-        run(f"predict, {b} records", args.batches, batch, b)
+        # bodies encoded before the clock starts: the client's own JSON encoding is not server latency
+        singles = [json.dumps([records[i % n]]).encode() for i in range(args.single)]
+        run("predict, 1 record", args.single, lambda i: http.post("/predict", content=singles[i]), 1)
+        batches = [json.dumps(records[(i * b) % n : (i * b) % n + b]).encode() for i in range(args.batches)]
+        run(f"predict, {b} records", args.batches, lambda i: http.post("/predict", content=batches[i]), b)
         if users and http.get("/health").json()["recommend"]:
             rec = lambda i: http.get("/recommend", params={"user": users[i % len(users)], "k": 10})  # noqa: E731
             run("recommend, k=10", args.recommend, rec, 1)
@@ -365,15 +368,19 @@ def robustness(args: argparse.Namespace, port: int, pid: int, records_path: Path
                 counts[kind][status] = counts[kind].get(status, 0) + 1
 
         start = time.perf_counter()
-        with ThreadPoolExecutor(args.soak_concurrency) as pool:
-            list(pool.map(one, mix))
+        rss_rounds = []
+        for _ in range(args.soak_rounds):  # RSS after each round: growth that levels off is no leak
+            with ThreadPoolExecutor(args.soak_concurrency) as pool:
+                list(pool.map(one, mix))
+            rss_rounds.append(server.memory_info().rss / 2**20)
         seconds = time.perf_counter() - start
         health = Http(url).get("/health").status_code
         sent = sum(sum(c.values()) for c in counts.values())
         five = sum(n for c in counts.values() for status, n in c.items() if status >= 500)
         out["soak"] = {
             "requests": sent,
-            "planned": args.soak,
+            "planned": args.soak * args.soak_rounds,
+            "rss_after_each_round_mb": rss_rounds,
             "seconds": seconds,
             "concurrency": args.soak_concurrency,
             "status_by_kind": counts,
@@ -568,6 +575,11 @@ def print_report(args: argparse.Namespace, server: dict, offline: dict | None) -
             f"server RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB "
             f"({r['rss_after_mb'] - r['rss_before_mb']:+.1f} MB)"
         )
+        if len(r["rss_after_each_round_mb"]) > 1:
+            print(
+                "  server RSS after each round: "
+                + ", ".join(f"{v:.0f} MB" for v in r["rss_after_each_round_mb"])
+            )
         for kind, statuses in r["status_by_kind"].items():
             print(f"  {kind:<22}" + "  ".join(f"{status}: {n:,}" for status, n in sorted(statuses.items())))
     if "chunked" in robust:

@@ -57,9 +57,11 @@ rating_files = delimited_files(
 
 
 def reference_ratings(data: bytes) -> list[tuple[int, ...]] | int | None:
-    """The rows of a valid file, the number of its first bad line, or None (nothing to read)."""
+    """The rows of a valid file, the number of its first bad line, or None (nothing to read).
+
+    A leading UTF-8 byte-order mark is not part of the data (issue 16)."""
     rows = []
-    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is accepted
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
     for number, line in enumerate(data.split(b"\n"), start=1):
         line = line[:-1] if line.endswith(b"\r") else line
         if not line.strip():

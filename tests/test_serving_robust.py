@@ -97,6 +97,7 @@ def assert_same_inputs(model: TrainedModel, records: list[dict]) -> None:
 
 IDS = st.one_of(
     st.integers(-5, 40),
+    st.sampled_from([2**63, 10**30, 10**400, -(10**400)]),  # beyond int64 and beyond any float
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(["u1", "u7", "abc", "", " 3 ", "1.0", "7", "nan", "1_0"]),
     st.none(),
@@ -131,7 +132,7 @@ def test_encoder_encodes_ids_like_the_pandas_path(ml_model, records):
 
 
 @pytest.mark.parametrize(
-    "value", [float("inf"), -float("inf"), 1e308, -1e39, "1e308", "Infinity", "abc", True]
+    "value", [float("inf"), -float("inf"), 1e308, -1e39, 10**400, "1e308", "Infinity", "abc", True]
 )
 def test_non_finite_or_overflowing_numbers_are_errors_naming_the_field_everywhere(spec_model, value):
     record = {"user": "u1", "price": 3.0, "I12": 5, "tags": "t1"}

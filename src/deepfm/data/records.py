@@ -105,7 +105,10 @@ def id_value(value: Any, dtype: ValueType) -> Any:
         return None
     if dtype in ("int", "float"):
         if isinstance(value, (int, float, np.integer, np.floating)):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float: no id can match it
+                return None
         elif isinstance(value, str):
             number = _parse_float(value)
         else:
@@ -151,7 +154,10 @@ def number_value(value: Any) -> float:
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"expected a number, got {value!r}")
     if isinstance(value, (int, float, np.integer, np.floating)):
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:
+            x = math.inf  # reported below as out of range
     elif isinstance(value, str):
         if not value.strip():
             return float("nan")
