@@ -169,9 +169,8 @@ def test_train_with_bf16_records_it_and_learns(tiny_ml, tmp_path):
 
 def test_default_run_records_its_automatic_choices(tiny_ml, tmp_path):
     out = tmp_path / "run"
-    assert (
-        main(["train", "--data-dir", str(tiny_ml), "--out", str(out), "--epochs", "1", "--no-progress"]) == 0
-    )
+    args = ["train", "--data-dir", str(tiny_ml), "--out", str(out), "--epochs", "1", "--no-progress"]
+    assert main(args) == 0
     env = json.loads((out / "metrics.json").read_text())["environment"]
     # MovieLens-sized step: 1 thread, float32, full-table fused Adam
     assert (env["threads"], env["precision"], env["optimizer"]) == (1, "fp32", "fused")
