@@ -19,6 +19,7 @@ from deepfm.cli.main import build_parser, main
 from deepfm.config import TrainConfig, load_yaml, preset_names
 from deepfm.data.records import raw_columns
 from deepfm.data.spec import spec_from_dict
+from deepfm.errors import ConfigError
 
 
 def sub_parsers() -> dict:
@@ -178,3 +179,13 @@ def test_learning_curve_title_names_the_data_not_the_builtin_default():
     assert "movielens-1m" not in curve_title(spec_run, "my-clicks")
     half = TrainConfig(data_dir="../shared/data/ml-1m-half")
     assert curve_title(half, "movielens-1m") == "deepfm on movielens-1m (ml-1m-half)"
+
+
+def test_named_values_have_one_source_for_validation_and_the_command_line():
+    from deepfm.config import CHOICES
+
+    actions = {a.dest: a for a in sub_parsers()["train"]._actions}
+    for name, allowed in CHOICES.items():
+        assert tuple(actions[name].choices) == allowed, name
+        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be one of"):
+            TrainConfig(**{name: "no-such-value"}).validate()

@@ -19,6 +19,16 @@ import yaml
 
 from deepfm.errors import ConfigError
 
+# The allowed values of every option that takes a name: validation, argparse's ``choices`` and
+# ``--help`` all read them from here.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "on_bad_lines": ("error", "skip"),
+    "features": ("ids", "all", "all+time"),
+    "optimizer": ("auto", "fused", "adam", "lazy"),
+    "precision": ("auto", "fp32", "bf16"),
+    "split": ("random", "leave-last"),
+}
+
 
 @dataclass
 class TrainConfig:
@@ -82,8 +92,10 @@ class TrainConfig:
             problems.append(f"--model must be one of {sorted(MODELS)}, got {self.model!r}")
         else:
             problems += _model_option_problems(MODELS[self.model], self.extra.get("model_options", {}))
-        if self.features not in ("ids", "all", "all+time"):
-            problems.append(f"--features must be 'ids', 'all' or 'all+time', got {self.features!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                flag = "--" + name.replace("_", "-")
+                problems.append(f"{flag} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("embed_dim", "batch_size", "epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -109,14 +121,8 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.checkpoint_every < 0:
             problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        if self.optimizer not in ("auto", "fused", "adam", "lazy"):
-            problems.append(f"--optimizer must be one of auto, fused, adam, lazy, got {self.optimizer!r}")
-        if self.on_bad_lines not in ("error", "skip"):
-            problems.append(f"--on-bad-lines must be 'error' or 'skip', got {self.on_bad_lines!r}")
         if self.min_count < 1:
             problems.append(f"--min-count must be >= 1, got {self.min_count}")
-        if self.split not in ("random", "leave-last"):
-            problems.append(f"--split must be 'random' or 'leave-last', got {self.split!r}")
         if self.rank_negatives < 0:
             problems.append(f"--rank-negatives must be >= 0 (0 = all items), got {self.rank_negatives}")
         if not problems:
@@ -141,8 +147,6 @@ class TrainConfig:
             problems.append(f"--device {self.device}: PyTorch sees no CUDA GPU here")
         elif self.precision == "bf16":
             problems += _bf16_problems(self.device)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            problems.append(f"--precision must be one of auto, fp32, bf16, got {self.precision!r}")
         if problems:
             raise ConfigError("; ".join(problems))
         return self

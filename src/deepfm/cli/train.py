@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepfm.config import TrainConfig, load_yaml, parse_mlp
+from deepfm.config import CHOICES, TrainConfig, load_yaml, parse_mlp
 
 D = TrainConfig()
 MODEL_NAMES = "dcnv2, deepfm, fm, lr, widedeep"  # sorted(deepfm.models.MODELS), without importing torch
@@ -31,14 +31,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--on-bad-lines",
         default=s,
-        choices=["error", "skip"],
+        choices=CHOICES["on_bad_lines"],
         help="spec/streamed data: stop at a malformed row naming file, line and column (error, "
         "default) or skip such rows and report how many",
     )
     data.add_argument(
         "--features",
         default=s,
-        choices=["ids", "all", "all+time"],
+        choices=CHOICES["features"],
         help="'ids': user and movie id only (the reference); 'all': side features too; "
         "'all+time': also hour and weekday of the rating",
     )
@@ -84,7 +84,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--optimizer",
         default=s,
-        choices=["auto", "fused", "adam", "lazy"],
+        choices=CHOICES["optimizer"],
         help="auto (default): lazy when the embedding table is much larger than the rows a batch "
         "touches, else fused; fused: Adam in fused kernels (same updates as adam); adam: the "
         "reference torch.optim.Adam; lazy: row-wise Adam on embeddings, only rows in the batch updated",
@@ -139,7 +139,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument(
         "--precision",
         default=s,
-        choices=["auto", "fp32", "bf16"],
+        choices=CHOICES["precision"],
         help="bf16: bfloat16 autocast for training (CPUs with AVX512-BF16/AMX, CUDA); auto "
         "(default): bf16 for GEMM-heavy steps where supported, else fp32; eval is fp32",
     )
@@ -179,7 +179,7 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--split",
         default=s,
-        choices=["random", "leave-last"],
+        choices=CHOICES["split"],
         help="built-in data: seeded random 80/10/10 (default), or leave-last: each user's latest "
         "rating is test, the one before valid (specs declare split: {method: leave_last})",
     )

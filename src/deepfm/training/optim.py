@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepfm.config import CHOICES
 from deepfm.errors import ConfigError
 from deepfm.fast.optim import FusedAdam
 
-OPTIMIZERS = ("fused", "adam", "lazy")
+OPTIMIZERS = tuple(o for o in CHOICES["optimizer"] if o != "auto")  # auto resolves to one of these
 DEFAULT_OPTIMIZER = "fused"
 
 # Intra-op threads when ``--threads 0``. A training step here is ~60 kernels on tensors of

@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepfm.config import CHOICES
 from deepfm.errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = CHOICES["precision"]
 
 
 def bf16_supported(device: str | torch.device) -> bool:
