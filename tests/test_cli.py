@@ -175,3 +175,38 @@ def test_deepfm_fm_warmup_epoch_trains_only_the_fm_part(tiny_ml):
     assert frozen_parameters(model, TrainConfig(model="deepfm", fm_warmup_epochs=0), 1) == []
     fm = model_from_config(TrainConfig(model="fm"), data.feature_map)
     assert frozen_parameters(fm, TrainConfig(model="fm"), 1) == []  # FM declares no warm-up
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_cutting_the_frozen_mlp_out_of_the_backward_changes_no_update(tiny_ml, monkeypatch, fast):
+    """The warm-up epoch with the frozen MLP cut out of autograd (one process) gives bit-identical
+    weights to dropping its gradients after a full backward (what DDP does)."""
+    import contextlib
+
+    import torch
+
+    from deepfm import fast as fast_layer
+    from deepfm.config import TrainConfig
+    from deepfm.training import loop
+    from deepfm.training.checkpoint import model_from_config
+    from deepfm.training.run import frozen_parameters, load_data, make_optimizer
+
+    config = TrainConfig(data_dir=str(tiny_ml), fm_warmup_epochs=1, batch_size=256, progress=False)
+    data = load_data(config)
+
+    def one_epoch() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = model_from_config(config, data.feature_map)
+        net = fast_layer.trainable(model, data.train, enabled=fast)
+        optimizer = make_optimizer(model, config)
+        generator = torch.Generator().manual_seed(0)
+        frozen = frozen_parameters(model, config, 1)
+        loop.train_epoch(net, data.train, optimizer, 256, generator, frozen=frozen)
+        return model, [p.requires_grad for p in model.parameters()]
+
+    cut, flags = one_epoch()
+    assert all(flags)  # requires_grad restored after the epoch
+    monkeypatch.setattr(loop, "skip_frozen_backward", lambda *_: contextlib.nullcontext())
+    full, _ = one_epoch()
+    for (name, a), b in zip(cut.state_dict().items(), full.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
