@@ -44,7 +44,7 @@ def test_step_flops_count_dense_weights_not_tables():
 
 def test_auto_threads_and_precision_follow_the_step(monkeypatch):
     small, big = _deepfm((16, 16)), _deepfm((400, 400, 400), fields=39)
-    monkeypatch.setattr(auto, "idle_cores", lambda: 6)
+    monkeypatch.setattr(auto, "available_cores", lambda: 6)
     assert auto.auto_threads(small, 1024) == 1
     assert auto.auto_threads(big, 4096) == 6
     monkeypatch.setattr(auto, "bf16_supported", lambda device: True)
@@ -52,16 +52,6 @@ def test_auto_threads_and_precision_follow_the_step(monkeypatch):
     assert auto.auto_precision(big, 4096, "cpu") == "bf16"
     monkeypatch.setattr(auto, "bf16_supported", lambda device: False)
     assert auto.auto_precision(big, 4096, "cpu") == "fp32"
-
-
-def test_idle_cores_leave_busy_cores_alone(monkeypatch):
-    monkeypatch.setattr(auto, "available_cores", lambda: 4)
-    monkeypatch.setattr(auto.os, "getloadavg", lambda: (1.0, 0.0, 0.0))  # just this process
-    assert auto.idle_cores() == 4
-    monkeypatch.setattr(auto.os, "getloadavg", lambda: (3.2, 0.0, 0.0))
-    assert auto.idle_cores() == 2
-    monkeypatch.setattr(auto.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
-    assert auto.idle_cores() == 1
 
 
 def test_auto_optimizer_is_lazy_only_for_tables_far_larger_than_a_batch():

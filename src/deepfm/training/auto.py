@@ -19,7 +19,6 @@ numbers: ``benchmarks/README.md`` ("Criteo-like workload").
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,23 +59,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def idle_cores() -> int:
-    """Available cores not busy with other processes: cores minus the 1-minute load average
-    (this process counted as idle), at least 1."""
-    cores = available_cores()
-    try:
-        others = os.getloadavg()[0] - 1.0
-    except (AttributeError, OSError):  # pragma: no cover - no load average on this platform
-        others = 0.0
-    return max(1, min(cores, math.floor(cores - max(0.0, others) + 0.5)))
-
-
 def auto_threads(module: nn.Module, batch_size: int) -> int:
-    """``--threads 0``: for GEMM-bound steps every core not busy with other processes
-    (:func:`idle_cores`), else 1. A thread per busy core makes OpenMP's barriers wait for
-    descheduled threads (measured 40x slower with 2 threads on 2 shared cores); for a step of
-    tiny kernels a second thread only adds those barriers."""
-    return idle_cores() if step_flops(module, batch_size) >= HEAVY_STEP_FLOPS else 1
+    """``--threads 0``: for GEMM-bound steps every core this process may use, else 1 (for a step
+    of tiny kernels a second thread only adds OpenMP barriers).
+
+    The machine's load is not consulted: the 1-minute load average still counts this process's
+    own preprocessing (multi-threaded) a moment earlier, and picked 1 thread on an otherwise idle
+    2-core machine, 25k instead of 33k samples/s on the Criteo-like workload. On a machine shared
+    with other jobs, pass ``--threads`` (a thread per busy core makes OpenMP's barriers wait for
+    descheduled threads: measured up to 40x slower with 2 threads on 2 busy cores).
+    """
+    return available_cores() if step_flops(module, batch_size) >= HEAVY_STEP_FLOPS else 1
 
 
 def auto_precision(module: nn.Module, batch_size: int, device: str | torch.device) -> str:
