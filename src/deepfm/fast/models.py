@@ -140,24 +140,24 @@ def widedeep(model: WideDeep, layout: BatchLayout) -> Forward | None:
     return deep_forward(model, layout, fm=False)
 
 
-@register(FM)
-def fm(model: FM, layout: BatchLayout) -> Forward | None:
-    inputs = InputLayer(model.features, fm=True, want_emb=False)
+def shallow_forward(model: nn.Module, fm: bool) -> Forward:
+    """FM (``fm``) and logistic regression: ``bias + first order (+ FM)``, the input layer alone."""
+    inputs = InputLayer(model.features, fm, want_emb=False)
 
     def forward(ids: Tensor, bags: Tensor | None, dense: Tensor | None) -> Tensor:
         return model.bias + inputs(ids, bags, dense)[0]
 
     return forward
+
+
+@register(FM)
+def fm(model: FM, layout: BatchLayout) -> Forward | None:
+    return shallow_forward(model, fm=True)
 
 
 @register(LR)
 def lr(model: LR, layout: BatchLayout) -> Forward | None:
-    inputs = InputLayer(model.features, fm=False, want_emb=False)
-
-    def forward(ids: Tensor, bags: Tensor | None, dense: Tensor | None) -> Tensor:
-        return model.bias + inputs(ids, bags, dense)[0]
-
-    return forward
+    return shallow_forward(model, fm=False)
 
 
 @register(DCNv2)
