@@ -39,9 +39,11 @@ import criteo_scale  # noqa: E402
 import reference  # noqa: E402
 
 from deepfm.config import TrainConfig  # noqa: E402
+from deepfm.training import auto  # noqa: E402
 from deepfm.training.checkpoint import model_from_config  # noqa: E402
 from deepfm.training.loop import predict_probs, train_epoch  # noqa: E402
 from deepfm.training.metrics import auc  # noqa: E402
+from deepfm.training.precision import Autocast  # noqa: E402
 from deepfm.training.run import configure_threads, load_data, make_optimizer, train, trainable  # noqa: E402
 
 
@@ -98,11 +100,20 @@ def deepfm_row(
     torch.manual_seed(seed)
     model = model_from_config(config, data.feature_map)
     net = trainable(model, data, config)  # the fused training path (deepfm.fast) unless fast=False
-    optimizer = make_optimizer(model, config)
+    # what `deepfm train` resolves: threads (of the step and of the table update), optimizer
+    choices = auto.resolve(config, model, data.feature_map)
+    if choices.precision != "fp32":
+        net = Autocast(net, choices.precision, config.device)
+    optimizer = make_optimizer(model, config, choices)
     generator = torch.Generator().manual_seed(seed)
 
     def epoch() -> int:
-        return train_epoch(net, data.train, optimizer, batch_size, generator).samples
+        threads = torch.get_num_threads()
+        torch.set_num_threads(choices.threads)
+        try:
+            return train_epoch(net, data.train, optimizer, batch_size, generator).samples
+        finally:
+            torch.set_num_threads(threads)
 
     def test_auc() -> float:
         return auc(data.test.label.numpy(), predict_probs(model, data.test))

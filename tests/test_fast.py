@@ -21,7 +21,7 @@ from deepfm.cli.main import main
 from deepfm.data.batching import Split
 from deepfm.models import MODELS, build_model
 from deepfm.models.layers import MLP, Dropout
-from deepfm.training.loop import predict_probs, train_epoch
+from deepfm.training.loop import predict_probs, skip_frozen_backward, train_epoch
 from deepfm.training.optim import make_optimizer
 
 LAYOUTS = {"ids": (3, 0, 0), "bags": (2, 1, 0), "dense": (2, 0, 2), "all": (1, 2, 1)}
@@ -110,6 +110,62 @@ def test_deep_models_on_ids_are_one_node_and_sparse_table_gradients_match(name):
     ref.square().sum().backward()
     assert model.features.sparse.table.weight.grad.is_sparse
     _assert_same_state(model, plain)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("frozen_mlp", [False, True])
+def test_fused_train_step_equals_plain_backward(name, layout, frozen_mlp):
+    """``FastModel.train_step`` (forward, loss and gradients without autograd) leaves the loss,
+    every gradient and the BatchNorm statistics that ``loss.backward()`` of the plain model
+    leaves, also with the MLP frozen (the FM warm-up: no gradients for it at all); for batches it
+    does not cover it returns ``None``."""
+    model = _model(name, layout, 0.5)
+    model.features.sparse.table.sparse = name == "fm"  # row-wise optimizers: sparse gradients
+    plain = copy.deepcopy(model)
+    net = fast.accelerate(model, fast.BatchLayout(*LAYOUTS[layout]))
+    inputs = _batch(layout)
+    label = torch.randint(0, 2, (48,), generator=torch.Generator().manual_seed(9)).double()
+    frozen = [list(m.mlp.parameters()) if frozen_mlp and hasattr(m, "mlp") else [] for m in (model, plain)]
+    with masks.epoch_stream(seed=11, step=5) as stream, skip_frozen_backward(net, frozen[0]):
+        stream.at(5)
+        loss = net.train_step(*inputs, label)
+    covered = layout == "ids" and name != "dcnv2"
+    assert (loss is not None) == covered
+    if not covered:
+        return
+    assert loss.grad_fn is None and not loss.requires_grad
+    with masks.epoch_stream(seed=11, step=5) as stream, skip_frozen_backward(plain, frozen[1]):
+        stream.at(5)
+        ref = F.binary_cross_entropy_with_logits(plain(*inputs), label)
+        ref.backward()
+    torch.testing.assert_close(loss, ref.detach())
+    for (key, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), key
+        if q.grad is not None:
+            assert p.grad.is_sparse == q.grad.is_sparse, key
+            torch.testing.assert_close(p.grad.to_dense(), q.grad.to_dense(), msg=key)
+    if frozen_mlp and hasattr(model, "mlp"):
+        assert all(p.grad is None for p in model.mlp.parameters())
+    _assert_same_state(model, plain, grads=False)
+
+
+def test_fused_train_step_steps_aside_for_forward_hooks():
+    """A step that calls no ``forward`` would skip a user's forward hook: with one registered
+    ``train_step`` returns ``None`` and the loop runs forward + backward (the hook sees it)."""
+    model = _model("deepfm", "ids", 0.5)
+    net = fast.accelerate(model, fast.BatchLayout(3))
+    ids, _, _ = _batch("ids")
+    label = torch.zeros(48, dtype=torch.float64)
+    assert net.train_step(ids, None, None, label) is not None
+    seen = []
+    handle = net.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    assert net.train_step(ids, None, None, label) is None
+    split = Split(ids=ids.clamp_min(1), label=label)
+    train_epoch(net, split, make_optimizer(model, "fused"), 16, torch.Generator().manual_seed(0))
+    assert seen == [(16,)] * 3
+    handle.remove()
+    assert net.train_step(ids, None, None, label) is not None
 
 
 def test_fast_model_evaluates_with_the_plain_model():

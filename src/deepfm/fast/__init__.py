@@ -2,7 +2,8 @@
 
 The models stay plain PyTorch modules; this package knows their structure and, given a model and
 the layout of its batches, returns a module that computes the same training forward with
-hand-written fused kernels (``deepfm.fast.kernels``) or ``None`` (then the plain path runs)::
+hand-written fused kernels (``deepfm.fast.kernels``), and where it can a whole training step
+without autograd (``deepfm.fast.steps``), or ``None`` (then the plain path runs)::
 
     net = fast.accelerate(model, BatchLayout.of(split)) or model
 
@@ -23,7 +24,22 @@ import torch
 from torch import nn
 
 Forward = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
-Builder = Callable[[nn.Module, "BatchLayout"], Forward | None]
+# (ids, bags, dense, label) -> the batch's mean BCE loss, with the gradients assigned; or None
+Step = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class Fused:
+    """What a builder returns: the fused training ``forward``, and optionally a fused training
+    ``step``: forward, mean BCE loss and the gradients of the parameters that require them in one
+    call without autograd, returning the (detached) loss, or ``None`` for a batch it does not
+    cover (then ``forward`` + ``loss.backward()`` run)."""
+
+    forward: Forward
+    step: Step | None = None
+
+
+Builder = Callable[[nn.Module, "BatchLayout"], Forward | Fused | None]
 
 BUILDERS: dict[type[nn.Module], Builder] = {}
 
@@ -75,10 +91,11 @@ class FastModel(nn.Module):
     ``model``. (The hand-written backwards assume one dtype throughout; under autocast the
     plain modules run until the kernels learn mixed precision.)"""
 
-    def __init__(self, model: nn.Module, forward: Forward) -> None:
+    def __init__(self, model: nn.Module, forward: Forward, step: Step | None = None) -> None:
         super().__init__()
         self.model = model
         self._fused = forward
+        self._step = step
 
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
@@ -86,6 +103,31 @@ class FastModel(nn.Module):
         if self.training and torch.is_grad_enabled() and not torch.is_autocast_enabled(ids.device.type):
             return self._fused(ids, bags, dense)
         return self.model(ids, bags, dense)
+
+    def train_step(
+        self, ids: torch.Tensor, bags: torch.Tensor | None, dense: torch.Tensor | None, label: torch.Tensor
+    ) -> torch.Tensor | None:
+        """One training batch's mean BCE loss with every parameter's gradient assigned to
+        ``.grad`` as ``zero_grad(set_to_none=True)`` + ``loss.backward()`` of :meth:`forward`
+        would leave them, or ``None`` where no fused step applies (call those then)."""
+        if self._step is None or not self.training or not torch.is_grad_enabled():
+            return None
+        if torch.is_autocast_enabled(ids.device.type) or self._hooked():
+            return None
+        return self._step(ids, bags, dense, label)
+
+    def _hooked(self) -> bool:
+        """Whether a forward (pre-)hook is registered on this module or globally: a step that
+        calls no ``forward`` would skip it, so those run forward + backward instead."""
+        from torch.nn.modules import module as torch_module
+
+        registries = (
+            self._forward_hooks,
+            self._forward_pre_hooks,
+            getattr(torch_module, "_global_forward_hooks", None),
+            getattr(torch_module, "_global_forward_pre_hooks", None),
+        )
+        return any(r is None or len(r) > 0 for r in registries)
 
 
 def accelerate(model: nn.Module, layout: BatchLayout) -> FastModel | None:
@@ -96,8 +138,12 @@ def accelerate(model: nn.Module, layout: BatchLayout) -> FastModel | None:
     if layout.device != "cpu":
         return None
     builder = BUILDERS.get(type(model))
-    forward = builder(model, layout) if builder is not None else None
-    return FastModel(model, forward) if forward is not None else None
+    fused = builder(model, layout) if builder is not None else None
+    if fused is None:
+        return None
+    if not isinstance(fused, Fused):
+        fused = Fused(fused)
+    return FastModel(model, fused.forward, fused.step)
 
 
 def trainable(model: nn.Module, split: object, enabled: bool = True) -> nn.Module:
@@ -109,4 +155,4 @@ def trainable(model: nn.Module, split: object, enabled: bool = True) -> nn.Modul
     return accelerate(model, BatchLayout.of(split, device)) or model
 
 
-__all__ = ["BUILDERS", "BatchLayout", "FastModel", "accelerate", "register", "trainable"]
+__all__ = ["BUILDERS", "BatchLayout", "FastModel", "Fused", "accelerate", "register", "trainable"]

@@ -12,6 +12,8 @@ optimizer update, BatchNorm statistics, dropout masks).
 - ``gather`` / ``scatter``: the rows of categorical ids from the fused table, and the table
   gradient (one ``index_add_``, or a sparse row gradient for row-wise optimizers).
 - ``mlp_forward`` / ``mlp_backward``: Linear -> BatchNorm -> ReLU -> Dropout layers (:class:`MLPSpec`).
+- ``table_mlp_forward`` / ``table_mlp_backward``: a whole DeepFM / Wide & Deep on ids; with
+  ``bce_loss_grad`` and ``assign_grads`` they make a training step without autograd.
 - ``TableNode``, ``SparseRowsNode``, ``RowsNode``, ``MLPNode``, ``TableMLPNode``: the autograd
   Functions built from them.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 Saved = tuple[torch.Tensor, ...]
 
@@ -83,6 +86,22 @@ def rows_backward(
     if grad_emb is not None:
         grad_rows[:, 1:] += grad_emb.reshape(grad_rows.shape[0], -1)
     return grad_rows
+
+
+# --- loss -------------------------------------------------------------------------------------------
+def bce_loss_grad(z: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean BCE-with-logits loss, its gradient w.r.t. z)``; the gradient as autograd computes
+    it: ``(sigmoid(z) - label) / B``."""
+    loss = F.binary_cross_entropy_with_logits(z, label)
+    return loss, torch.sigmoid(z).sub_(label).div_(z.shape[0])
+
+
+def assign_grads(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """``p.grad = g`` for the parameters that require a gradient (as ``backward`` after
+    ``zero_grad(set_to_none=True)`` leaves them)."""
+    for p, g in zip(params, grads, strict=True):
+        if p.requires_grad:
+            p.grad = g
 
 
 # --- the fused table ------------------------------------------------------------------------------
@@ -294,25 +313,57 @@ class MLPNode(torch.autograd.Function):
         return grad_x, None, None, *grads
 
 
+def table_mlp_forward(
+    table: torch.Tensor,
+    bias: torch.Tensor,
+    ids: torch.Tensor,
+    consts: tuple | None,
+    spec: MLPSpec,
+    keeps: list,
+    params: list[torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(z [B], saved)``: ``bias + first order (+ FM) + MLP(emb)`` on categorical ``ids``."""
+    rows, flat_ids = gather(table, ids)
+    out, emb, s = rows_forward(rows, ids.shape[1], consts, True)
+    z, mlp_saved = mlp_forward(emb, spec, keeps, params)
+    z.add_(out).add_(bias)
+    return z, [rows, s, flat_ids, *mlp_saved]
+
+
+def table_mlp_backward(
+    saved: list[torch.Tensor],
+    embedding: nn.Embedding,
+    consts: tuple | None,
+    spec: MLPSpec,
+    keeps: list,
+    params: list[torch.Tensor],
+    grad_z: torch.Tensor,
+    mlp: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+    """``(table gradient, bias gradient, MLP parameter gradients)``; with ``mlp=False`` (a frozen
+    MLP whose input is detached) no backward runs through the MLP and its gradients are ``None``."""
+    rows, s, flat_ids, *mlp_saved = saved
+    grad_emb, grads = mlp_backward(mlp_saved, spec, keeps, params, grad_z, True) if mlp else (None, None)
+    grad_rows = rows_backward(rows, s, rows.shape[1] // s.shape[1], consts, grad_z, grad_emb)
+    return scatter(grad_rows, flat_ids, embedding), grad_z.sum(0, keepdim=True), grads
+
+
 class TableMLPNode(torch.autograd.Function):
     """A whole DeepFM (with ``consts``) or Wide & Deep (without) training forward on ids:
     ``bias + first order (+ FM) + MLP(emb)`` -> [B]."""
 
     @staticmethod
     def forward(ctx, table, bias, ids, embedding, consts, spec, keeps, *params):  # noqa: ANN001, ANN205
-        rows, flat_ids = gather(table, ids)
-        out, emb, s = rows_forward(rows, ids.shape[1], consts, True)
-        z, mlp_saved = mlp_forward(emb, spec, keeps, list(params))
-        z.add_(out).add_(bias)
-        ctx.save_for_backward(rows, s, flat_ids, *mlp_saved)
-        ctx.embedding, ctx.consts, ctx.fields = embedding, consts, ids.shape[1]
+        z, saved = table_mlp_forward(table, bias, ids, consts, spec, keeps, list(params))
+        ctx.save_for_backward(*saved)
+        ctx.embedding, ctx.consts = embedding, consts
         ctx.spec, ctx.keeps, ctx.params = spec, keeps, list(params)  # leaves: see MLPNode
         return z
 
     @staticmethod
     def backward(ctx, grad_z):  # noqa: ANN001, ANN205
-        rows, s, flat_ids, *mlp_saved = ctx.saved_tensors
-        grad_emb, grads = mlp_backward(mlp_saved, ctx.spec, ctx.keeps, ctx.params, grad_z, True)
-        grad_rows = rows_backward(rows, s, ctx.fields, ctx.consts, grad_z, grad_emb)
-        grad_table = scatter(grad_rows, flat_ids, ctx.embedding)
-        return grad_table, grad_z.sum(0, keepdim=True), None, None, None, None, None, *grads
+        saved = list(ctx.saved_tensors)
+        grad_table, grad_bias, grads = table_mlp_backward(
+            saved, ctx.embedding, ctx.consts, ctx.spec, ctx.keeps, ctx.params, grad_z
+        )
+        return grad_table, grad_bias, None, None, None, None, None, *grads

@@ -106,7 +106,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        return x * masks.keep(tuple(x.shape), self.p)
+        return x * masks.keep(tuple(x.shape), self.p, x.dtype)
 
 
 class MLP(nn.Sequential):

@@ -74,7 +74,8 @@ def train_epoch(
 ) -> EpochStats:
     """One pass over ``split`` in a fresh random order drawn from ``generator``.
 
-    Per step: forward, loss, ``zero_grad``, backward, optimizer step. Returns the mean loss.
+    Per step: ``zero_grad``, forward, loss, backward (or the fused step of ``deepfm.fast``, which
+    does those three without autograd), optimizer step. Returns the mean loss.
     Parameters in ``frozen`` have their gradients dropped before the step, so the optimizer
     leaves them (and their moments, and their weight decay) alone this epoch; dropping them after
     ``backward`` rather than switching ``requires_grad`` also works under DDP. In one process the
@@ -92,6 +93,9 @@ def train_epoch(
     with masks.epoch_stream(mask_seed, pos.step) as stream, cut:
         sizes, batches = _epoch_batches(split, batch_size, generator, shard, _device_of(module))
         forward_loss = _forward_loss(module)
+        # the speed layer's forward + loss + gradients without autograd, where it has one
+        # (deepfm.fast.FastModel; a DDP-wrapped module has none: its reducer needs autograd)
+        fused_step = getattr(module, "train_step", None)
         total = torch.zeros((), dtype=torch.float64)
         if pos.loss_sum is not None:
             total += pos.loss_sum.to(total)
@@ -112,9 +116,11 @@ def train_epoch(
             itertools.islice(batches, pos.step, None), pos.step + 1
         ):
             stream.at(steps - 1)
-            loss = forward_loss(ids, bags, dense, label)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = fused_step(ids, bags, dense, label) if fused_step is not None else None
+            if loss is None:
+                loss = forward_loss(ids, bags, dense, label)
+                loss.backward()
             for p in frozen or ():
                 p.grad = None
             optimizer.step()
