@@ -1,8 +1,9 @@
 """The inner loops: one training epoch over shuffled tensor batches, and batched prediction.
 
-Hot-loop rules: batches are views of the epoch's pre-shuffled tensors (one gather per epoch, on
-the model's device), the loss is ``BCEWithLogits`` on logits, per-step losses stay tensors (no
-``.item()`` or host sync per step), and the progress bar is advanced every few dozen steps.
+Hot-loop rules: batches are views of the epoch's pre-shuffled tensors (gathered on the model's
+device in chunks of up to 64 MiB: one gather per epoch on MovieLens), the loss is ``BCEWithLogits``
+on logits, per-step losses stay tensors (no ``.item()`` or host sync per step), and the progress bar
+is advanced every few dozen steps.
 
 Resumable training: ``start`` resumes an epoch after its first ``start.step`` batches (same
 permutation, same running loss), ``on_step`` is called every ``step_every`` steps with the
@@ -33,6 +34,7 @@ from deepfm.training.distributed import Shard
 
 PROGRESS_EVERY = 32
 CHECK_EVERY = 32  # steps between NaN/inf checks of the loss (one sync each)
+GATHER_CHUNK_BYTES = 64 << 20  # an epoch's shuffled rows are gathered this much at a time
 
 Inputs = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]
 
@@ -146,7 +148,8 @@ def _epoch_batches(
 ) -> tuple[list[int], Iterator[Inputs]]:
     """Batch sizes and batches of one epoch, in a random order drawn from ``generator``.
 
-    An in-memory split is gathered once in permutation order (on ``device``) and cut into views;
+    An in-memory split is gathered in permutation order (on ``device``, in chunks of
+    :data:`GATHER_CHUNK_BYTES`) and cut into views;
     with ``shard`` (DDP) each rank takes its own slice of the same permutation. A split that is
     not in memory (memory-mapped, larger than RAM) shuffles blocks itself, batch by batch. A
     trailing batch of one row is dropped: BatchNorm cannot train on it.
@@ -164,11 +167,27 @@ def _epoch_batches(
         perm = torch.randperm(len(split), generator=generator)
     full, rest = divmod(len(perm), batch_size)
     sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
-    n_used = sum(sizes)
-    data = _to_device(split, device).take(perm[:n_used].to(device, non_blocking=True))
-    fields = (data.ids, data.bags, data.dense, data.label)
-    parts = [t.split(sizes) if t is not None else [None] * len(sizes) for t in fields]
-    return sizes, zip(*parts)
+    data = _to_device(split, device)
+    row_bytes = sum(
+        t[:1].numel() * t.element_size()
+        for t in (data.ids, data.bags, data.dense, data.label)
+        if t is not None
+    )
+    per_chunk = max(1, GATHER_CHUNK_BYTES // max(1, row_bytes * batch_size))  # batches per gather
+    return sizes, _gathered(data, perm.to(device, non_blocking=True), sizes, per_chunk)
+
+
+def _gathered(data: Split, perm: torch.Tensor, sizes: list[int], per_chunk: int) -> Iterator[Inputs]:
+    """The batches of ``sizes`` rows of ``data`` in ``perm`` order, gathered ``per_chunk`` batches
+    at a time: the same batches as one gather of the whole epoch, without a second copy of the
+    split in memory (-250 MiB on a 1M x 39-field data set; MovieLens is one chunk)."""
+    start = 0
+    for first in range(0, len(sizes), per_chunk):
+        chunk = sizes[first : first + per_chunk]
+        part = data.take(perm[start : start + sum(chunk)])
+        start += sum(chunk)
+        fields = (part.ids, part.bags, part.dense, part.label)
+        yield from zip(*[t.split(chunk) if t is not None else [None] * len(chunk) for t in fields])
 
 
 @contextlib.contextmanager
