@@ -294,7 +294,7 @@ def _check_index_ranges(r: _Reader, fields: list[FieldSpec], fmt: str) -> None:
             lo, hi = first[1].index_range or (0, 0)
             r.fail(
                 f"fields[{second[0]}].index_range",
-                f"{list(second[1].index_range or ())} overlaps field {first[1].name!r}'s [{lo}, {hi})",
+                f"{list(second[1].index_range or ())} overlaps [{lo}, {hi}) of field {first[1].name!r}",
             )
 
 
