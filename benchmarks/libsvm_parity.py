@@ -8,9 +8,11 @@ converters do) and trains FM and DeepFM on
 - ``auto``: the libsvm file with ``fields: auto`` (token position = field);
 - ``bag``: the libsvm file as one multi-valued field, sum-pooled (every index its own feature in
   the FM term; the libsvm default);
-- ``mean``: the same bag mean-pooled (the old behaviour: FM has no pairs left).
+- ``mean``: the same bag mean-pooled (the old behaviour: FM has no pairs left);
+- ``ranges`` (with ``--index-ranges``): ``blocks.svm``, each field's indices a block of their
+  own (the BARS/AFN layout) in shuffled token order, read with one ``index_range`` per field.
 
-Usage: python benchmarks/libsvm_parity.py [--data-dir ../shared/data/ml-100k] [--seeds 3]
+Usage: python benchmarks/libsvm_parity.py [--data-dir ../shared/data/ml-100k] [--seeds 3] [--index-ranges]
 Prints test AUC per seed and the mean for each (format, model).
 """
 
@@ -48,12 +50,25 @@ def write_copies(data_dir: Path, folder: Path) -> dict[str, Path]:
         for y, values in zip(label, rows[FIELDS].astype(str).to_numpy()):
             ids = [index.setdefault((k, v), len(index) + 1) for k, v in zip(FIELDS, values)]
             f.write(f"{y} " + " ".join(f"{i}:1" for i in ids) + "\n")
+    values = rows[FIELDS].astype(str)
+    codes = {k: {v: i for i, v in enumerate(dict.fromkeys(values[k]))} for k in FIELDS}  # first seen
+    starts = np.cumsum([0] + [len(codes[k]) for k in FIELDS])  # field k owns [starts[k], starts[k+1])
+    rng = np.random.default_rng(0)
+    with open(folder / "blocks.svm", "w") as f:
+        for y, row in zip(label, values.to_numpy()):
+            tokens = [f"{starts[k] + codes[name][v]}:1" for k, (name, v) in enumerate(zip(FIELDS, row))]
+            rng.shuffle(tokens)  # a range does not depend on the token order
+            f.write(f"{y} " + " ".join(tokens) + "\n")
+    ranges = [
+        {"name": name, "index_range": [int(starts[k]), int(starts[k + 1])]} for k, name in enumerate(FIELDS)
+    ]
     svm = {"files": ["rows.svm"], "format": "libsvm"}
     specs = {
         "csv": {"input": {"files": ["rows.csv"], "format": "csv"}, "label": "label", "fields": FIELDS},
         "auto": {"input": svm, "fields": "auto"},
         "bag": {"input": svm, "fields": [{"name": "features", "kind": "multi"}]},
         "mean": {"input": svm, "fields": [{"name": "features", "kind": "multi", "pooling": "mean"}]},
+        "ranges": {"input": {"files": ["blocks.svm"], "format": "libsvm"}, "fields": ranges},
     }
     paths = {}
     for name, spec in specs.items():
@@ -66,12 +81,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data/ml-100k")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--index-ranges", action="store_true", help="also train on blocks.svm read with index_range fields"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="libsvm-parity-"))
     os.environ.setdefault("DEEPFM_CACHE", str(folder / "cache"))
     specs = write_copies(Path(args.data_dir), folder)
     runs = [("csv", "fm"), ("auto", "fm"), ("bag", "fm"), ("mean", "fm")]
     runs += [("csv", "deepfm"), ("auto", "deepfm")]
+    if args.index_ranges:
+        runs += [("ranges", "fm"), ("ranges", "deepfm")]
     print("| input | model | test AUC per seed | mean |")
     print("|---|---|---|---|")
     for kind, model in runs:

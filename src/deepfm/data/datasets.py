@@ -76,6 +76,8 @@ class PreparedData:
         }
         if self.extras.get("hashing"):  # hashed fields: buckets, distinct values, collision rate
             summary["hashing"] = self.extras["hashing"]
+        if "ignored_tokens" in self.extras:  # libsvm: tokens outside every index_range field
+            summary["ignored_tokens"] = self.extras["ignored_tokens"]
         return summary
 
 

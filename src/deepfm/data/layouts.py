@@ -121,7 +121,10 @@ def _read_spec_file(model: Any, path: Path) -> pd.DataFrame:
         if not spec.input.header and names:
             columns = [c for c in columns if c in names]
     chunks = [
-        c.frame for c in read_chunks(path, spec.input, columns, numeric, BadLines("error"), spec.source)
+        c.frame
+        for c in read_chunks(
+            path, spec.input, columns, numeric, BadLines("error"), spec.source, spec.index_ranges()
+        )
     ]
     if not chunks:
         raise DataError("file holds no rows", path)

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,8 @@ def prepare_spec(spec: DatasetSpec, options: PrepareOptions, in_memory: bool | N
         )
     if meta.get("hashing"):
         extras["hashing"] = meta["hashing"]
+    if "ignored_tokens" in meta:  # libsvm index_range fields: tokens outside every range
+        extras["ignored_tokens"] = meta["ignored_tokens"]
     return PreparedData(spec.name, fmap, *parts, tables={}, extras=extras)
 
 
@@ -283,7 +285,13 @@ class _Plan:
         for part_name, paths in self.files.items():
             for path in paths:
                 for chunk in read_chunks(
-                    path, self.spec.input, columns, self.numeric & set(columns), bad, self.spec.source
+                    path,
+                    self.spec.input,
+                    columns,
+                    self.numeric & set(columns),
+                    bad,
+                    self.spec.source,
+                    self.spec.index_ranges(),
                 ):
                     chunk = _drop_missing(chunk, [c for c in (label, split.column) if c in columns], bad)
                     if label in columns:
@@ -358,7 +366,7 @@ def _drop_missing(chunk: Chunk, columns: list[str], bad: BadLines) -> Chunk:
         missing |= null
     if not missing.any():
         return chunk
-    return Chunk(frame.filter(pl.Series(~missing)), chunk.path, chunk.lines[~missing])
+    return replace(chunk, frame=frame.filter(pl.Series(~missing)), lines=chunk.lines[~missing])
 
 
 def _check_labels(spec: DatasetSpec, chunk: Chunk, bad: BadLines) -> Chunk:
@@ -371,7 +379,7 @@ def _check_labels(spec: DatasetSpec, chunk: Chunk, bad: BadLines) -> Chunk:
             f"label {chunk.frame[column][r]!r} is not a number", chunk.path, int(chunk.lines[r]), column
         )
     if nan.any():
-        chunk = Chunk(chunk.frame.filter(pl.Series(~nan)), chunk.path, chunk.lines[~nan])
+        chunk = replace(chunk, frame=chunk.frame.filter(pl.Series(~nan)), lines=chunk.lines[~nan])
         y = y[~nan]
     if not spec.label.declared:
         check_label_values(y, column, spec.input.format, chunk.path, chunk.lines)
@@ -502,7 +510,9 @@ def _collect_stats(plan: _Plan, options: PrepareOptions, bad: BadLines) -> dict[
     moments = {f.name: _Moments() for f in spec.fields if f.model_kind == "numeric"}
     rows = np.zeros(3, dtype=np.int64)
     positives = np.zeros(3, dtype=np.int64)
+    ignored = 0  # libsvm tokens outside every index_range (all parts)
     for chunk, parts in plan.stream(bad):
+        ignored += chunk.ignored
         rows += np.bincount(parts, minlength=3)
         y = _labels(spec, chunk.frame)
         positives += np.bincount(parts, weights=y, minlength=3).astype(np.int64)
@@ -529,6 +539,7 @@ def _collect_stats(plan: _Plan, options: PrepareOptions, bad: BadLines) -> dict[
         "hashed": hashed,
         "rows": rows,
         "positives": positives,
+        "ignored_tokens": ignored,
     }
 
 
@@ -763,7 +774,11 @@ def _build(spec: DatasetSpec, files: dict[str, list[Path]], options: PrepareOpti
     hashing = {name: h.summary() for name, h in stats["hashed"].items()}
     if hashing:
         meta["hashing"] = hashing
+    if spec.index_ranges():
+        meta["ignored_tokens"] = stats["ignored_tokens"]
     meta["files_written"] = {p.name: file_digest(p) for p in sorted(out.iterdir()) if p.name != "meta.json"}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
+    if stats["ignored_tokens"]:
+        skipped += f", ignored {stats['ignored_tokens']:,} tokens outside every index_range"
     _say(options, f"{spec.name}: preprocessed {int(rows.sum()):,} rows in {seconds:.1f}s{skipped}")

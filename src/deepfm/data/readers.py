@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from deepfm.data.spec import InputSpec
+from deepfm.data.spec import RANGE, FieldSpec, InputSpec
 from deepfm.errors import ConfigError, DataError, brief
 
 BLOCK_BYTES = 16 << 20  # csv text parsed per chunk
@@ -40,6 +40,7 @@ class Chunk:
     frame: pl.DataFrame
     path: Path
     lines: np.ndarray  # int64, 1-based line (row) number of each row in ``path``
+    ignored: int = 0  # libsvm with index_range fields: tokens of these rows outside every range
 
 
 @dataclass
@@ -65,8 +66,12 @@ def read_chunks(
     numeric: set[str],
     bad: BadLines,
     source: str = "spec",
+    ranges: dict[str, FieldSpec] | None = None,
 ) -> Iterator[Chunk]:
     """Stream ``path`` as chunks holding ``columns`` (those in ``numeric`` parsed as floats).
+
+    ``ranges`` (libsvm): the ``index_range`` fields by their column ``features[lo:hi]``; a row
+    with two tokens in the range of a single-valued one is a bad row naming that field.
 
     The one error path of every reader and decompressor: whatever a damaged file makes the
     libraries raise (a truncated ``.gz``, a bad CRC, a plain file named ``.gz``, corrupt parquet
@@ -78,7 +83,7 @@ def read_chunks(
         elif spec.format == "parquet":
             yield from _read_parquet(path, columns, numeric, bad, source)
         else:
-            yield from _read_svm(path, spec.format, columns, bad)
+            yield from _read_svm(path, spec.format, columns, bad, ranges or {})
     except READ_ERRORS as exc:
         raise DataError(f"cannot read: {describe(exc)}", path) from None
 
@@ -324,9 +329,12 @@ def _read_parquet(
             yield chunk
 
 
-def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterator[Chunk]:
+def _read_svm(
+    path: Path, fmt: str, columns: list[str], bad: BadLines, ranges: dict[str, FieldSpec]
+) -> Iterator[Chunk]:
     """libsvm ``label idx:val ...`` -> ``label`` + list column ``features`` (and ``@N``: the
-    N-th token's index alone, for fixed-width rows read as fields);
+    N-th token's index alone, for fixed-width rows read as fields; ``features[lo:hi]``: the
+    indices ``lo <= i < hi``, a list for a multi field, else the one index as text);
     libfm ``label field:idx:val ...`` -> ``label`` + one list column per field number.
 
     Features with value 0 are dropped; other values are ignored (binary features).
@@ -371,10 +379,8 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
             if r not in bad_rows:
                 want = "idx:value" if parts == 2 else "field:idx:value"
                 bad_rows[r] = ("features", f"{t!r} is not {want}")
-        for r in sorted(bad_rows):
-            column, message = bad_rows[r]
-            bad.found(message, path, int(lines[r]), column)
         feats = feats.filter((pl.col("n") == parts) & pl.col("v").is_not_null() & (pl.col("v") != 0))
+        outside = np.zeros(0, dtype=np.int64)  # rows of the tokens outside every index range
         if fmt == "libsvm":
             lists = feats.group_by("row").agg(pl.col("p").list.get(0).alias("features"))
             frame = frame.join(lists, on="row", how="left", maintain_order="left")
@@ -383,6 +389,7 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
                     at = feats.filter(pl.col("pos") == int(column[1:]))
                     lists = at.group_by("row").agg(pl.col("p").list.get(0).alias(column))
                     frame = frame.join(lists, on="row", how="left", maintain_order="left")
+            frame, outside = _index_ranges(feats, frame, columns, ranges, bad_rows)
         else:
             feats = feats.with_columns(
                 pl.col("p").list.get(0).alias("field"), pl.col("p").list.get(1).alias("idx")
@@ -394,6 +401,9 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
                     feats.filter(pl.col("field") == column).group_by("row").agg(pl.col("idx").alias(column))
                 )
                 frame = frame.join(lists, on="row", how="left", maintain_order="left")
+        for r in sorted(bad_rows):
+            column, message = bad_rows[r]
+            bad.found(message, path, int(lines[r]), column)
         keep = np.ones(n, dtype=bool)
         keep[list(bad_rows)] = False
         wanted = [c for c in columns if c in frame.columns or c == "label"]
@@ -401,8 +411,57 @@ def _read_svm(path: Path, fmt: str, columns: list[str], bad: BadLines) -> Iterat
             if c not in frame.columns:
                 frame = frame.with_columns(pl.lit(None, dtype=pl.List(pl.String)).alias(c))
         frame = frame.filter(pl.Series(keep)).select(list(dict.fromkeys(["label", *wanted, *columns])))
+        empty = {pl.String: pl.lit("")}  # a single-valued index range: text, missing = ""
         frame = frame.with_columns(
-            [pl.col(c).fill_null(pl.lit([], dtype=pl.List(pl.String))) for c in columns if c != "label"]
+            [
+                pl.col(c).fill_null(empty.get(frame.schema[c], pl.lit([], dtype=pl.List(pl.String))))
+                for c in columns
+                if c != "label"
+            ]
         )
         if frame.height:
-            yield Chunk(frame.select(columns), path, lines[keep])
+            yield Chunk(frame.select(columns), path, lines[keep], int(keep[outside].sum()))
+
+
+def _index_ranges(
+    feats: pl.DataFrame,
+    frame: pl.DataFrame,
+    columns: list[str],
+    ranges: dict[str, FieldSpec],
+    bad_rows: dict[int, tuple[str, str]],
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """Join the ``features[lo:hi]`` columns of one libsvm chunk onto ``frame``.
+
+    A single-valued range with two or more tokens in a row makes that row bad (``bad_rows``,
+    naming the field). Returns the frame and the row of every token outside all the ranges
+    (an index that is not an integer is outside them all); no ranges: no such tokens.
+    """
+    spans = [(c, int(m[1]), int(m[2])) for c in columns if (m := RANGE.fullmatch(c))]
+    if not spans:
+        return frame, np.zeros(0, dtype=np.int64)
+    feats = feats.with_columns(
+        pl.col("p").list.get(0).alias("i"),
+        pl.col("p").list.get(0).cast(pl.Int64, strict=False).alias("idx"),
+    )
+    claimed = pl.lit(False)
+    for column, lo, hi in spans:
+        inside = pl.col("idx").is_between(lo, hi, closed="left").fill_null(False)
+        claimed = claimed | inside
+        lists = feats.filter(inside).group_by("row").agg(pl.col("i").alias(column))
+        field = ranges.get(column)
+        if field is None or field.kind == "multi":
+            frame = frame.join(lists, on="row", how="left", maintain_order="left")
+            continue
+        many = lists.filter(pl.col(column).list.len() > 1).sort("row")
+        for r, tokens in zip(many["row"].to_list(), many[column].to_list()):
+            shown = ", ".join(tokens[:3]) + (", ..." if len(tokens) > 3 else "")
+            message = (
+                f"{len(tokens)} tokens in index_range [{lo}, {hi}) (indices {shown}); a categorical "
+                "field takes at most one per row (kind: multi makes a bag)"
+            )
+            bad_rows.setdefault(r, (field.name, message))
+        frame = frame.join(
+            lists.select("row", pl.col(column).list.first()), on="row", how="left", maintain_order="left"
+        )
+    outside = feats.filter(~claimed)["row"].to_numpy().astype(np.int64)
+    return frame, outside

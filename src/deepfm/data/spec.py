@@ -29,6 +29,8 @@ SPLIT_METHODS = ("random", "time", "files", "leave_last")
 BAD_LINES = ("error", "skip")
 POOLINGS = ("mean", "sum")
 POSITION = re.compile(r"@(\d+)")  # libsvm: the N-th feature token of a row
+# libsvm: the tokens of "features" whose index lies in [lo, hi) (a field's ``index_range``)
+RANGE = re.compile(r"features\[(\d+):(\d+)\]")
 PARTS = ("train", "valid", "test")
 _LABEL_RULE = re.compile(
     r"^\s*(?:(?P<column>[A-Za-z_][\w.-]*)\s*)?(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$"
@@ -78,9 +80,15 @@ class FieldSpec:
     # multi: "mean" (one averaged vector) or "sum" (every element a feature of its own in the
     # linear and FM terms, libFM's definition); default "sum" for libsvm/libfm files, else "mean"
     pooling: str = "mean"
+    # libsvm: [lo, hi), the field is the tokens of column "features" with lo <= index < hi
+    index_range: tuple[int, int] | None = None
 
     @property
     def source(self) -> str:
+        """The raw column read; for an ``index_range`` field the reader's ``features[lo:hi]``."""
+        if self.index_range is not None:
+            lo, hi = self.index_range
+            return f"{self.column or 'features'}[{lo}:{hi}]"
         return self.column or self.name
 
     @property
@@ -126,7 +134,15 @@ class DatasetSpec:
         for f in data["fields"]:
             if f["kind"] != "multi":
                 del f["pooling"]  # only bags are pooled
+            if f["index_range"] is None:
+                del f["index_range"]  # (keeps the cache key of specs without ranges)
+            else:
+                f["index_range"] = list(f["index_range"])
         return data
+
+    def index_ranges(self) -> dict[str, FieldSpec]:
+        """The ``index_range`` fields by the column the reader makes of each (``features[lo:hi]``)."""
+        return {f.source: f for f in self.fields if f.index_range is not None}
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """A mapping :func:`spec_from_dict` reads back into this spec (unset keys left out)."""
@@ -221,6 +237,7 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
         seen.add(f.name)
         if f.source == label.column:
             r.fail(f"fields[{i}]", f"column {f.source!r} is the label")
+    _check_index_ranges(r, fields, fmt)
     if inp.columns:
         for i, f in enumerate(fields):
             if f.source not in inp.columns and fmt in ("csv", "tsv"):
@@ -232,10 +249,12 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
         if label.column != "label":
             r.fail("label", f"{fmt} files have their label in the first token; use label: label")
         for i, f in enumerate(fields):
-            if fmt == "libsvm" and f.source != "features" and not POSITION.fullmatch(f.source):
+            readable = f.source == "features" or POSITION.fullmatch(f.source)
+            if fmt == "libsvm" and f.index_range is None and not readable:
                 r.fail(
                     f"fields[{i}].column",
-                    "a libsvm file has the column 'features' (all tokens) and '@N' (the N-th token)",
+                    "a libsvm file has the column 'features' (all tokens) and '@N' (the N-th token); "
+                    "a field of index_range takes the tokens of 'features' in that range",
                 )
     split = _split(r, data.get("split", {}))
     if split.method != "files" and not inp.files:
@@ -244,6 +263,54 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
     if min_count < 1:
         r.fail("min_count", f"must be >= 1, got {min_count}")
     return DatasetSpec(name, inp, label, fields, split, min_count, source, str(base_dir))
+
+
+def _check_index_ranges(r: _Reader, fields: list[FieldSpec], fmt: str) -> None:
+    """``index_range`` fields: libsvm only, of column ``features``, not overlapping one another,
+    and not mixed with ``@N`` positional fields (two ways of splitting the same row)."""
+    ranged = [(i, f) for i, f in enumerate(fields) if f.index_range is not None]
+    if not ranged:
+        return
+    if fmt != "libsvm":
+        r.fail(f"fields[{ranged[0][0]}].index_range", "is for libsvm files (their column 'features')")
+    for i, f in ranged:
+        if f.column != "features":
+            r.fail(
+                f"fields[{i}].column",
+                f"an index_range field reads column 'features' (tokens by index), not {f.column!r}",
+            )
+    for i, f in enumerate(fields):
+        if POSITION.fullmatch(f.source):
+            r.fail(
+                f"fields[{i}].column",
+                f"{f.source!r} (a token position) cannot be combined with index_range fields; "
+                "split the rows by position or by index range, not both",
+            )
+    ranged.sort(key=lambda p: p[1].index_range or (0, 0))
+    for (i, a), (j, b) in zip(ranged, ranged[1:]):
+        assert a.index_range is not None and b.index_range is not None
+        if b.index_range[0] < a.index_range[1]:
+            first, second = sorted([(i, a), (j, b)], key=lambda p: p[0])
+            lo, hi = first[1].index_range or (0, 0)
+            r.fail(
+                f"fields[{second[0]}].index_range",
+                f"{list(second[1].index_range or ())} overlaps [{lo}, {hi}) of field {first[1].name!r}",
+            )
+
+
+def _index_range(r: _Reader, raw: Any, key: str) -> tuple[int, int]:
+    """A field's ``index_range``: two integers ``[lo, hi]`` with ``0 <= lo < hi`` (half-open)."""
+    ok = (
+        isinstance(raw, (list, tuple))
+        and len(raw) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in raw)
+    )
+    if not ok:
+        r.fail(key, f"expected two integers [lo, hi] (indices lo <= i < hi), got {raw!r}")
+    lo, hi = raw
+    if not 0 <= lo < hi:
+        r.fail(key, f"expected 0 <= lo < hi, got [{lo}, {hi}]")
+    return int(lo), int(hi)
 
 
 def _positional_fields(r: _Reader, data: dict[str, Any], base_dir: Path) -> list[dict[str, Any]]:
@@ -309,6 +376,7 @@ def _field(r: _Reader, raw: Any, key: str, fmt: str = "csv") -> FieldSpec:
             "hash_buckets",
             "max_vocab",
             "pooling",
+            "index_range",
         },
     )
     name = r.typed(r.required(raw, "name", key), f"{key}.name", str)
@@ -322,6 +390,14 @@ def _field(r: _Reader, raw: Any, key: str, fmt: str = "csv") -> FieldSpec:
     elif transform is not None:
         r.fail(f"{key}.transform", "multi-valued fields take no transform")
     column = raw.get("column", "")
+    index_range = None
+    if raw.get("index_range") is not None:
+        index_range = _index_range(r, raw["index_range"], f"{key}.index_range")
+        column = column or "features"
+        if kind == "numeric" or transform is not None:
+            r.fail(
+                f"{key}.index_range", "an index range is a categorical or multi field, without a transform"
+            )
     f = FieldSpec(
         name=name,
         column=r.typed(str(column) if isinstance(column, int) else column, f"{key}.column", str),
@@ -337,6 +413,7 @@ def _field(r: _Reader, raw: Any, key: str, fmt: str = "csv") -> FieldSpec:
         pooling=r.choice(
             raw.get("pooling", "sum" if fmt in ("libsvm", "libfm") else "mean"), f"{key}.pooling", POOLINGS
         ),
+        index_range=index_range,
     )
     if f.hash_buckets is not None:
         if f.hash_buckets < 1:

@@ -160,6 +160,8 @@ def _train(
         f"{summary['rows']['test']:,} test rows, fields {summary['fields']} "
         f"(prepared in {prep_seconds:.1f}s)"
     )
+    if summary.get("ignored_tokens"):
+        echo(f"ignored {summary['ignored_tokens']:,} libsvm tokens outside every index_range field")
     for name, h in summary.get("hashing", {}).items():
         echo(
             f"hashed field {name}: {h['distinct_values']:,} distinct training values in {h['buckets']:,} "
