@@ -1,5 +1,6 @@
 """Where one training step's time goes: phases (forward, loss, backward, optimizer) per
-``--optimizer``, for the fused training path (``deepfm.fast``) and the plain model code
+``--optimizer``, for the speed layer's training step without autograd (``deepfm.fast``: forward,
+loss and backward as one phase), its fused forward node with autograd, and the plain model code
 (``--no-fast``), in CPU time of this process (steadier than wall time on a shared machine), then
 the top operators by self CPU time from ``torch.profiler`` for the default path.
 
@@ -20,8 +21,9 @@ from deepfm.training.loop import train_epoch
 from deepfm.training.run import configure_threads, load_data, make_optimizer, trainable
 
 
-def phases(data, config: TrainConfig, steps: int, rounds: int) -> dict[str, float]:
-    """Best-of-``rounds`` mean microseconds per step of each phase."""
+def phases(data, config: TrainConfig, steps: int, rounds: int, fused_step: bool = False) -> dict[str, float]:
+    """Best-of-``rounds`` mean microseconds per step of each phase (with ``fused_step``: the
+    speed layer's training step without autograd, its forward + loss + backward as one phase)."""
     torch.manual_seed(0)
     model = model_from_config(config, data.feature_map)
     net = trainable(model, data, config)
@@ -30,18 +32,24 @@ def phases(data, config: TrainConfig, steps: int, rounds: int) -> dict[str, floa
     ids = data.train.ids[perm].split(config.batch_size)[:steps]
     label = data.train.label[perm].split(config.batch_size)[:steps]
     clock = time.process_time
+    step = getattr(net, "train_step", None) if fused_step else None
     best: dict[str, float] = {}
     for _ in range(rounds):
         spent = dict.fromkeys(("forward", "loss", "zero_grad+backward", "optimizer step"), 0.0)
         for x, y in zip(ids, label, strict=True):
             t0 = clock()
-            logits = net(x)
-            t1 = clock()
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-            t2 = clock()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t3 = clock()
+            if step is not None:  # forward, loss and gradients in one call: counted as forward
+                optimizer.zero_grad(set_to_none=True)
+                step(x, None, None, y)
+                t1 = t2 = t3 = clock()
+            else:
+                logits = net(x)
+                t1 = clock()
+                loss = F.binary_cross_entropy_with_logits(logits, y)
+                t2 = clock()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                t3 = clock()
             optimizer.step()
             t4 = clock()
             for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
@@ -69,12 +77,17 @@ def main() -> None:
     print(f"batch {base.batch_size}, {torch.get_num_threads()} thread(s); CPU microseconds per step\n")
     print("| --optimizer | path | forward | loss | zero_grad+backward | optimizer step | total |")
     print("|---|---|---:|---:|---:|---:|---:|")
+    paths = (
+        ("fused step, no autograd", True, True),
+        ("fused node", True, False),
+        ("plain (--no-fast)", False, False),
+    )
     for name in args.optimizers.split(","):
-        for fast in (True, False):
+        for label, fast, step in paths:
             config = TrainConfig(**{**base.to_dict(), "optimizer": name, "mlp": base.mlp, "fast": fast})
-            p = phases(data, config, args.steps, args.rounds)
+            p = phases(data, config, args.steps, args.rounds, fused_step=step)
             print(
-                f"| {name} | {'fused' if fast else 'plain (--no-fast)'} | {p['forward']:.0f} "
+                f"| {name} | {label} | {p['forward']:.0f} "
                 f"| {p['loss']:.0f} | {p['zero_grad+backward']:.0f} | {p['optimizer step']:.0f} "
                 f"| {p['total']:.0f} |"
             )
