@@ -3,7 +3,7 @@
 The models stay plain PyTorch modules; this package knows their structure and, given a model and
 the layout of its batches, returns a module that computes the same training forward with
 hand-written fused kernels (``deepfm.fast.kernels``), and where it can a whole training step
-without autograd (``deepfm.fast.steps``), or ``None`` (then the plain path runs)::
+without autograd (:class:`Fused`), or ``None`` (then the plain path runs)::
 
     net = fast.accelerate(model, BatchLayout.of(split)) or model
 
