@@ -348,3 +348,18 @@ def test_epoch_gathered_in_chunks_gives_the_same_batches(monkeypatch):
     # resumed at step 5 from scratch weights: the same batches 6.. as the whole gather gives
     resumed = [run(c, loop.EpochPosition(0, 5))[1] for c in (1, 1 << 30)]
     _assert_same_state(resumed[0], resumed[1], grads=False, rtol=0, atol=0)
+
+
+def test_mask_pools_per_dtype_hold_the_same_draw():
+    """A draw asked for in two dtypes (e.g. float32 for the fused kernels, bfloat16 under
+    autocast) gives each its own pool of the same values: the dtype of ``x * mask`` follows
+    the caller, whichever dtype was asked for first."""
+    with masks.epoch_stream(seed=3) as stream:
+        stream.at(0)
+        f32 = masks.keep((32, 8), 0.5, torch.float32)
+        stream.at(0)
+        bf16 = masks.keep((32, 8), 0.5, torch.bfloat16)
+        stream.at(0)
+        drawn = masks.keep((32, 8), 0.5)
+    assert (f32.dtype, bf16.dtype, drawn.dtype) == (torch.float32, torch.bfloat16, torch.uint8)
+    assert torch.equal(f32, drawn.float()) and torch.equal(bf16.float(), f32)

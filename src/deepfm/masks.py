@@ -68,13 +68,13 @@ class MaskStream:
         self._draw += 1
         ahead = max(1, POOL_ELEMENTS // max(1, math.prod(shape)))
         block = self.step // ahead
-        slot = (k, tuple(shape), float(p))
-        pool = self._pools.get(slot)
-        if pool is None or pool[0] != block or pool[1].dtype != _mask_dtype(pool[1].dtype, dtype):
+        slot = (k, tuple(shape), float(p))  # what the draw depends on; the dtype only converts it
+        pool = self._pools.get((slot, dtype))
+        if pool is None or pool[0] != block:
             seed = hash((self.seed, block, *slot)) & (2**63 - 1)  # ints/floats hash the same everywhere
             mask = keep_mask((ahead, *shape), p, torch.Generator().manual_seed(seed))
             pool = (block, mask.to(_mask_dtype(mask.dtype, dtype)))
-            self._pools[slot] = pool
+            self._pools[(slot, dtype)] = pool
         return pool[1][self.step % ahead]
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 Forward = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 # (ids, bags, dense, label) -> the batch's mean BCE loss, with the gradients assigned; or None
@@ -100,9 +101,13 @@ class FastModel(nn.Module):
     def forward(
         self, ids: torch.Tensor, bags: torch.Tensor | None = None, dense: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.training and torch.is_grad_enabled() and not torch.is_autocast_enabled(ids.device.type):
+        if self._training_fp32(ids):
             return self._fused(ids, bags, dense)
         return self.model(ids, bags, dense)
+
+    def _training_fp32(self, ids: torch.Tensor) -> bool:
+        """Training mode, autograd on, no autocast: where the fused kernels apply."""
+        return self.training and torch.is_grad_enabled() and not torch.is_autocast_enabled(ids.device.type)
 
     def train_step(
         self, ids: torch.Tensor, bags: torch.Tensor | None, dense: torch.Tensor | None, label: torch.Tensor
@@ -110,17 +115,13 @@ class FastModel(nn.Module):
         """One training batch's mean BCE loss with every parameter's gradient assigned to
         ``.grad`` as ``zero_grad(set_to_none=True)`` + ``loss.backward()`` of :meth:`forward`
         would leave them, or ``None`` where no fused step applies (call those then)."""
-        if self._step is None or not self.training or not torch.is_grad_enabled():
-            return None
-        if torch.is_autocast_enabled(ids.device.type) or self._hooked():
+        if self._step is None or not self._training_fp32(ids) or self._hooked():
             return None
         return self._step(ids, bags, dense, label)
 
     def _hooked(self) -> bool:
         """Whether a forward (pre-)hook is registered on this module or globally: a step that
         calls no ``forward`` would skip it, so those run forward + backward instead."""
-        from torch.nn.modules import module as torch_module
-
         registries = (
             self._forward_hooks,
             self._forward_pre_hooks,
