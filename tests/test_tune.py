@@ -82,3 +82,36 @@ def test_space_errors_name_the_file_and_option(tmp_path):
     with pytest.raises(ConfigError, match=r"log range needs low > 0"):
         load_space(path)
     assert main(["tune", "--space", str(path), "--out", str(tmp_path / "t")]) == 2
+
+
+def _late_bloomer_pruned(tmp_path: Path, prune_after: int | None) -> list[bool]:
+    """Four finished trials that rise early, then one that starts low and gains late (as with an lr
+    decay after an FM warm-up): whether the study's pruner stops it at epochs 1-4."""
+    from deepfm.training.tune import _study
+
+    tmp_path.mkdir()
+    study = _study(f"sqlite:///{tmp_path / 'study.db'}", seed=0, prune_after=prune_after)
+    for _ in range(4):
+        trial = study.ask()
+        for epoch, auc in enumerate([0.78, 0.80, 0.81, 0.812], start=1):
+            trial.report(auc, epoch)
+        study.tell(trial, 0.812)
+    late = study.ask()
+    verdicts = []
+    for epoch, auc in enumerate([0.77, 0.775, 0.78, 0.79], start=1):
+        late.report(auc, epoch)
+        verdicts.append(late.should_prune())
+    return verdicts
+
+
+def test_prune_after_and_no_prune_decide_when_a_late_trial_may_be_stopped(tmp_path):
+    assert _late_bloomer_pruned(tmp_path / "default", 2) == [False, True, True, True]
+    assert _late_bloomer_pruned(tmp_path / "after4", 4) == [False, False, False, True]
+    assert _late_bloomer_pruned(tmp_path / "none", None) == [False, False, False, False]
+
+
+def test_prune_after_must_be_an_epoch(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    assert main(["tune", "--space", str(space), "--out", str(tmp_path / "t"), "--prune-after", "0"]) == 2
+    assert "--prune-after must be >= 1 (an epoch), got 0" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 - The search space is a YAML mapping of :class:`~deepfm.config.TrainConfig` options, each
   ``{low: A, high: B}`` (int or float by the bounds' type; ``log: true``, ``step: S``) or
   ``{choices: [...]}`` (any YAML values, e.g. lists of MLP widths); see ``docs/tuning.md``.
-- TPE sampler (seeded by ``--seed``), median pruning on the per-epoch validation AUC.
+- TPE sampler (seeded by ``--seed``), median pruning on the per-epoch validation AUC from epoch
+  ``--prune-after`` on (``--no-prune``: none; for lr schedules whose gain comes late).
 - The study lives in ``OUT/study.db`` (SQLite): running the same command again resumes it. Trials
   a killed search left running are marked failed and queued again with the same parameters, and
   only the trials still missing are run.
@@ -36,6 +37,8 @@ DB_FILE = "study.db"
 NOT_TUNABLE = {"out", "resume", "progress", "checkpoint_every", "extra", "spec", "dataset", "data_dir"}
 # options never written to best.yaml (where a run goes and how it is shown)
 NOT_IN_BEST = {"out", "resume", "progress", "checkpoint_every"}
+# the median rule may stop a trial from this epoch on (``--prune-after``)
+PRUNE_AFTER = 2
 
 
 def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -109,15 +112,18 @@ def tune(
     n_trials: int,
     n_jobs: int = 1,
     echo: Any = print,
+    prune_after: int | None = PRUNE_AFTER,
 ) -> dict[str, Any]:
-    """Run (or resume) the search; write trials.csv, best.yaml and search.png; return the best."""
+    """Run (or resume) the search; write trials.csv, best.yaml and search.png; return the best.
+
+    ``prune_after``: the median rule may stop a trial from this epoch on; ``None``: never."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(out / DB_FILE).resolve()}"
-    study = _study(storage, base.seed)
+    study = _study(storage, base.seed, prune_after=prune_after)
     requeued = _requeue_stale(study)
     if requeued:
         echo(f"resuming {out / DB_FILE}: {requeued} trial(s) left running by a killed search queued again")
@@ -125,7 +131,7 @@ def tune(
     missing = max(0, n_trials - done)
     echo(f"tune: {done} of {n_trials} trials done, {missing} to run ({n_jobs} process(es)) -> {out}")
     if missing:
-        jobs = [base.to_dict(), space, str(out), storage, n_trials]
+        jobs = [base.to_dict(), space, str(out), storage, n_trials, prune_after]
         if n_jobs <= 1:
             _worker(*jobs, worker=1, echo=echo)
         else:
@@ -138,11 +144,21 @@ def tune(
             failed = [p.exitcode for p in procs if p.exitcode != 0]
             if failed:
                 raise ConfigError(f"{len(failed)} tune worker process(es) failed (exit codes {failed})")
-    study = _study(storage, base.seed)
+    study = _study(storage, base.seed, prune_after=prune_after)
     return write_outputs(study, base, space, out, echo)
 
 
-def _study(storage: str, seed: int, worker: int = 0) -> Any:
+def make_pruner(prune_after: int | None) -> Any:
+    """Optuna's median rule from epoch ``prune_after`` on, once 4 trials have finished; ``None``:
+    no pruning (every trial runs to its own early stop)."""
+    import optuna
+
+    if prune_after is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=prune_after)
+
+
+def _study(storage: str, seed: int, worker: int = 0, prune_after: int | None = PRUNE_AFTER) -> Any:
     """The study in ``storage``; each process (``worker``) and each resumption seeds its own TPE
     sampler, so parallel or resumed processes do not propose the same parameters again."""
     import optuna
@@ -154,7 +170,7 @@ def _study(storage: str, seed: int, worker: int = 0) -> Any:
         storage=storage,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed + 1009 * worker + 7919 * done),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+        pruner=make_pruner(prune_after),
         load_if_exists=True,
     )
 
@@ -182,6 +198,7 @@ def _worker(
     out: str,
     storage: str,
     n_trials: int,
+    prune_after: int | None = PRUNE_AFTER,
     worker: int = 1,
     echo: Any = print,
 ) -> None:
@@ -195,7 +212,7 @@ def _worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = TrainConfig.from_dict(base_dict)
     configure_threads(base.threads)
-    study = _study(storage, base.seed, worker)
+    study = _study(storage, base.seed, worker, prune_after)
     cache: dict[tuple, Any] = {}
 
     def objective(trial: optuna.Trial) -> float:
