@@ -115,3 +115,57 @@ def test_prune_after_must_be_an_epoch(tmp_path, capsys):
     space.write_text(yaml.safe_dump(SPACE))
     assert main(["tune", "--space", str(space), "--out", str(tmp_path / "t"), "--prune-after", "0"]) == 2
     assert "--prune-after must be >= 1 (an epoch), got 0" in capsys.readouterr().err
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_stops_the_trial_processes_and_the_search_resumes(tiny_ml, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    out = tmp_path / "tune"
+    command = [sys.executable, "-m", "deepfm", "tune", "--space", str(space), "--out", str(out)]
+    command += ["--trials", "3", "--n-jobs", "2", "--data-dir", str(tiny_ml), "--epochs", "3"]
+    command += ["--threads", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not all((out / "trials" / n / "history.csv").exists() for n in ("0", "1")):
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = {
+        pid for pid in _children(first.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+    }
+    assert len(workers) == 2
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=60)
+    assert first.returncode != 0
+    time.sleep(0.5)
+    assert not [pid for pid in workers if _alive(pid)]  # no trial keeps running on its own
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # stopped mid-trial, not left to finish (before: the workers ran the search to its end)
+    assert "left running by a killed search queued again" in resumed.stdout
+    states = [r["state"] for r in _rows(out / "trials.csv")]
+    assert states.count("COMPLETE") + states.count("PRUNED") >= 3

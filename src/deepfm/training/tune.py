@@ -137,10 +137,18 @@ def tune(
         else:
             context = multiprocessing.get_context("spawn")
             procs = [context.Process(target=_worker, args=[*jobs, i + 1]) for i in range(n_jobs)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
+            try:
+                for p in procs:
+                    p.start()
+                for p in procs:
+                    p.join()
+            finally:  # stopped (SIGTERM, Ctrl-C): stop the trial processes too; a resume re-runs theirs
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                for p in procs:
+                    if p.pid is not None:
+                        p.join()
             failed = [p.exitcode for p in procs if p.exitcode != 0]
             if failed:
                 raise ConfigError(f"{len(failed)} tune worker process(es) failed (exit codes {failed})")
