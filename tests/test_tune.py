@@ -117,25 +117,24 @@ def test_prune_after_must_be_an_epoch(tmp_path, capsys):
     assert "--prune-after must be >= 1 (an epoch), got 0" in capsys.readouterr().err
 
 
+def _stat(path: Path) -> list[str] | None:
+    """The fields of a /proc/PID/stat after the command name (state, parent pid, ...); None when
+    the process is gone."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _children(pid: int) -> set[int]:
     """Processes whose parent is ``pid`` (Linux /proc)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
+    stats = {int(path.parent.name): _stat(path) for path in Path("/proc").glob("[0-9]*/stat")}
+    return {child for child, fields in stats.items() if fields is not None and int(fields[1]) == pid}
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return fields is not None and fields[0] != "Z"
 
 
 @pytest.mark.slow

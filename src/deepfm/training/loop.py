@@ -184,8 +184,9 @@ def _gathered(data: Split, perm: torch.Tensor, sizes: list[int], per_chunk: int)
     start = 0
     for first in range(0, len(sizes), per_chunk):
         chunk = sizes[first : first + per_chunk]
-        part = data.take(perm[start : start + sum(chunk)])
-        start += sum(chunk)
+        end = start + sum(chunk)
+        part = data.take(perm[start:end])
+        start = end
         fields = (part.ids, part.bags, part.dense, part.label)
         yield from zip(*[t.split(chunk) if t is not None else [None] * len(chunk) for t in fields])
 
