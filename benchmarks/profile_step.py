@@ -15,10 +15,11 @@ import time
 import torch
 from torch.nn import functional as F
 
+from deepfm.artifact.checkpoint import model_from_config
 from deepfm.config import TrainConfig
-from deepfm.training.checkpoint import model_from_config
 from deepfm.training.loop import train_epoch
-from deepfm.training.run import configure_threads, load_data, make_optimizer, trainable
+from deepfm.training.optim import optimizer_for
+from deepfm.training.run import configure_threads, load_data, trainable
 
 
 def phases(data, config: TrainConfig, steps: int, rounds: int, fused_step: bool = False) -> dict[str, float]:
@@ -27,7 +28,7 @@ def phases(data, config: TrainConfig, steps: int, rounds: int, fused_step: bool 
     torch.manual_seed(0)
     model = model_from_config(config, data.feature_map)
     net = trainable(model, data, config)
-    optimizer = make_optimizer(model, config)
+    optimizer = optimizer_for(model, config)
     perm = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
     ids = data.train.ids[perm].split(config.batch_size)[:steps]
     label = data.train.label[perm].split(config.batch_size)[:steps]
@@ -95,7 +96,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = model_from_config(base, data.feature_map)
     net = trainable(model, data, base)
-    optimizer = make_optimizer(model, base)
+    optimizer = optimizer_for(model, base)
     part = data.train.take(torch.arange(min(len(data.train), base.batch_size * 100)))
     generator = torch.Generator().manual_seed(0)
     train_epoch(net, part, optimizer, base.batch_size, generator)

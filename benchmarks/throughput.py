@@ -38,13 +38,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import criteo_scale  # noqa: E402
 import reference  # noqa: E402
 
+from deepfm.artifact.checkpoint import model_from_config  # noqa: E402
 from deepfm.config import TrainConfig  # noqa: E402
+from deepfm.evaluation.metrics import auc  # noqa: E402
+from deepfm.evaluation.scoring import predict_probs  # noqa: E402
 from deepfm.training import auto  # noqa: E402
-from deepfm.training.checkpoint import model_from_config  # noqa: E402
-from deepfm.training.loop import predict_probs, train_epoch  # noqa: E402
-from deepfm.training.metrics import auc  # noqa: E402
+from deepfm.training.loop import train_epoch  # noqa: E402
+from deepfm.training.optim import optimizer_for  # noqa: E402
 from deepfm.training.precision import Autocast  # noqa: E402
-from deepfm.training.run import configure_threads, load_data, make_optimizer, train, trainable  # noqa: E402
+from deepfm.training.run import configure_threads, load_data, train, trainable  # noqa: E402
 
 
 @dataclass
@@ -104,7 +106,7 @@ def deepfm_row(
     choices = auto.resolve(config, model, data.feature_map)
     if choices.precision != "fp32":
         net = Autocast(net, choices.precision, config.device)
-    optimizer = make_optimizer(model, config, choices)
+    optimizer = optimizer_for(model, config, choices.optimizer)
     generator = torch.Generator().manual_seed(seed)
 
     def epoch() -> int:

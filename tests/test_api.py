@@ -67,7 +67,7 @@ def test_readme_python_example_runs_and_equals_the_cli(in_ml100k, capsys):
     printed = capsys.readouterr().out
     assert re.search(r"test AUC 0\.\d{4}  logloss 0\.\d{4}  gAUC 0\.\d{4}", printed)
     model = scope["model"]
-    assert isinstance(model, deepfm.training.checkpoint.TrainedModel)
+    assert isinstance(model, deepfm.artifact.trained.TrainedModel)
     assert model.evaluate(scope["ratings"].tail(1000))["auc"] > 0.6
     assert len(scope["model"].recommend(42, k=5).items) == 5
     same = scope["same"]

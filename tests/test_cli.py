@@ -8,7 +8,7 @@ import pytest
 import deepfm
 from deepfm.cli.main import main
 from deepfm.data.datasets import prepare
-from deepfm.training.metrics import auc
+from deepfm.evaluation.metrics import auc
 
 
 def train_tiny(tiny_ml, out, *extra):
@@ -136,7 +136,7 @@ def test_python_dash_m_matches_console_entry_point():
 
 
 def test_ids_model_keeps_movie_titles_for_recommend(tiny_ml, tmp_path):
-    from deepfm.serving.recommend import recommend
+    from deepfm.artifact.recommend import recommend
 
     titles = [f"{m}::Movie {m} (1999)::Drama" for m in range(1, 201)]
     (tiny_ml / "movies.dat").write_text("\n".join(titles) + "\n", encoding="latin-1")
@@ -150,16 +150,17 @@ def test_ids_model_keeps_movie_titles_for_recommend(tiny_ml, tmp_path):
 def test_deepfm_fm_warmup_epoch_trains_only_the_fm_part(tiny_ml):
     import torch
 
+    from deepfm.artifact.checkpoint import model_from_config
     from deepfm.config import TrainConfig
-    from deepfm.training.checkpoint import model_from_config
     from deepfm.training.loop import train_epoch
-    from deepfm.training.run import frozen_parameters, load_data, make_optimizer
+    from deepfm.training.optim import optimizer_for
+    from deepfm.training.run import frozen_parameters, load_data
 
     config = TrainConfig(data_dir=str(tiny_ml), fm_warmup_epochs=1, batch_size=256, progress=False)
     data = load_data(config)
     torch.manual_seed(0)
     model = model_from_config(config, data.feature_map)
-    optimizer = make_optimizer(model, config)
+    optimizer = optimizer_for(model, config)
     generator = torch.Generator().manual_seed(0)
 
     def mlp_weights():
@@ -186,10 +187,11 @@ def test_cutting_the_frozen_mlp_out_of_the_backward_changes_no_update(tiny_ml, m
     import torch
 
     from deepfm import fast as fast_layer
+    from deepfm.artifact.checkpoint import model_from_config
     from deepfm.config import TrainConfig
     from deepfm.training import loop
-    from deepfm.training.checkpoint import model_from_config
-    from deepfm.training.run import frozen_parameters, load_data, make_optimizer
+    from deepfm.training.optim import optimizer_for
+    from deepfm.training.run import frozen_parameters, load_data
 
     config = TrainConfig(data_dir=str(tiny_ml), fm_warmup_epochs=1, batch_size=256, progress=False)
     data = load_data(config)
@@ -198,7 +200,7 @@ def test_cutting_the_frozen_mlp_out_of_the_backward_changes_no_update(tiny_ml, m
         torch.manual_seed(0)
         model = model_from_config(config, data.feature_map)
         net = fast_layer.trainable(model, data.train, enabled=fast)
-        optimizer = make_optimizer(model, config)
+        optimizer = optimizer_for(model, config)
         generator = torch.Generator().manual_seed(0)
         frozen = frozen_parameters(model, config, 1)
         loop.train_epoch(net, data.train, optimizer, 256, generator, frozen=frozen)

@@ -112,7 +112,7 @@ def test_atomic_writes_have_normal_file_permissions(tmp_path):
     import os
     import stat
 
-    from deepfm.training.io import write_text
+    from deepfm.io import write_text
 
     path = write_text(tmp_path / "x.txt", "hello")
     mask = os.umask(0)

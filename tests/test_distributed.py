@@ -21,8 +21,8 @@ from conftest import write_movielens
 import deepfm
 from deepfm.cli.main import main
 from deepfm.data.datasets import prepare
+from deepfm.evaluation.metrics import auc
 from deepfm.training.distributed import DUMP_ENV, DistContext, Shard, chunk_bounds, init_distributed
-from deepfm.training.metrics import auc
 
 SRC = Path(deepfm.__file__).resolve().parents[1]
 PER_RANK_BATCH = 256

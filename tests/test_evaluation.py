@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from deepfm.cli.main import main
 from deepfm.data.split import leave_last_split
 from deepfm.errors import ConfigError
-from deepfm.training import metrics as M
+from deepfm.evaluation import metrics as M
 
 
 def test_gauc_is_the_row_weighted_mean_of_sklearn_per_group_aucs():
@@ -105,7 +105,7 @@ def test_leave_last_run_reports_hitrate_and_ndcg_above_chance(tiny_ml, tmp_path)
 def test_ranking_among_all_items_equals_a_brute_force_ranking(tiny_ml, tmp_path):
     import deepfm
     from deepfm.data.rated import rated_positions
-    from deepfm.training import evaluation
+    from deepfm.evaluation import evaluator as evaluation
 
     out = tmp_path / "run"
     args = ["train", "--data-dir", str(tiny_ml), "--out", str(out), "--epochs", "1", "--no-progress"]
@@ -137,7 +137,7 @@ def test_ranking_with_side_features_swaps_the_items_genres_and_year(tmp_path):
 
     import deepfm
     from deepfm.data.batching import Split
-    from deepfm.training import evaluation
+    from deepfm.evaluation import evaluator as evaluation
 
     folder = write_side_movielens(tmp_path / "ml", 120, 80, 3000)
     out = tmp_path / "run"

@@ -19,9 +19,10 @@ from torch.nn import functional as F
 from deepfm import fast, masks
 from deepfm.cli.main import main
 from deepfm.data.batching import Split
+from deepfm.evaluation.scoring import predict_probs
 from deepfm.models import MODELS, build_model
 from deepfm.models.layers import MLP, Dropout
-from deepfm.training.loop import predict_probs, skip_frozen_backward, train_epoch
+from deepfm.training.loop import skip_frozen_backward, train_epoch
 from deepfm.training.optim import make_optimizer
 
 LAYOUTS = {"ids": (3, 0, 0), "bags": (2, 1, 0), "dense": (2, 0, 2), "all": (1, 2, 1)}

@@ -29,11 +29,11 @@ from fuzzing import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from deepfm.artifact.trained import load_model
 from deepfm.config import TrainConfig, load_yaml
 from deepfm.data.datasets import prepare
 from deepfm.data.movielens import RATING_FIELDS, read_ratings
 from deepfm.errors import CheckpointError, ConfigError, DataError
-from deepfm.training.checkpoint import load_model
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.state import TrainingState, read_state, resume_config
 

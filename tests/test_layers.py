@@ -71,10 +71,11 @@ def test_checkpoints_with_the_old_flat_mlp_load_through_the_key_migration(tmp_pa
     tests/data/flat_mlp_state_dicts.pt, with that version's eval logits) load and predict the same."""
     from pathlib import Path
 
+    from deepfm.artifact.checkpoint import save_checkpoint
+    from deepfm.artifact.migrate import migrate_state_dict
+    from deepfm.artifact.trained import load_model
     from deepfm.config import TrainConfig
     from deepfm.data.features import FeatureMap
-    from deepfm.models.migrate import migrate_state_dict
-    from deepfm.training.checkpoint import load_model, save_checkpoint
 
     old = torch.load(Path(__file__).parent / "data" / "flat_mlp_state_dicts.pt", weights_only=True)
     for name, case in old.items():

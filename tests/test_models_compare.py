@@ -12,10 +12,10 @@ import torch
 
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
+from deepfm.experiments.compare import COLUMNS, compare
 from deepfm.models import MODELS, build_model
 from deepfm.models.fm import FM
 from deepfm.models.layers import CrossNetV2
-from deepfm.training.compare import COLUMNS, compare
 
 
 def test_fm_treats_a_multi_valued_field_as_one_pooled_field():

@@ -104,7 +104,7 @@ def side_data(tmp_path_factory) -> Path:
     return write_side_movielens(tmp_path_factory.mktemp("side") / "ml", 200, 120, 4000)
 
 
-def train_side(folder: Path, out: Path, features: str) -> deepfm.training.checkpoint.TrainedModel:
+def train_side(folder: Path, out: Path, features: str) -> deepfm.artifact.trained.TrainedModel:
     args = ["train", "--data-dir", str(folder), "--out", str(out), "--features", features, "--epochs", "1"]
     assert main(args + ["--no-progress", "--threads", "1", "--batch-size", "256"]) == 0
     return deepfm.load(out)
@@ -150,7 +150,7 @@ def test_recommend_prints_titles_for_ids_and_all_models(side_data, tmp_path, fea
 
 
 def test_learning_curve_has_valid_loss_integer_epochs_and_the_best_epoch():
-    from deepfm.training.plots import learning_curve_figure
+    from deepfm.evaluation.plots import learning_curve_figure
 
     epochs = [
         {

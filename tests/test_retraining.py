@@ -15,9 +15,11 @@ import pytest
 import torch
 import yaml
 
+from deepfm.artifact.checkpoint import model_from_config
+from deepfm.artifact.trained import load_model
 from deepfm.config import TrainConfig
-from deepfm.training.checkpoint import load_model, model_from_config
-from deepfm.training.run import load_data, make_optimizer, train
+from deepfm.training.optim import optimizer_for
+from deepfm.training.run import load_data, train
 from deepfm.training.warmstart import load_base, table_keys, warm_start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +133,7 @@ def test_prune_below_drops_vanished_values_and_init_optimizer_carries_moments(tm
     assert set(data.feature_map.field("user").vocab) == day2_users  # vanished users pruned
     assert day1_users - day2_users  # (some did vanish)
     module = model_from_config(config, data.feature_map)
-    optimizer = make_optimizer(module, config)
+    optimizer = optimizer_for(module, config)
     report = warm_start(base, module, data.feature_map, optimizer)
     day1_items = set(base.feature_map.field("item").vocab)
     day2_items = set(pd.read_csv(days / "day2.csv")["item"])
@@ -286,8 +288,8 @@ def test_carry_over_is_generic_over_layer_names():
     """Any model: tables found as nn.Embedding modules over the feature map's rows, the rest by key."""
     from torch import nn
 
+    from deepfm.artifact.trained import TrainedModel
     from deepfm.data.features import FeatureMap
-    from deepfm.training.checkpoint import TrainedModel
     from deepfm.training.warmstart import Base
 
     class Toy(nn.Module):

@@ -23,7 +23,7 @@ from deepfm.cli.main import main
 from deepfm.data.preprocess import clean_stale_builds
 from deepfm.data.validate import check_label_values, check_splits
 from deepfm.errors import DataError
-from deepfm.training.io import clean_temporary_files, write_json
+from deepfm.io import clean_temporary_files, write_json
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,9 @@ import torch
 from conftest import write_movielens
 
 import deepfm
+from deepfm.artifact.checkpoint import model_from_config
+from deepfm.artifact.recommend import recommend
+from deepfm.artifact.trained import TrainedModel
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
@@ -19,8 +22,6 @@ from deepfm.data.datasets import prepare
 from deepfm.data.features import FeatureMap
 from deepfm.data.rated import build_rated, rated_positions
 from deepfm.serving.export import example_inputs, export_model, input_names
-from deepfm.serving.recommend import recommend
-from deepfm.training.checkpoint import TrainedModel, model_from_config
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deepfm
+from deepfm.artifact.trained import TrainedModel
 from deepfm.cli.main import main
 from deepfm.data.records import prepare_records, records_frame
 from deepfm.errors import DataError
 from deepfm.serving.app import create_app
 from deepfm.serving.encoder import RecordEncoder, RecordError
-from deepfm.training.checkpoint import TrainedModel
 
 FIELDS = [
     {"name": "user"},

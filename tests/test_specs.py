@@ -413,8 +413,8 @@ def test_criteo_needs_a_data_dir_and_says_where_to_get_it():
 
 
 def test_criteo_reads_every_file_in_the_folder_and_learns(tmp_path):
+    from deepfm.artifact.trained import load_model
     from deepfm.config import TrainConfig
-    from deepfm.training.checkpoint import load_model
     from deepfm.training.run import train
 
     folder = write_criteo(tmp_path / "criteo")

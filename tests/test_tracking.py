@@ -10,8 +10,9 @@ import pytest
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
 from deepfm.errors import ConfigError
-from deepfm.training import tracking
-from deepfm.training.run import train
+from deepfm.experiments import tracking
+from deepfm.experiments.tracking import train_tracked as train
+from deepfm.training.tracker import with_step_logging
 
 
 def config(tmp_path: Path, data_dir: Path, **extra) -> TrainConfig:
@@ -80,4 +81,4 @@ def test_without_tracking_options_nothing_is_tracked():
     tracker = tracking.from_config(TrainConfig())
     assert isinstance(tracker, tracking.Trackers) and tracker.trackers == [] and tracker.step_every == 0
     options = {"on_step": None, "step_every": 0}
-    assert tracking.with_step_logging(options, tracker, lambda: 0) is options  # the loop is untouched
+    assert with_step_logging(options, tracker, lambda: 0) is options  # the loop is untouched

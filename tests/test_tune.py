@@ -16,7 +16,7 @@ import yaml
 
 from deepfm.cli.main import main
 from deepfm.errors import ConfigError
-from deepfm.training.tune import load_space
+from deepfm.experiments.tune import load_space
 
 pytest.importorskip("optuna")
 
@@ -87,7 +87,7 @@ def test_space_errors_name_the_file_and_option(tmp_path):
 def _late_bloomer_pruned(tmp_path: Path, prune_after: int | None) -> list[bool]:
     """Four finished trials that rise early, then one that starts low and gains late (as with an lr
     decay after an FM warm-up): whether the study's pruner stops it at epochs 1-4."""
-    from deepfm.training.tune import _study
+    from deepfm.experiments.tune import _study
 
     tmp_path.mkdir()
     study = _study(f"sqlite:///{tmp_path / 'study.db'}", seed=0, prune_after=prune_after)

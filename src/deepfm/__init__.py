@@ -3,22 +3,22 @@
 The public entry points are :func:`deepfm.fit` (train on a DataFrame, an Arrow table, a spec or a
 built-in data set), :func:`deepfm.load` (a trained model back from its folder or file) and the
 ``deepfm`` command line (``python -m deepfm``). Both return a
-:class:`~deepfm.training.checkpoint.TrainedModel` (``.predict``, ``.evaluate``, ``.recommend``).
+:class:`~deepfm.artifact.trained.TrainedModel` (``.predict``, ``.evaluate``, ``.recommend``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from deepfm.version import __version__
 
 if TYPE_CHECKING:
-    from deepfm.training.checkpoint import TrainedModel
+    from deepfm.artifact.trained import TrainedModel
 
 
 def load(path: str) -> TrainedModel:
     """Load a trained model from a run folder (``--out`` of ``deepfm train``) or a ``model.pt``."""
-    from deepfm.training.checkpoint import load_model
+    from deepfm.artifact.trained import load_model
 
     return load_model(path)
 

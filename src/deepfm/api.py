@@ -4,7 +4,7 @@
 content-addressed Parquet file in the cache folder, declared in a dataset spec (``spec.yaml`` in
 the run folder, so ``deepfm train --spec RUN/spec.yaml`` repeats the run), preprocessed by
 :mod:`deepfm.data.preprocess` and trained by :func:`deepfm.training.run.train`, which writes the
-same run folder as ``deepfm train``. It returns the :class:`~deepfm.training.checkpoint.TrainedModel`
+same run folder as ``deepfm train``. It returns the :class:`~deepfm.artifact.trained.TrainedModel`
 that ``deepfm.load(out)`` returns, with ``.predict``, ``.evaluate`` and ``.recommend``.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
+from deepfm.artifact.trained import TrainedModel, load_model
 from deepfm.config import TrainConfig, load_yaml
 from deepfm.errors import ConfigError
-from deepfm.training.checkpoint import TrainedModel, load_model
 
 SPEC_FILE = "spec.yaml"
 FRAME_MTIME = 946684800  # frames are content-addressed: a fixed mtime keeps their cache key stable
@@ -76,9 +76,9 @@ def fit(
             + yaml.safe_dump(spec, sort_keys=False, width=100)
         )
         values["spec"] = str(path)
-    from deepfm.training.run import train
+    from deepfm.experiments.tracking import train_tracked
 
-    train(TrainConfig.from_dict(values), echo=echo)
+    train_tracked(TrainConfig.from_dict(values), echo=echo)
     return load_model(out)
 
 

@@ -67,7 +67,7 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 0  # also save DIR/state.pt every N optimizer steps (0 = epoch ends only)
     resume: bool = False  # continue the run in ``out`` from its state.pt
-    # evaluation (deepfm.training.metrics / evaluation): metrics.json, history.csv, deepfm evaluate
+    # evaluation (deepfm.evaluation.metrics / evaluation): metrics.json, history.csv, deepfm evaluate
     metrics: str = "auto"  # auc,logloss,gauc,calibration,hitrate@K,ndcg@K; auto: see --help
     group_by: str = ""  # gAUC group field ("" = user_id when the data has it)
     split: str = "random"  # built-in data sets: "random" (80/10/10) or "leave-last" (per user)
@@ -83,6 +83,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
+        # imported here, not at the top: ``deepfm --help`` and option parsing stay free of torch
+        from deepfm.evaluation.metrics import parse_metrics
+        from deepfm.hardware import cuda_available
         from deepfm.models import MODELS
 
         problems = _type_problems(self)  # e.g. "epochs: ten" in a YAML file
@@ -126,8 +129,6 @@ class TrainConfig:
         if self.rank_negatives < 0:
             problems.append(f"--rank-negatives must be >= 0 (0 = all items), got {self.rank_negatives}")
         if not problems:
-            from deepfm.training.metrics import parse_metrics
-
             try:
                 parse_metrics(self.metrics)
             except ConfigError as exc:
@@ -143,7 +144,7 @@ class TrainConfig:
             problems.append(f"--threads must be >= 0, got {self.threads}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             problems.append(f"--device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        elif self.device.startswith("cuda") and not _cuda_available():
+        elif self.device.startswith("cuda") and not cuda_available():
             problems.append(f"--device {self.device}: PyTorch sees no CUDA GPU here")
         elif self.precision == "bf16":
             problems += _bf16_problems(self.device)
@@ -226,19 +227,10 @@ def _model_option_problems(cls: type, options: Any) -> list[str]:
 
 
 def _bf16_problems(device: str) -> list[str]:
-    from deepfm.training.precision import check_precision
+    from deepfm.hardware import bf16_problem
 
-    try:
-        check_precision("bf16", device)
-    except ConfigError as exc:
-        return [str(exc)]
-    return []
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    problem = bf16_problem(device)
+    return [problem] if problem else []
 
 
 def parse_mlp(value: Any) -> tuple[int, ...]:

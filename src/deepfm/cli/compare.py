@@ -33,8 +33,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from deepfm.experiments.compare import compare
     from deepfm.models import MODELS
-    from deepfm.training.compare import compare
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]

@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import deepfm
-    from deepfm.training.io import write_json
+    from deepfm.io import write_json
 
     model = deepfm.load(args.model)
     start = time.perf_counter()

@@ -15,8 +15,8 @@ import threading
 import traceback
 from collections.abc import Sequence
 
-from deepfm import __version__
 from deepfm.errors import DeepFMError
+from deepfm.version import __version__
 
 # One module per command in deepfm.cli, each with ``add_parser(subparsers)``; listed in help order.
 COMMANDS = (

@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import deepfm
-    from deepfm.serving.recommend import recommend
+    from deepfm.artifact.recommend import recommend
 
     model = deepfm.load(args.model)
     result = recommend(model, args.user, args.k, exclude_rated=not args.include_rated)

@@ -282,7 +282,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepfm.training.run import train
+    from deepfm.experiments.tracking import train_tracked as train
 
     if getattr(args, "resume", False):  #
         from deepfm.training.state import resume_config

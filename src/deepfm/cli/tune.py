@@ -8,7 +8,7 @@ from typing import Any
 
 from deepfm.cli.train import add_train_options, config_from_args
 from deepfm.errors import ConfigError
-from deepfm.training.tune import PRUNE_AFTER
+from deepfm.experiments.tune import PRUNE_AFTER
 
 
 def add_parser(sub: Any) -> None:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         import optuna  # noqa: F401
     except ImportError:
         raise ConfigError("deepfm tune needs Optuna: pip install 'deepfm[tune]'") from None
-    from deepfm.training.tune import load_space, tune
+    from deepfm.experiments.tune import load_space, tune
 
     if args.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {args.trials}")

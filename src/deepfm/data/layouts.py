@@ -2,7 +2,9 @@
 
 A layout says how a file's rows become raw records (and labels):
 
-* ``records``: CSV/TSV with a header, Parquet or JSON Lines, by suffix (the ``predict`` default);
+* ``records``: CSV/TSV with a header (pandas' C parser; a malformed line is reported by number),
+  Parquet or JSON Lines (one object a line), by suffix (the ``predict`` default); id columns whose
+  vocabulary holds strings are read as strings, so ids such as zip codes keep leading zeros;
 * ``movielens-1m``: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``), label rating > 3;
 * ``movielens-100k``: ``u.data`` (tab-separated user, item, rating, timestamp), label rating > 3;
 * ``spec``: the model's own dataset spec (format, header, columns, separator, label rule), e.g. a
@@ -14,7 +16,10 @@ its first line names every column the model needs, else in the model's own layou
 
 from __future__ import annotations
 
+import io
+import json
 import operator
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,8 +92,6 @@ def read_layout(model: Any, path: str | Path, layout: str = "auto") -> pd.DataFr
         raise DataError("file not found", path)
     chosen = choose_layout(model, path, layout)
     if chosen == "records":
-        from deepfm.serving.predict import read_records
-
         return read_records(path, model)
     if chosen == "movielens-1m":
         from deepfm.data.movielens import read_ratings
@@ -131,6 +134,68 @@ def _read_spec_file(model: Any, path: Path) -> pd.DataFrame:
     import polars as pl
 
     return pl.concat(chunks).to_pandas()
+
+
+CSV = (".csv", ".tsv", ".txt")
+PARQUET = (".parquet", ".pq")
+JSONL = (".jsonl", ".ndjson", ".json")
+FORMATS = "CSV (.csv/.tsv), Parquet (.parquet) or JSON Lines (.jsonl/.ndjson)"
+
+
+def read_records(path: str | Path, model: Any = None) -> pd.DataFrame:
+    """Raw records from ``path``; string-typed columns of ``model`` are read as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    suffix = path.suffix.lower()
+    strings = {}
+    if model is not None:
+        strings = {c.name: str for c in raw_columns(model.feature_map, model.tables) if c.dtype == "str"}
+    if suffix in CSV:
+        return _read_csv(path, strings, "\t" if suffix == ".tsv" else ",")
+    if suffix in PARQUET:
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a foreign or truncated file
+            raise DataError(f"not a readable Parquet file ({exc})", path) from None
+    if suffix in JSONL:
+        return _read_jsonl(path)
+    raise DataError(f"unknown input format {suffix!r}; use {FORMATS}", path)
+
+
+def _read_csv(path: Path, strings: dict[str, type], sep: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep=sep, dtype=strings or None, engine="c")
+    except pd.errors.EmptyDataError:
+        raise DataError("file is empty (expected a header line of column names)", path) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        message = str(exc).replace("Error tokenizing data. C error: ", "").strip()
+        line = re.search(r"\bline (\d+)", message)
+        row = re.search(r"\brow (\d+)", message)
+        number = int(line.group(1)) if line else int(row.group(1)) + 1 if row else None
+        raise DataError(f"malformed CSV: {message}", path, number) from None
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise DataError("file is empty (expected one JSON object a line)", path)
+    try:
+        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    except ValueError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):  # find and report the bad line
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", path, number) from None
+        if not isinstance(value, dict):
+            raise DataError(f"expected a JSON object, found {type(value).__name__}", path, number)
+    raise DataError("could not be read as JSON Lines", path)
 
 
 def label_rule(model: Any) -> tuple[str, str, float]:

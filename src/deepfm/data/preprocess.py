@@ -184,7 +184,7 @@ DIGEST_PART = 4 << 20
 
 def clean_stale_builds(prepared: Path) -> list[Path]:
     """Remove temporary build folders (``.NAME-KEY-PID-xxxx``) of runs that are gone (killed)."""
-    from deepfm.training.io import pid_alive
+    from deepfm.io import pid_alive
 
     removed = []
     for path in prepared.iterdir() if prepared.is_dir() else []:

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from deepfm import masks
-from deepfm.fast import BatchLayout, Forward, Fused, register
 from deepfm.fast.kernels import (
     MLPNode,
     MLPSpec,
@@ -39,6 +38,7 @@ from deepfm.fast.kernels import (
     table_mlp_backward,
     table_mlp_forward,
 )
+from deepfm.fast.registry import BatchLayout, Forward, Fused, register
 from deepfm.models.dcnv2 import DCNv2
 from deepfm.models.deepfm import DeepFM
 from deepfm.models.fm import FM

@@ -26,14 +26,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from deepfm import __version__
+from deepfm.artifact.recommend import can_recommend, recommend
+from deepfm.artifact.trained import TrainedModel
 from deepfm.data.records import RawColumn, raw_columns
 from deepfm.errors import DeepFMError
 from deepfm.serving import MAX_BATCH
 from deepfm.serving.encoder import RecordEncoder, RecordError
 from deepfm.serving.graph import serving_forward
-from deepfm.serving.recommend import can_recommend, recommend
-from deepfm.training.checkpoint import TrainedModel
+from deepfm.version import __version__
 
 log = logging.getLogger("deepfm.serve")
 

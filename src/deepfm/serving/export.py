@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepfm.artifact.trained import TrainedModel
 from deepfm.data.features import FeatureMap
 from deepfm.errors import ConfigError
-from deepfm.training.checkpoint import TrainedModel
-from deepfm.training.io import atomic_write
+from deepfm.io import atomic_write
 
 FORMATS = ("onnx", "torchscript")
 FEATURE_MAP_FILE = "feature_map.json"

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from deepfm.training.precision import bf16_supported
+from deepfm.hardware import bf16_supported
 
 if TYPE_CHECKING:
     from deepfm.config import TrainConfig

@@ -55,6 +55,11 @@ def env_world_size() -> int:
         raise ConfigError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a process started without one (it owns files and trackers)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @dataclass(frozen=True)
 class Shard:
     """This rank's disjoint share of every epoch's permutation."""

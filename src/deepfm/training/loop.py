@@ -1,4 +1,4 @@
-"""The inner loops: one training epoch over shuffled tensor batches, and batched prediction.
+"""The inner loop: one training epoch over shuffled tensor batches.
 
 Hot-loop rules: batches are views of the epoch's pre-shuffled tensors (gathered on the model's
 device in chunks of up to 64 MiB: one gather per epoch on MovieLens), the loss is ``BCEWithLogits``
@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,6 +28,7 @@ from tqdm import tqdm
 from deepfm import masks
 from deepfm.data.batching import Split
 from deepfm.errors import ConfigError, NumericalError
+from deepfm.evaluation.scoring import module_device, on_device
 from deepfm.training.distributed import Shard
 
 PROGRESS_EVERY = 32
@@ -93,7 +92,7 @@ def train_epoch(
         mask_seed = hash((mask_seed, shard.rank)) & (2**62 - 1)
     cut = skip_frozen_backward(module, frozen or []) if shard is None else contextlib.nullcontext()
     with masks.epoch_stream(mask_seed, pos.step) as stream, cut:
-        sizes, batches = _epoch_batches(split, batch_size, generator, shard, _device_of(module))
+        sizes, batches = _epoch_batches(split, batch_size, generator, shard, module_device(module))
         forward_loss = _forward_loss(module)
         # the speed layer's forward + loss + gradients without autograd, where it has one
         # (deepfm.fast.FastModel; a DDP-wrapped module has none: its reducer needs autograd)
@@ -167,7 +166,7 @@ def _epoch_batches(
         perm = torch.randperm(len(split), generator=generator)
     full, rest = divmod(len(perm), batch_size)
     sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
-    data = _to_device(split, device)
+    data = on_device(split, device)
     row_bytes = sum(
         t[:1].numel() * t.element_size()
         for t in (data.ids, data.bags, data.dense, data.label)
@@ -272,40 +271,3 @@ def _forward_loss(module: nn.Module) -> Callable[..., torch.Tensor]:
         return F.binary_cross_entropy_with_logits(module(ids, bags, dense), label)
 
     return forward_loss
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-_ON_DEVICE: dict[tuple[int, str], tuple[weakref.ref, Split]] = {}
-
-
-def _to_device(split: Split, device: torch.device) -> Split:
-    """``split`` on ``device``: itself when already there, else a copy made once and reused
-    while ``split`` lives (pinned memory, non-blocking copies), so every epoch after the
-    first gathers on the GPU with no host-to-device traffic."""
-    if split.ids.device == device:
-        return split
-    key = (id(split), str(device))
-    cached = _ON_DEVICE.get(key)
-    if cached is not None and cached[0]() is split:
-        return cached[1]
-    for k in [k for k, (ref, _) in _ON_DEVICE.items() if ref() is None]:
-        del _ON_DEVICE[k]
-    pin = device.type == "cuda" and torch.cuda.is_available()
-    moved = split.map(lambda t: (t.pin_memory() if pin else t).to(device, non_blocking=pin))
-    _ON_DEVICE[key] = (weakref.ref(split), moved)
-    return moved
-
-
-@torch.inference_mode()
-def predict_probs(module: nn.Module, split: Split, batch_size: int = 65536) -> np.ndarray:
-    """Click probabilities for every row of ``split``, in order (eval mode, no autograd)."""
-    was_training = module.training
-    module.eval()
-    device = _device_of(module)
-    out = [torch.sigmoid(module(*b.inputs)) for b in _to_device(split, device).batches(batch_size)]
-    module.train(was_training)
-    return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, dtype=np.float32)

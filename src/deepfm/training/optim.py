@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepfm.config import CHOICES
+from deepfm.config import CHOICES, TrainConfig
 from deepfm.errors import ConfigError
 from deepfm.fast.optim import FusedAdam
 
@@ -225,3 +225,14 @@ def plateau_scheduler(
     if isinstance(optimizer, CombinedOptimizer):
         return CombinedScheduler([plateau(o, **options) for o in optimizer.optimizers])
     return plateau(optimizer, **options)
+
+
+def optimizer_for(
+    module: nn.Module, config: TrainConfig, resolved: str | None = None
+) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``module``, its L2 per parameter group from the config;
+    ``auto`` is ``resolved`` (what :func:`deepfm.training.auto.resolve` chose), else ``fused``."""
+    name = config.optimizer if config.optimizer != "auto" else resolved or DEFAULT_OPTIMIZER
+    decay = {"embedding": config.embedding_l2, "dense": config.net_l2}  # None: --weight-decay
+    group_decay = {group: value for group, value in decay.items() if value is not None}
+    return make_optimizer(module, name, config.lr, config.weight_decay, group_decay)

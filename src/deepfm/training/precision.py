@@ -22,30 +22,19 @@ from torch import nn
 
 from deepfm.config import CHOICES
 from deepfm.errors import ConfigError
+from deepfm.hardware import bf16_problem, bf16_supported
 
 PRECISIONS = CHOICES["precision"]
-
-
-def bf16_supported(device: str | torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 matrix products natively (CPU: AVX512-BF16 or AMX)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+__all__ = ["PRECISIONS", "Autocast", "autocast", "bf16_supported", "check_precision"]
 
 
 def check_precision(precision: str, device: str | torch.device) -> str:
     """``precision`` if ``device`` can run it; a one-line :class:`ConfigError` otherwise."""
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and not bf16_supported(device):
-        what = (
-            "this CPU has neither AVX512-BF16 nor AMX"
-            if torch.device(device).type == "cpu"
-            else ("this GPU does not support bfloat16")
-        )
-        raise ConfigError(f"--precision bf16: {what}; use --precision fp32 (or auto)")
+    problem = bf16_problem(device) if precision == "bf16" else None
+    if problem:
+        raise ConfigError(problem)
     return precision
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -19,38 +18,33 @@ from typing import Any
 
 import torch
 
-from deepfm import __version__
+from deepfm.artifact.checkpoint import MODEL_FILE, model_from_config, save_checkpoint
+from deepfm.artifact.trained import TrainedModel
 from deepfm.config import TrainConfig
 from deepfm.data.datasets import DataOptions, PreparedData, prepare
 from deepfm.data.features import FeatureMap
 from deepfm.data.validate import check_splits
-from deepfm.training import auto, evaluation, optim, tracking
-from deepfm.training.checkpoint import MODEL_FILE, TrainedModel, model_from_config, save_checkpoint
-from deepfm.training.distributed import init_distributed
+from deepfm.errors import ConfigError
+from deepfm.evaluation import evaluator as evaluation
+from deepfm.evaluation.plots import learning_curve
+from deepfm.evaluation.scoring import predict_probs
+from deepfm.io import clean_temporary_files, finite, write_json, write_text
+from deepfm.training import auto, optim
+from deepfm.training.distributed import init_distributed, is_main_process
 from deepfm.training.early_stopping import EarlyStopping
-from deepfm.training.io import clean_temporary_files, finite, write_json, write_text
-from deepfm.training.loop import predict_probs, train_epoch
-from deepfm.training.plots import learning_curve
+from deepfm.training.loop import train_epoch
 from deepfm.training.precision import Autocast
 from deepfm.training.runfolder import RunFolder, data_fingerprint
 from deepfm.training.state import TrainingState
+from deepfm.training.tracker import Tracker, with_step_logging
 from deepfm.training.warmstart import Base, Carried, load_base, warm_start
+from deepfm.version import __version__
 
 
 def configure_threads(threads: int) -> None:
     """``threads`` intra-op threads; 0 = automatic: one until the model is built, then the
     choice of :func:`deepfm.training.auto.auto_threads` (see :func:`train`)."""
     torch.set_num_threads(threads if threads > 0 else optim.AUTO_THREADS)
-
-
-def make_optimizer(
-    module: torch.nn.Module, config: TrainConfig, choices: auto.Choices | None = None
-) -> torch.optim.Optimizer:
-    """``config.optimizer`` over ``module``; ``auto`` as resolved in ``choices`` (or ``fused``)."""
-    name = config.optimizer if config.optimizer != "auto" else choices.optimizer if choices else "fused"
-    decay = {"embedding": config.embedding_l2, "dense": config.net_l2}  # None: --weight-decay
-    group_decay = {group: value for group, value in decay.items() if value is not None}
-    return optim.make_optimizer(module, name, config.lr, config.weight_decay, group_decay)
 
 
 def trainable(module: torch.nn.Module, data: PreparedData, config: TrainConfig) -> torch.nn.Module:
@@ -103,16 +97,25 @@ def train(
     data: PreparedData | None = None,
     echo: Any = print,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Train, early-stop, test and write every output; returns the ``metrics.json`` content.
 
     Holds the run folder's lock throughout; a fresh run first removes the previous run's outputs.
 
     ``on_epoch(record)`` is called after every epoch's validation (``deepfm tune`` prunes there).
+    ``tracker`` receives the run's progress (``--tensorboard`` / ``--mlflow``: the caller builds it
+    with :func:`deepfm.experiments.tracking.from_config`, which checks the extras first).
     """
     config.validate()
-    main = os.environ.get("RANK", "0") == "0"  # torchrun: rank 0 owns the folder and the trackers
-    tracker = tracking.from_config(config, main)  # a missing extra is an error before any work
+    main = is_main_process()  # torchrun: rank 0 owns the folder and the trackers
+    if tracker is None:
+        if (config.tensorboard is not None or config.mlflow is not None) and main:
+            raise ConfigError(
+                "--tensorboard / --mlflow need a tracker: "
+                "train(config, tracker=deepfm.experiments.tracking.from_config(config))"
+            )
+        tracker = Tracker()
     with RunFolder(config.out, writer=main) as folder:
         base = load_base(config)  # --init-from: read before clearing (RUN may be --out itself)
         if not config.resume:
@@ -131,7 +134,7 @@ def _train(
     data: PreparedData | None,
     echo: Any,
     folder: RunFolder,
-    tracker: tracking.Tracker,
+    tracker: Tracker,
     base: Base | None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -177,7 +180,7 @@ def _train(
     net = ddp.wrap(trainable(module, data, config), seed=config.seed)
     if choices.precision != "fp32":
         net = Autocast(net, choices.precision, config.device)  # training forward only
-    optimizer = make_optimizer(module, config, choices)
+    optimizer = optim.optimizer_for(module, config, choices.optimizer)
     eval_rows = auto.eval_batch_rows(config, data.feature_map)  # --eval-batch-size, memory-capped
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -221,7 +224,7 @@ def _train(
             desc=f"epoch {epoch}/{config.epochs}",
             shard=ddp.shard if ddp.enabled else None,
             frozen=frozen_parameters(module, config, epoch),
-            **tracking.with_step_logging(state.loop_options(epoch), tracker, lambda: state.global_step),
+            **with_step_logging(state.loop_options(epoch), tracker, lambda: state.global_step),
         )
         stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
         ddp.sync_buffers(module)  # same BatchNorm running stats on every rank

@@ -31,8 +31,8 @@ from torch import nn
 
 from deepfm.config import TrainConfig
 from deepfm.errors import CheckpointError, ConfigError, NumericalError, brief
+from deepfm.io import atomic_write
 from deepfm.training.early_stopping import EarlyStopping
-from deepfm.training.io import atomic_write
 from deepfm.training.loop import EpochPosition, check_weights
 
 T = TypeVar("T")

@@ -27,10 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepfm.artifact.checkpoint import model_from_config, resolve
+from deepfm.artifact.trained import TrainedModel, load_model
 from deepfm.config import TrainConfig
 from deepfm.data.features import FeatureMap
 from deepfm.errors import CheckpointError, brief
-from deepfm.training.checkpoint import TrainedModel, load_model, model_from_config, resolve
+from deepfm.training import auto
+from deepfm.training.optim import optimizer_for
 from deepfm.training.state import STATE_FILE, read_state
 
 
@@ -214,12 +217,9 @@ def carry_optimizer(
     """Carry the base run's optimizer state ``saved`` onto ``optimizer``, by parameter name."""
 
     old_module = model_from_config(base.config, base.feature_map)  # same parameter order as base's
-    from deepfm.training import auto
-    from deepfm.training.run import make_optimizer
-
     # the base run's optimizer as it was built: ``auto`` resolved as that run resolved it
     choices = auto.resolve(base.config, old_module, base.feature_map)
-    old_optimizer = make_optimizer(old_module, base.config, choices)
+    old_optimizer = optimizer_for(old_module, base.config, choices.optimizer)
     try:
         old_optimizer.load_state_dict(saved)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:

@@ -42,7 +42,7 @@ def learning_curve(
 ) -> Path:
     import matplotlib.pyplot as plt
 
-    from deepfm.training.io import atomic_write
+    from deepfm.io import atomic_write
 
     fig = learning_curve_figure(epochs, title, best_epoch)
     path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))

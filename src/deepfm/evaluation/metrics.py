@@ -4,7 +4,7 @@ Pointwise (scikit-learn's ROC AUC and log loss underneath): ``auc``, ``logloss``
 group, e.g. per user, averaged with the groups' row counts as weights, over groups holding both
 classes) and ``calibration`` (mean prediction / observed positive rate; 1 = calibrated).
 Ranking, on a leave-last-out split: ``hitrate@K`` and ``ndcg@K`` of each held-out item's rank among
-its candidates (see :mod:`deepfm.training.evaluation`). ``--metrics`` names a selection of them.
+its candidates (see :mod:`deepfm.evaluation.evaluator`). ``--metrics`` names a selection of them.
 """
 
 from __future__ import annotations

@@ -9,16 +9,28 @@ Titles come from the item table when the model carries one with a ``title`` colu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from deepfm.data.batching import Split
+from deepfm.data.features import FeatureMap
 from deepfm.data.rated import ITEM_FIELD, USER_FIELD, rated_positions
 from deepfm.data.records import coerce_value, prepare_records, raw_columns
+from deepfm.data.tables import Tables
 from deepfm.errors import ConfigError
-from deepfm.training.checkpoint import TrainedModel
+
+
+class Scorer(Protocol):
+    """What recommending needs of a model (a :class:`~deepfm.artifact.trained.TrainedModel`)."""
+
+    feature_map: FeatureMap
+    tables: Tables
+    extras: dict[str, Any]
+
+    def predict_split(self, split: Split, batch_size: int = ...) -> np.ndarray: ...
+
 
 TITLE = "title"
 
@@ -41,13 +53,13 @@ class Recommendations:
         }
 
 
-def can_recommend(model: TrainedModel) -> bool:
+def can_recommend(model: Scorer) -> bool:
     user, item = _fields(model)
     names = {f.name for f in model.feature_map.categorical}
     return user in names and item in names
 
 
-def parse_user(model: TrainedModel, user: Any) -> Any:
+def parse_user(model: Scorer, user: Any) -> Any:
     """``user`` in the user vocabulary's type (:func:`~deepfm.data.records.id_value`'s rule shared
     by every entry point); ``None`` when it cannot be one: an unknown user, scored as OOV."""
     name, _ = _fields(model)
@@ -55,7 +67,7 @@ def parse_user(model: TrainedModel, user: Any) -> Any:
     return coerce_value(user, dtype)
 
 
-def recommend(model: TrainedModel, user: Any, k: int = 10, exclude_rated: bool = True) -> Recommendations:
+def recommend(model: Scorer, user: Any, k: int = 10, exclude_rated: bool = True) -> Recommendations:
     """The ``k`` highest-scoring items for ``user``, excluding those rated in training."""
     if not can_recommend(model):
         raise ConfigError(
@@ -94,6 +106,6 @@ def recommend(model: TrainedModel, user: Any, k: int = 10, exclude_rated: bool =
     return Recommendations(user, position >= 0, int((~keep).sum()), len(candidates), table)
 
 
-def _fields(model: TrainedModel) -> tuple[str, str]:
+def _fields(model: Scorer) -> tuple[str, str]:
     rated = model.extras.get("rated") or {}
     return rated.get("user", USER_FIELD), rated.get("item", ITEM_FIELD)

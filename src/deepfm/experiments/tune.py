@@ -29,7 +29,7 @@ import yaml
 
 from deepfm.config import TrainConfig, load_yaml
 from deepfm.errors import ConfigError
-from deepfm.training.io import atomic_write, write_text
+from deepfm.io import atomic_write, write_text
 
 STUDY_NAME = "deepfm-tune"
 DB_FILE = "study.db"
@@ -215,7 +215,8 @@ def _worker(
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from deepfm.training.run import configure_threads, load_data, train
+    from deepfm.experiments.tracking import train_tracked
+    from deepfm.training.run import configure_threads, load_data
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = TrainConfig.from_dict(base_dict)
@@ -241,7 +242,7 @@ def _worker(
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        metrics = train(config, data=cache[key], echo=lambda *_: None, on_epoch=report)
+        metrics = train_tracked(config, data=cache[key], echo=lambda *_: None, on_epoch=report)
         trial.set_user_attr("best_epoch", metrics["best_epoch"])
         trial.set_user_attr("epochs_run", metrics["epochs_run"])
         return float(metrics["best_valid_auc"])

@@ -30,9 +30,9 @@ from deepfm.data.features import FeatureMap, _encode_lists
 from deepfm.data.rated import ITEM_FIELD, USER_FIELD, build_rated, rated_positions
 from deepfm.data.tables import Tables, join_tables
 from deepfm.errors import ConfigError
-from deepfm.training import metrics as M
-from deepfm.training.io import atomic_write
-from deepfm.training.loop import predict_probs
+from deepfm.evaluation import metrics as M
+from deepfm.evaluation.scoring import predict_probs
+from deepfm.io import atomic_write
 
 PREDICTIONS_FILE = "test_predictions.parquet"
 RANK_ROWS = 1 << 18  # candidate rows scored per forward pass
@@ -327,53 +327,3 @@ def brief(values: dict[str, float], skip: tuple[str, ...] = ("auc", "logloss", "
         if k not in skip
     ]
     return "  ".join(parts) + ("  " if parts else "")
-
-
-def evaluate_model(
-    model: Any,
-    data: Any,
-    label: str | None = None,
-    metrics: str | None = None,
-    group_by: str | None = None,
-    negatives: int | None = None,
-    layout: str = "auto",
-) -> dict[str, Any]:
-    """Metrics of a trained model on labelled raw data (files in its layout, a frame or records)."""
-    from deepfm.data.layouts import label_rule, labels_of, parse_label, read_labelled
-    from deepfm.data.records import prepare_records, records_frame
-
-    if isinstance(data, (str, Path)) or (
-        isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, Path)) for d in data)
-    ):
-        paths = [data] if isinstance(data, (str, Path)) else list(data)
-        frame, labels = read_labelled(model, paths, layout, label)
-    else:
-        frame = _frame_of(data)
-        rule = parse_label(label) if label else label_rule(model)
-        if model.config.drop_neutral and rule[0] == "rating" and "rating" in frame.columns:
-            frame = frame[frame["rating"] != 3].reset_index(drop=True)
-        labels = labels_of(frame, rule)
-    frame = prepare_records(records_frame(frame, model.feature_map), model.feature_map, model.tables)
-    split = Split.from_arrays(model.feature_map.encode(frame), labels)
-    probs = model.predict_split(split, model.config.eval_batch_size)
-    evaluator = for_model(model, metrics, group_by, negatives)
-    values = evaluator.evaluate(model.module, split, probs)
-    return {
-        "rows": len(split),
-        "positive_rate": float(labels.mean()) if len(labels) else math.nan,
-        **values,
-        "evaluation": evaluator.describe(),
-    }
-
-
-def _frame_of(data: Any) -> pd.DataFrame:
-    """A pandas frame of a DataFrame, an Arrow table, a Polars frame or a list of records."""
-    if isinstance(data, pd.DataFrame):
-        return data
-    if hasattr(data, "to_pandas"):  # pyarrow.Table, polars.DataFrame
-        return data.to_pandas()
-    if isinstance(data, (list, tuple)):
-        return pd.DataFrame.from_records(list(data))
-    raise ConfigError(
-        f"expected a DataFrame, an Arrow table, records or file paths, got {type(data).__name__}"
-    )

@@ -2,7 +2,7 @@
 
 Both are optional extras (``pip install 'deepfm[track]'``) imported only when asked for; asking
 without them installed is a one-line error naming the extra. ``deepfm.training.run`` talks to
-them through one small interface, :class:`Tracker`:
+them through one small interface, :class:`~deepfm.training.tracker.Tracker`:
 
 * ``start(config, run, out, summary)`` once the data is ready,
 * ``log_step(step, loss)`` every ``--tensorboard-every`` optimizer steps (the mean training loss
@@ -28,67 +28,19 @@ from typing import Any
 
 from deepfm.config import TrainConfig
 from deepfm.errors import ConfigError
+from deepfm.training.distributed import is_main_process
+from deepfm.training.run import train
+from deepfm.training.runfolder import OUTPUTS
+from deepfm.training.tracker import Tracker, Trackers
 
 EXTRA = "pip install 'deepfm[track]'"
 
 
-class Tracker:
-    """Does nothing; subclasses log somewhere."""
+def from_config(config: TrainConfig, main: bool | None = None) -> Tracker:
+    """The trackers ``config`` asks for (none on DDP ranks other than 0); checks the extras first.
 
-    def start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
-        """The run begins (data prepared, model built)."""
-
-    def log_step(self, step: int, loss: float) -> None:
-        """Mean training loss of the steps since the previous call; ``step`` counts the whole run."""
-
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        """One epoch's ``history.csv`` row."""
-
-    def end(self, metrics: dict[str, Any], out: Path) -> None:
-        """The run finished and wrote its outputs."""
-
-    def close(self, failed: bool = False) -> None:
-        """Always called last (also after an error)."""
-
-    @property
-    def step_every(self) -> int:
-        """Steps between ``log_step`` calls (0: never)."""
-        return 0
-
-
-class Trackers(Tracker):
-    """Several trackers as one."""
-
-    def __init__(self, trackers: list[Tracker]) -> None:
-        self.trackers = trackers
-
-    def start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
-        for t in self.trackers:
-            t.start(config, run, out, summary)
-
-    def log_step(self, step: int, loss: float) -> None:
-        for t in self.trackers:
-            t.log_step(step, loss)
-
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        for t in self.trackers:
-            t.log_epoch(record)
-
-    def end(self, metrics: dict[str, Any], out: Path) -> None:
-        for t in self.trackers:
-            t.end(metrics, out)
-
-    def close(self, failed: bool = False) -> None:
-        for t in self.trackers:
-            t.close(failed)
-
-    @property
-    def step_every(self) -> int:
-        return max((t.step_every for t in self.trackers), default=0)
-
-
-def from_config(config: TrainConfig, main: bool = True) -> Tracker:
-    """The trackers ``config`` asks for (none on DDP ranks other than 0); checks the extras first."""
+    Pass the result to :func:`deepfm.training.run.train` (``tracker=``)."""
+    main = is_main_process() if main is None else main
     trackers: list[Tracker] = []
     if config.tensorboard is not None:
         _need("tensorboard", "--tensorboard")
@@ -97,6 +49,12 @@ def from_config(config: TrainConfig, main: bool = True) -> Tracker:
         _need("mlflow", "--mlflow")
         trackers.append(MLflowTracker(config.mlflow))
     return Trackers(trackers) if main else Tracker()
+
+
+def train_tracked(config: TrainConfig, **options: Any) -> dict[str, Any]:
+    """:func:`deepfm.training.run.train` with the trackers ``config`` asks for (``--tensorboard``,
+    ``--mlflow``); the extras are checked before any work. Returns the ``metrics.json`` content."""
+    return train(config, tracker=from_config(config), **options)
 
 
 def _need(module: str, option: str) -> None:
@@ -212,8 +170,6 @@ class MLflowTracker(Tracker):
         self.mlflow.log_metrics(values, step=int(record["epoch"]))
 
     def end(self, metrics: dict[str, Any], out: Path) -> None:
-        from deepfm.training.runfolder import OUTPUTS
-
         final = {k: float(metrics[k]) for k in FINAL_SCALARS if metrics.get(k) is not None}
         self.mlflow.log_metrics(final)
         for name in OUTPUTS:
@@ -224,31 +180,3 @@ class MLflowTracker(Tracker):
         if self.active:
             self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
             self.active = False
-
-
-def with_step_logging(options: dict[str, Any], tracker: Tracker, global_step: Any) -> dict[str, Any]:
-    """``train_epoch`` options whose step hook also logs the loss every ``tracker.step_every`` steps.
-
-    Uses the loop's ``on_step`` hook (the running loss sum it reports): the hook it already has
-    (``state.pt`` saving) still runs first, at its own step numbers.
-    """
-    every = tracker.step_every
-    if not every:
-        return options
-    import math
-
-    inner, inner_every = options.get("on_step"), options.get("step_every") or 0
-    start = options.get("start")
-    last = [float(start.loss_sum) if start is not None and start.loss_sum is not None else 0.0]
-    last.append(start.samples if start is not None else 0)
-
-    def on_step(pos: Any) -> None:
-        if inner is not None:
-            inner(pos)
-        if pos.step % every == 0 and pos.loss_sum is not None and pos.samples > last[1]:
-            total = float(pos.loss_sum)
-            tracker.log_step(int(global_step()), (total - last[0]) / (pos.samples - last[1]))
-            last[:] = [total, pos.samples]
-
-    step_every = math.gcd(inner_every, every) if inner_every else every
-    return {**options, "on_step": on_step, "step_every": step_every}

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from deepfm.config import TrainConfig
-from deepfm.training.io import finite, write_json, write_text
-from deepfm.training.run import load_data, train
+from deepfm.experiments.tracking import train_tracked
+from deepfm.io import finite, write_json, write_text
+from deepfm.training.run import load_data
 
 COLUMNS = (
     "model",
@@ -46,7 +47,7 @@ def compare(
             config = dataclasses.replace(
                 base, model=model, seed=seed, out=str(out / "runs" / f"{model}-seed{seed}")
             )
-            metrics = train(config, data=data, echo=lambda _msg: None)
+            metrics = train_tracked(config, data=data, echo=lambda _msg: None)
             echo(
                 f"{model:>10s} seed {seed}: test AUC {metrics['test_auc']:.4f}  logloss "
                 f"{metrics['test_logloss']:.4f}  best epoch {metrics['best_epoch']}  "
@@ -214,7 +215,7 @@ def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], path: Path, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deepfm.training.io import atomic_write
+    from deepfm.io import atomic_write
 
     names = [r["model"] for r in rows]
     colours = {name: f"C{i}" for i, name in enumerate(names)}

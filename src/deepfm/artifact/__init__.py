@@ -1,0 +1,1 @@
+"""The model artifact: ``model.pt`` saved, loaded and migrated, and the loaded :class:`TrainedModel`."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the evaluator of an encoded split, file evaluation and plots."""

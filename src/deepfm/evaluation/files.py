@@ -1,0 +1,69 @@
+"""Evaluating a trained model on labelled raw data: files in its layout, a frame or records.
+
+Reads the rows (:mod:`deepfm.data.layouts`), labels them by the training data's rule (or a given
+one), encodes them with the model's feature map and side tables, scores them and computes the
+model's metrics with its :class:`~deepfm.evaluation.evaluator.Evaluator`. The model is anything
+with ``feature_map``, ``tables``, ``extras``, ``config``, ``module`` and ``predict_split`` (a
+:class:`~deepfm.artifact.trained.TrainedModel`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deepfm.data.batching import Split
+from deepfm.data.layouts import label_rule, labels_of, parse_label, read_labelled
+from deepfm.data.records import prepare_records, records_frame
+from deepfm.errors import ConfigError
+from deepfm.evaluation.evaluator import for_model
+
+
+def evaluate_model(
+    model: Any,
+    data: Any,
+    label: str | None = None,
+    metrics: str | None = None,
+    group_by: str | None = None,
+    negatives: int | None = None,
+    layout: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of a trained model on labelled raw data (files in its layout, a frame or records)."""
+    if isinstance(data, (str, Path)) or (
+        isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, Path)) for d in data)
+    ):
+        paths = [data] if isinstance(data, (str, Path)) else list(data)
+        frame, labels = read_labelled(model, paths, layout, label)
+    else:
+        frame = _frame_of(data)
+        rule = parse_label(label) if label else label_rule(model)
+        if model.config.drop_neutral and rule[0] == "rating" and "rating" in frame.columns:
+            frame = frame[frame["rating"] != 3].reset_index(drop=True)
+        labels = labels_of(frame, rule)
+    frame = prepare_records(records_frame(frame, model.feature_map), model.feature_map, model.tables)
+    split = Split.from_arrays(model.feature_map.encode(frame), labels)
+    probs = model.predict_split(split, model.config.eval_batch_size)
+    evaluator = for_model(model, metrics, group_by, negatives)
+    values = evaluator.evaluate(model.module, split, probs)
+    return {
+        "rows": len(split),
+        "positive_rate": float(labels.mean()) if len(labels) else math.nan,
+        **values,
+        "evaluation": evaluator.describe(),
+    }
+
+
+def _frame_of(data: Any) -> pd.DataFrame:
+    """A pandas frame of a DataFrame, an Arrow table, a Polars frame or a list of records."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if hasattr(data, "to_pandas"):  # pyarrow.Table, polars.DataFrame
+        return data.to_pandas()
+    if isinstance(data, (list, tuple)):
+        return pd.DataFrame.from_records(list(data))
+    raise ConfigError(
+        f"expected a DataFrame, an Arrow table, records or file paths, got {type(data).__name__}"
+    )

@@ -1,0 +1,1 @@
+"""Experiments over runs: hyper-parameter search (tune), model comparison (compare) and tracking."""
