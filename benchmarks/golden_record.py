@@ -10,8 +10,8 @@ digest of every prepared array and the feature map.
     python benchmarks/golden_record.py write DIR --data-dir ../shared/data/ml-1m-half
     python benchmarks/golden_record.py check DIR --data-dir ../shared/data/ml-1m-half
 
-``check`` prints one line per item, ``same`` or what differs. The runs use one thread, so the
-metrics are bit-reproducible on one machine.
+``check`` prints per item what changed (rows per part, vocabularies as sets, arrays, metrics).
+The runs use one thread, so the metrics are bit-reproducible on one machine.
 """
 
 from __future__ import annotations
@@ -63,13 +63,13 @@ from pathlib import Path
 import numpy as np
 out = Path(sys.argv[1]); kind = sys.argv[2]
 try:  # the single prepare stage
-    from deepfm.data.prepare import prepare_dataset, PrepareOptions
+    from deepfm.data.options import PrepareOptions
+    from deepfm.data.prepare import prepare
     if kind == "spec":
-        opts = PrepareOptions(seed=0, progress=False)
-        data = prepare_dataset(spec_file=sys.argv[3], options=opts)
+        data = prepare(PrepareOptions(spec=sys.argv[3], seed=0), progress=False)
     else:
-        opts = PrepareOptions(features=sys.argv[4], split=sys.argv[5], seed=0, progress=False)
-        data = prepare_dataset(dataset="movielens-1m", data_dir=sys.argv[3], options=opts)
+        opts = PrepareOptions(data_dir=sys.argv[3], features=sys.argv[4], split=sys.argv[5], seed=0)
+        data = prepare(opts, progress=False)
 except ImportError:  # the code before it
     from deepfm.config import TrainConfig
     from deepfm.training.run import load_data
@@ -107,7 +107,7 @@ def pairs(fmap: dict[str, Any], ids: np.ndarray) -> tuple[np.ndarray, int]:
         f = cats[names.index(name)]
         local = ids[:, names.index(name)].astype(np.int64) - f["offset"] - 1
         known &= local >= 0
-        vocab = np.asarray(f["vocab"], dtype=np.int64)
+        vocab = np.asarray([int(v) for v in f["vocab"]], dtype=np.int64)  # ids as numbers or text
         cols.append(np.where(local >= 0, vocab[np.clip(local, 0, len(vocab) - 1)], -1))
     both = np.stack(cols, axis=1)[known]
     order = np.lexsort((both[:, 1], both[:, 0]))
@@ -223,22 +223,6 @@ def record(data_dir: str, epochs: int, shared: Path) -> dict[str, Any]:
     return out
 
 
-def diff(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        lines = []
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b:
-                lines.append(f"{path}/{k}: only in {'golden' if k in a else 'now'}")
-            else:
-                lines += diff(a[k], b[k], f"{path}/{k}")
-        return lines
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [line for i, (x, y) in enumerate(zip(a, b)) for line in diff(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, float) and (a == b or (a != a and b != b)):
-        return []
-    return [] if a == b else [f"{path}: golden {str(a)[:80]} now {str(b)[:80]}"]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("action", choices=["write", "check"])
@@ -257,10 +241,47 @@ def main() -> None:
         return
     golden = json.loads(file.read_text())
     for key in sorted(set(golden) | set(now)):
-        lines = diff(golden.get(key), now.get(key))
-        print(f"{key}: {'same' if not lines else f'{len(lines)} difference(s)'}")
-        for line in lines[:12]:
+        print(f"{key}:")
+        for line in summarize(golden.get(key), now.get(key)):
             print(f"    {line}")
+
+
+def summarize(golden: dict[str, Any] | None, now: dict[str, Any] | None) -> list[str]:
+    """What changed, item by item: the split (which rows in each part), the vocabularies (as
+    sets of values, their order and type aside), the prepared arrays, the metrics."""
+    if golden is None or now is None:
+        return [f"only in {'now' if golden is None else 'golden'}"]
+    lines = []
+    gf = {f["name"]: f for f in golden["feature_map"]["fields"]}
+    nf = {f["name"]: f for f in now["feature_map"]["fields"]}
+    if list(gf) != list(nf):
+        lines.append(f"fields: golden {list(gf)} now {list(nf)}")
+    for name in gf.keys() & nf.keys():
+        g, n = gf[name], nf[name]
+        same_values = {str(v) for v in g["vocab"]} == {str(v) for v in n["vocab"]}
+        if g["vocab"] != n["vocab"]:
+            what = (
+                "same values, other order or type"
+                if same_values
+                else f"{len(g['vocab'])} -> {len(n['vocab'])} values"
+            )
+            lines.append(f"vocab {name}: {what}")
+    for part in ("train", "valid", "test"):
+        g, n = golden["parts"][part], now["parts"][part]
+        if "pairs" in g:
+            state = "same rows" if g["pairs"] == n["pairs"] and g["rows"] == n["rows"] else "other rows"
+            lines.append(
+                f"{part}: {state} ({g['rows']} -> {n['rows']} rows, "
+                f"{g['positives']} -> {n['positives']} positive)"
+            )
+        else:
+            changed = sorted(k for k in g if g[k] != n.get(k))
+            lines.append(f"{part}: {'same arrays' if not changed else 'changed ' + ', '.join(changed)}")
+    if "metrics" in golden:
+        gm, nm = golden["metrics"], now["metrics"]
+        for k in ("test_auc", "test_logloss", "best_epoch", "best_valid_auc"):
+            lines.append(f"{k}: {gm.get(k)} -> {nm.get(k)}" + ("  (same)" if gm.get(k) == nm.get(k) else ""))
+    return lines
 
 
 if __name__ == "__main__":

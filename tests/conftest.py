@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prepared data and downloads of the whole session go to a folder of its own, never to the
+    user's cache (tests that need a fresh one set ``DEEPFM_CACHE`` themselves)."""
+    folder = tmp_path_factory.mktemp("deepfm-cache")
+    old = os.environ.get("DEEPFM_CACHE")
+    os.environ["DEEPFM_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("DEEPFM_CACHE", None)
+    else:
+        os.environ["DEEPFM_CACHE"] = old
+
+
+def prepared(data_dir: Path | str | None = None, **options: object):  # noqa: ANN201
+    """``data_dir``'s built-in data set (MovieLens-1M unless ``dataset=``) through the prepare stage."""
+    from deepfm.data.options import PrepareOptions
+    from deepfm.data.prepare import prepare
+
+    if data_dir is not None:
+        options["data_dir"] = str(data_dir)
+    return prepare(PrepareOptions(**options), progress=False)
 
 
 def write_movielens(
@@ -47,3 +72,35 @@ def ml_1m_half() -> Path:
     if not (path / "ratings.dat").exists():
         pytest.skip("../shared/data/ml-1m-half not present")
     return path
+
+
+def fit_map(
+    frame,  # noqa: ANN001 - a pandas DataFrame of raw values
+    names: list[str],
+    kinds: dict[str, str] | None = None,
+    min_count: int = 1,
+    max_vocab: int = 0,
+    base=None,  # noqa: ANN001 - a warm start's FeatureMap
+):  # noqa: ANN201
+    """A feature map of ``frame``'s columns as the prepare stage fits one (for small unit tests):
+    each field's vocabulary from its values' counts by :func:`choose_vocab`."""
+    import pandas as pd
+
+    from deepfm.data.features import FeatureMap, Field, base_vocab, choose_vocab
+
+    fields = []
+    for name in names:
+        kind = (kinds or {}).get(name, "categorical")
+        if kind == "numeric":
+            fields.append(Field(name, "numeric"))
+            continue
+        column = frame[name]
+        if kind == "sequence":
+            longest = int(column.map(len).max()) if len(column) else 0
+            column = column.explode().dropna()
+        counts = pd.Series(column).value_counts(sort=False)
+        vocab = choose_vocab(
+            counts.index.tolist(), counts.to_numpy(), min_count, max_vocab, base_vocab(base, name, kind)
+        )
+        fields.append(Field(name, kind, vocab, max_len=longest if kind == "sequence" else 0))
+    return FeatureMap(fields).with_offsets()

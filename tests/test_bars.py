@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from deepfm.cli.main import main
-from deepfm.data.ctr_datasets import BARS
+from deepfm.data.catalog.ctr import BARS
 
 PRESETS = Path(__file__).resolve().parents[1] / "src" / "deepfm" / "presets"
 

@@ -4,10 +4,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import prepared
 
 import deepfm
 from deepfm.cli.main import main
-from deepfm.data.datasets import prepare
 from deepfm.evaluation.metrics import auc
 
 
@@ -47,7 +47,7 @@ def test_cli_trains_planted_signal_end_to_end(tiny_ml, tmp_path, model):
 def test_checkpoint_round_trip_predicts_identical_probabilities(tiny_ml, tmp_path):
     metrics = train_tiny(tiny_ml, tmp_path / "run", "--seed", "5")
     model = deepfm.load(str(tmp_path / "run"))
-    data = prepare("movielens-1m", tiny_ml, seed=5)
+    data = prepared(tiny_ml, seed=5)
     probs = model.predict_split(data.test)
     assert auc(data.test.label.numpy(), probs) == pytest.approx(metrics["test_auc"], abs=1e-12)
     again = deepfm.load(str(tmp_path / "run" / "model.pt")).predict_split(data.test)
@@ -83,7 +83,8 @@ def test_malformed_file_gives_one_line_error_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'ratings.dat'}, line 2, field 'rating': 'five' is not an integer"
+        f"error: {tmp_path / 'ratings.dat'}, line 2, field 'rating': 'five' is not a number "
+        "(use --on-bad-lines skip to drop bad rows)"
     ]
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_movielens
+from conftest import prepared, write_movielens
 
 import deepfm
 from deepfm.cli.main import main
-from deepfm.data.datasets import prepare
 from deepfm.evaluation.metrics import auc
 from deepfm.training.distributed import DUMP_ENV, DistContext, Shard, chunk_bounds, init_distributed
 
@@ -114,11 +113,11 @@ def test_reported_auc_equals_single_process_evaluation_of_the_checkpoint(deepfm_
     root, proc = deepfm_2ranks
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     model = deepfm.load(str(root / "run"))
-    prepared = prepare("movielens-1m", data, seed=3)
-    assert auc(prepared.test.label.numpy(), model.predict_split(prepared.test)) == pytest.approx(
+    prepared_data = prepared(data, seed=3)
+    assert auc(prepared_data.test.label.numpy(), model.predict_split(prepared_data.test)) == pytest.approx(
         metrics["test_auc"], abs=1e-9
     )
-    assert auc(prepared.valid.label.numpy(), model.predict_split(prepared.valid)) == pytest.approx(
+    assert auc(prepared_data.valid.label.numpy(), model.predict_split(prepared_data.valid)) == pytest.approx(
         metrics["best_valid_auc"], abs=1e-9
     )
     assert metrics["distributed"] == {
@@ -130,7 +129,7 @@ def test_reported_auc_equals_single_process_evaluation_of_the_checkpoint(deepfm_
     # rank 0 alone prints and writes: one summary line, one history row per epoch
     assert proc.stdout.count("test AUC") == 1
     assert len((root / "run" / "history.csv").read_text().splitlines()) == 1 + metrics["epochs_run"]
-    assert metrics["data"]["rows"]["train"] == 12800
+    assert metrics["data"]["rows"]["train"] == len(prepared_data.train)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from deepfm.cli.main import main
-from deepfm.data.split import leave_last_split
+from deepfm.data.split import leave_last_parts
 from deepfm.errors import ConfigError
 from deepfm.evaluation import metrics as M
 
@@ -56,10 +56,12 @@ def test_metric_names_are_checked():
 def test_leave_last_split_holds_out_each_users_latest_rows():
     users = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3])
     times = np.array([5, 9, 1, 7, 3, 2, 8, 1, 2])
-    train, valid, test = leave_last_split(users, times, seed=0)
-    assert sorted(test.tolist()) == [1, 6]  # user 1 at t=9, user 2 at t=8; user 3 has < 3 rows
-    assert sorted(valid.tolist()) == [3, 4]  # their second-latest rows
-    assert sorted(train.tolist()) == [0, 2, 5, 7, 8]
+    parts = leave_last_parts(users, times, ties=np.zeros(len(users)))
+    assert np.flatnonzero(parts == 2).tolist() == [1, 6]  # user 1 at t=9, user 2 at t=8; user 3: < 3 rows
+    assert np.flatnonzero(parts == 1).tolist() == [3, 4]  # their second-latest rows
+    assert np.flatnonzero(parts == 0).tolist() == [0, 2, 5, 7, 8]
+    tied = leave_last_parts(np.array([1, 1, 1]), np.array([4, 4, 4]), ties=np.array([0.5, 0.9, 0.1]))
+    assert tied.tolist() == [1, 2, 0]  # equal times: ordered by the tie-break draw
 
 
 def _history(out: Path) -> list[dict[str, str]]:
@@ -118,9 +120,7 @@ def test_ranking_among_all_items_equals_a_brute_force_ranking(tiny_ml, tmp_path)
     fu = model.feature_map.field("user_id")
     expected = []
     for user, item in zip(frame["user_id"], frame["movie_id"]):
-        seen = set(
-            np.asarray(fi.vocab)[rated_positions(model.extras["rated"], fu.vocab.index(user))].tolist()
-        )
+        seen = set(np.asarray(fi.vocab)[rated_positions(model.facts.rated, fu.vocab.index(user))].tolist())
         items = [i for i in fi.vocab if i not in seen or i == item]
         scores = model.predict(pd.DataFrame({"user_id": user, "movie_id": items}))
         expected.append(int((scores > scores[items.index(item)]).sum()))
@@ -155,7 +155,7 @@ def test_ranking_with_side_features_swaps_the_items_genres_and_year(tmp_path):
     expected = []
     for user, item in zip(rows["user_id"], rows["movie_id"]):
         position = model.feature_map.field("user_id").vocab.index(user)
-        seen = set(np.asarray(fi.vocab)[rated_positions(model.extras["rated"], position)].tolist())
+        seen = set(np.asarray(fi.vocab)[rated_positions(model.facts.rated, position)].tolist())
         items = [i for i in fi.vocab if i not in seen or i == item]
         scores = model.predict(pd.DataFrame({"user_id": user, "movie_id": items}))  # side tables joined
         expected.append(int((scores > scores[items.index(item)]).sum()))

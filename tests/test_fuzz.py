@@ -1,8 +1,9 @@
 """Fuzzing (hypothesis) of every reader: a correct parse or a DeepFMError, never a crash or hang.
 
-Readers on this branch: MovieLens ``ratings.dat`` (checked against an independent reference
-parser), the whole ``prepare`` pipeline on fuzzed ratings, ``--config`` YAML files, config
-values, ``model.pt`` and ``state.pt`` files, and raw records given to ``TrainedModel.predict``.
+Readers: MovieLens ``ratings.dat`` read by the prepare stage (its ``::`` input and rating
+checks, against an independent reference parser), the whole ``prepare`` stage on fuzzed ratings,
+``--config`` YAML files, config values, ``model.pt`` and ``state.pt`` files, and raw records
+given to ``TrainedModel.predict``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ from hypothesis import strategies as st
 
 from deepfm.artifact.trained import load_model
 from deepfm.config import TrainConfig, load_yaml
-from deepfm.data.datasets import prepare
-from deepfm.data.movielens import RATING_FIELDS, read_ratings
+from deepfm.data.catalog import dataset_spec
+from deepfm.data.catalog.movielens import RATINGS
+from deepfm.data.options import PrepareOptions
+from deepfm.data.prepare import prepare
+from deepfm.data.prepare.rows import Rows
+from deepfm.data.readers import BadLines
 from deepfm.errors import CheckpointError, ConfigError, DataError
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.state import TrainingState, read_state, resume_config
@@ -49,60 +54,89 @@ def report_counts():
         Path(target).write_text(json.dumps(dict(COUNTS), indent=2) + "\n")
 
 
-RATING_LINE = re.compile(rb"[ \t]*(\d+)[ \t]*::[ \t]*(\d+)[ \t]*::[ \t]*(\d+)[ \t]*::[ \t]*(\d+)[ \t]*")
-
 rating_files = delimited_files(
     fields=[ints(0, 7000), ints(0, 4000), ints(1, 5), ints(9 * 10**8, 10**9 + 10**7)], sep=b"::"
 )
+F32_MAX = float(np.finfo(np.float32).max)
+UNIT = b"\x1f"  # the reader reads "::" as this byte (Arrow's CSV reader takes one-byte separators)
 
 
-def reference_ratings(data: bytes) -> list[tuple[int, ...]] | int | None:
-    """The rows of a valid file, the number of its first bad line, or None (nothing to read).
+def reference_ratings(data: bytes) -> tuple[list[tuple[str, str, float, float]], set[int]] | None:
+    """The rows of a file and the numbers of its bad lines, or None (not UTF-8, or no lines).
 
-    A leading UTF-8 byte-order mark is not part of the data (issue 16)."""
-    rows = []
+    A line is four ``::``-separated values (an empty line is one empty value); the rating a number
+    in 1..5, the timestamp a number (or empty: missing) within float32's range; ids are text. A
+    leading byte-order mark is dropped."""
     data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        line = line[:-1] if line.endswith(b"\r") else line
-        if not line.strip():
-            continue
-        match = RATING_LINE.fullmatch(line)
-        if match is None:
-            return number
-        values = tuple(int(v) for v in match.groups())
-        if max(values) > INT64_MAX or not 1 <= values[2] <= 5:
-            return number
-        rows.append(values)
-    return rows or None
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return None
+    lines = re.split(rb"\r\n|\r|\n", data)  # any line ending, a bare CR too
+    if lines and lines[-1] == b"":
+        lines = lines[:-1]  # the newline that ends the last line
+    rows, bad = [], set()
+    for number, line in enumerate(lines, start=1):
+        parts = line.replace(b"::", UNIT).split(UNIT)
+        rating, stamp = (_number(parts[2]), _number(parts[3])) if len(parts) == 4 else (None, None)
+        if (
+            rating is None or not 1 <= rating <= 5 or stamp is None or stamp == stamp and abs(stamp) > F32_MAX
+        ):  # nan is not in 1..5 either
+            bad.add(number)
+        else:
+            rows.append((parts[0].decode(), parts[1].decode(), rating, stamp))
+    return (rows, bad) if lines else None
+
+
+def _number(text: bytes) -> float | None:
+    """A number as the reader parses one (an empty value is missing: NaN); None if not a number."""
+    text = text.strip()
+    if not text:
+        return float("nan")
+    if not re.fullmatch(rb"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", text, re.I):
+        return None
+    return float(text)
+
+
+def read_ratings(path: Path) -> pd.DataFrame:
+    """``ratings.dat`` as the prepare stage reads it: the MovieLens spec's input and checks."""
+    rows = Rows.of(dataset_spec(PrepareOptions(data_dir=str(path.parent))), 0, BadLines("error"))
+    rows.numeric.add("timestamp")  # (a time field reads it as a number; ids-only does not read it)
+    frames = [c.frame for c, _ in rows.stream(BadLines("error"), RATINGS, join=False)]
+    return pd.concat([f.to_pandas() for f in frames], ignore_index=True) if frames else pd.DataFrame()
 
 
 @fuzz_settings(FUZZ_EXAMPLES * 4)
 @given(data=rating_files)
-def test_ratings_reader_parses_correctly_or_names_the_first_bad_line(tmp_path, data):
+def test_ratings_reader_parses_correctly_or_names_a_bad_line(tmp_path, data):
     path = write_bytes(tmp_path, data, "ratings.dat")
     frame, error = parse_or_error(read_ratings, path, name="read_ratings")
     expected = reference_ratings(data)
-    if isinstance(expected, list):
+    if expected is not None and not expected[1]:
         assert error is None, f"valid file refused: {error}"
-        assert list(frame.columns) == list(RATING_FIELDS)
-        assert all(frame[c].dtype == np.int64 for c in frame.columns)
-        np.testing.assert_array_equal(frame.to_numpy(), np.array(expected, dtype=np.int64))
+        got = frame[RATINGS].to_numpy().tolist() if len(frame) else []
+        assert len(got) == len(expected[0])
+        for row, want in zip(got, expected[0]):
+            assert row[:2] == list(want[:2])
+            np.testing.assert_array_equal(np.array(row[2:], dtype=float), np.array(want[2:], dtype=float))
     else:
-        assert frame is None, f"invalid file accepted (reference: bad line {expected})"
+        assert frame is None, f"invalid file accepted (reference: bad lines {expected and expected[1]})"
         assert isinstance(error, DataError) and error.path == str(path), error
-        assert error.line == expected, f"{error} (reference: first bad line {expected})"
+        if expected is not None and error.line is not None:  # text: a bad line is named
+            assert error.line in expected[1], f"{error} (reference: bad lines {sorted(expected[1])})"
 
 
 @fuzz_settings(max(FUZZ_EXAMPLES // 6, 20))
 @given(data=rating_files, seed=st.integers(0, 3))
 def test_prepare_pipeline_on_fuzzed_ratings_never_crashes(tmp_path, data, seed):
     write_bytes(tmp_path, data, "ratings.dat")
-    prepared, error = parse_or_error(prepare, "movielens-1m", tmp_path, seed=seed, name="prepare")
+    options = PrepareOptions(data_dir=str(tmp_path), seed=seed)
+    prepared, error = parse_or_error(prepare, options, progress=False, name="prepare")
     if error is None:
         rows = sum(len(s) for s in (prepared.train, prepared.valid, prepared.test))
         assert rows == len(read_ratings(tmp_path / "ratings.dat")) >= 10
-        for split in (prepared.train, prepared.valid, prepared.test):
-            assert split.ids.dtype == torch.int64 and int(split.ids.min()) >= 1
+        for split in (prepared.train, prepared.valid, prepared.test):  # (a part may be empty)
+            assert split.ids.dtype == torch.int64 and (len(split) == 0 or int(split.ids.min()) >= 1)
             assert int(split.ids.max()) < prepared.feature_map.num_rows
 
 
@@ -256,7 +290,7 @@ def test_fuzz_value_strategy_covers_huge_and_non_utf8_values():
     find(odd_values(), lambda v: v.isdigit() and int(v) > INT64_MAX)
     find(odd_values(), lambda v: not _is_utf8(v))
     find(rating_files, lambda d: d == b"")
-    find(rating_files, lambda d: isinstance(reference_ratings(d), list) and len(reference_ratings(d)) > 3)
+    find(rating_files, lambda d: (r := reference_ratings(d)) is not None and not r[1] and len(r[0]) > 3)
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -269,5 +303,6 @@ def _is_utf8(data: bytes) -> bool:
 
 def test_read_ratings_matches_pandas_on_a_clean_file(tiny_ml):
     frame = read_ratings(tiny_ml / "ratings.dat")
-    again = pd.read_csv(tiny_ml / "ratings.dat", sep="::", header=None, engine="python").to_numpy()
-    np.testing.assert_array_equal(frame.to_numpy(), again)
+    again = pd.read_csv(tiny_ml / "ratings.dat", sep="::", header=None, engine="python", dtype=str)
+    np.testing.assert_array_equal(frame[RATINGS[:2]].to_numpy(), again[[0, 1]].to_numpy())
+    np.testing.assert_array_equal(frame[RATINGS[2:]].to_numpy(), again[[2, 3]].astype(float).to_numpy())

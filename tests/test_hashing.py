@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import fit_map
 
 import deepfm
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
-from deepfm.data.features import FeatureMap, choose_vocab
+from deepfm.data.features import choose_vocab
 from deepfm.data.hashing import HASH_NAME, local_rows
 from deepfm.data.spec import spec_from_dict
 from deepfm.errors import ConfigError
@@ -133,7 +134,7 @@ def test_max_vocab_keeps_the_most_frequent_values():
     assert choose_vocab(values, counts, min_count=4, max_vocab=10) == ["a", "b", "d"]
     assert choose_vocab(values, counts, max_vocab=3, base=["c", "z"]) == ["c", "z", "b"]  # cap on the total
     frame = pd.DataFrame({"site": list("aabbbbc"), "label": [0] * 7})
-    assert FeatureMap.fit(frame, ["site"], max_vocab=2).field("site").vocab == ["a", "b"]
+    assert fit_map(frame, ["site"], max_vocab=2).field("site").vocab == ["a", "b"]
 
 
 def test_max_vocab_option_applies_to_builtin_and_spec_data(tmp_path, tiny_ml):

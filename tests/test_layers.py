@@ -1,6 +1,7 @@
 import itertools
 
 import torch
+from conftest import fit_map
 
 from deepfm.models import MODELS, build_model
 from deepfm.models.layers import FactorizationMachine, Features, SparseFeatures
@@ -75,7 +76,6 @@ def test_checkpoints_with_the_old_flat_mlp_load_through_the_key_migration(tmp_pa
     from deepfm.artifact.migrate import migrate_state_dict
     from deepfm.artifact.trained import load_model
     from deepfm.config import TrainConfig
-    from deepfm.data.features import FeatureMap
 
     old = torch.load(Path(__file__).parent / "data" / "flat_mlp_state_dicts.pt", weights_only=True)
     for name, case in old.items():
@@ -94,7 +94,7 @@ def test_checkpoints_with_the_old_flat_mlp_load_through_the_key_migration(tmp_pa
     import pandas as pd
 
     frame = pd.DataFrame({"user_id": [1, 2, 3, 4], "movie_id": [5, 6, 7, 8]})
-    fmap = FeatureMap.fit(frame, ["user_id", "movie_id"], {})
+    fmap = fit_map(frame, ["user_id", "movie_id"])
     config = TrainConfig(model="deepfm", embed_dim=4, mlp=(6, 5))
     model = build_model("deepfm", num_rows=fmap.num_rows, num_fields=2, embed_dim=4, mlp=(6, 5))
     with torch.no_grad():

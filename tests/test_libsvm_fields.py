@@ -14,7 +14,9 @@ import yaml
 
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
-from deepfm.data.preprocess import PrepareOptions, cache_key, prepare_spec
+from deepfm.data.options import PrepareOptions
+from deepfm.data.prepare import prepare_spec
+from deepfm.data.prepare.cache import cache_key
 from deepfm.data.spec import load_spec, spec_from_dict
 from deepfm.errors import ConfigError, DataError
 from deepfm.models import build_model
@@ -157,7 +159,7 @@ RANGES = [
 
 
 def _prepared(spec: dict, folder: Path):
-    return prepare_spec(spec_from_dict(spec, "s.yaml", folder), PrepareOptions(progress=False))
+    return prepare_spec(spec_from_dict(spec, "s.yaml", folder), PrepareOptions(), progress=False)
 
 
 def test_index_ranges_encode_like_positions_and_the_csv(tmp_path):
@@ -175,7 +177,7 @@ def test_index_ranges_encode_like_positions_and_the_csv(tmp_path):
             f.write(" ".join([label, *tokens]) + "\n")
     shuffled = _prepared(_ranges_spec(["shuffled.svm"], RANGES), tmp_path)
     for name in ("auto", "csv"):
-        other = prepare_spec(load_spec(specs[name]), PrepareOptions(progress=False))
+        other = prepare_spec(load_spec(specs[name]), PrepareOptions(), progress=False)
         assert [f.vocab for f in ranged.feature_map.fields] == [f.vocab for f in other.feature_map.fields]
         for part in ("train", "valid", "test"):
             assert torch.equal(getattr(ranged, part).ids, getattr(other, part).ids), (name, part)
@@ -195,8 +197,7 @@ def test_index_range_changes_the_cache_key_and_round_trips(tmp_path):
     (tmp_path / "d.svm").write_text("1 3:1 12:1\n0 4:1 11:1\n")
     one = spec_from_dict(_ranges_spec(["d.svm"], [{"name": "a", "index_range": [0, 10]}]), "s", tmp_path)
     two = spec_from_dict(_ranges_spec(["d.svm"], [{"name": "a", "index_range": [0, 12]}]), "s", tmp_path)
-    files = one.input_files()
-    assert cache_key(one, files, PrepareOptions()) != cache_key(two, files, PrepareOptions())
+    assert cache_key(one, PrepareOptions()) != cache_key(two, PrepareOptions())
     again = spec_from_dict(one.to_yaml_dict(), "s", tmp_path)
     assert again.fields == one.fields and again.fields[0].source == "features[0:10]"
     plain = spec_from_dict(_ranges_spec(["d.svm"], [{"name": "features", "kind": "multi"}]), "s", tmp_path)
@@ -258,19 +259,20 @@ def test_two_tokens_in_a_categorical_range_is_a_one_line_error(tmp_path, capsys)
     assert (caught.value.line, caught.value.field) == (31, "user")
     data = prepare_spec(
         spec_from_dict(_ranges_spec(["d.svm"], fields), "s", tmp_path),
-        PrepareOptions(on_bad_lines="skip", progress=False),
+        PrepareOptions(on_bad_lines="skip"),
+        progress=False,
     )
-    assert data.extras["bad_lines_skipped"] == 1 and len(data.train) + len(data.valid) + len(data.test) == 60
+    assert data.facts.bad_lines_skipped == 1 and len(data.train) + len(data.valid) + len(data.test) == 60
     # a bag takes them all; a row without a token in a range is a missing value, as with "@N":
     # the value "" (its own category when seen in training, else the OOV row)
-    (tmp_path / "e.svm").write_text(good + "1 3:1 7:1\n" + good)
+    (tmp_path / "e.svm").write_text(good + "1 3:1 7:1\n" * 5 + good)  # (some of them train)
     fields[0]["kind"] = "multi"
     data = _prepared(_ranges_spec(["e.svm"], fields), tmp_path)
     assert data.feature_map.field("user").max_len == 2
     movie = data.feature_map.field("movie")
     missing = movie.offset + (1 + movie.vocab.index("") if "" in movie.vocab else 0)
     rows = torch.cat([data.train.ids, data.valid.ids, data.test.ids])
-    assert int((rows[:, 0] == missing).sum()) == 1
+    assert int((rows[:, 0] == missing).sum()) == 5
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,14 @@ def test_all_time_model_scores_records_with_a_raw_timestamp(side_data, tmp_path)
     probs = model.predict([{"user_id": 1, "movie_id": 2, "timestamp": noon_thursday}])
     assert probs.shape == (1,) and 0 < probs[0] < 1
     record = {"user_id": [1], "movie_id": [2], "timestamp": [noon_thursday]}
-    side = {"gender": "F", "age": 1, "occupation": 0, "zip_prefix": "1", "genres": [["Drama"]], "year": 1990}
+    side = {
+        "gender": "F",
+        "age": "1",
+        "occupation": "0",
+        "zip": "10001",
+        "genres": "Drama",
+        "title": "X (1990)",
+    }
     encoded = model.feature_map.encode(pd.DataFrame(record).assign(**side))
     names = [f.name for f in model.feature_map.categorical]
     hour, weekday = model.feature_map.field("hour"), model.feature_map.field("weekday")

@@ -59,13 +59,23 @@ class Crash(BaseException):
     """Stands in for a kill: not an Exception, so nothing on the way catches it."""
 
 
+def steps_per_epoch(data: Path) -> int:
+    from conftest import prepared
+
+    return len(prepared(data).train) // 64  # (config's batch size; a last single row is dropped)
+
+
 @pytest.mark.parametrize(
-    ("where", "at"),
-    [("step", 4), ("step", 28), ("step", 48), ("epoch", 1), ("epoch", 2)],
+    ("where", "when"),
+    [("step", "4"), ("step", "end"), ("step", "mid2"), ("epoch", "1"), ("epoch", "2")],
     ids=["epoch1-step4", "epoch1-end-lost-steps", "epoch2-mid", "after-epoch1", "after-epoch2"],
 )
-def test_crash_then_resume_gives_identical_metrics(small_ml, tmp_path, monkeypatch, where, at):
+def test_crash_then_resume_gives_identical_metrics(small_ml, tmp_path, monkeypatch, where, when):
     reference = train(config(small_ml, tmp_path / "ref", checkpoint_every=0), echo=lambda *_: None)
+    steps = steps_per_epoch(small_ml)
+    # a save (every 4 steps of an epoch) and a crash 3 steps later: at the start of epoch 1, near
+    # its end, in the middle of epoch 2; or right after an epoch's end
+    at = {"4": 4, "end": (steps - 4) // 4 * 4, "mid2": steps + 16}[when] if where == "step" else int(when)
 
     original_step, original_end = TrainingState._on_step, TrainingState.end_epoch
 
@@ -180,6 +190,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_state(small_ml
     """Weights poisoned after step 10 of epoch 2: the error names that step; state.pt stays good."""
     build = run_module.trainable  # the module the training loop runs (fused or plain)
     calls = {"n": 0}
+    steps = steps_per_epoch(small_ml)
 
     def poisoned(*args, **kwargs):
         module = build(*args, **kwargs)
@@ -187,7 +198,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_state(small_ml
         def hook(mod, inputs, output):
             if mod.training:
                 calls["n"] += 1
-                if calls["n"] == 32 + 10:  # epoch 1 has 32 steps (2,000 train rows / 64)
+                if calls["n"] == steps + 10:  # step 10 of epoch 2
                     return output * float("nan")
             return output
 
@@ -224,7 +235,7 @@ def test_nan_from_cli_is_one_line_exit_2(small_ml, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--batch-size", "5000"], "--batch-size 5000 is larger than the training split (2,000 rows)"),
+        (["--batch-size", "5000"], "--batch-size 5000 is larger than the training split (1,9"),
         (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
         (["--lr", "inf"], "--lr must be a finite number > 0"),
         (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0"),

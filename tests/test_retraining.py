@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import fit_map
 
 from deepfm.artifact.checkpoint import model_from_config
 from deepfm.artifact.trained import load_model
@@ -289,7 +290,6 @@ def test_carry_over_is_generic_over_layer_names():
     from torch import nn
 
     from deepfm.artifact.trained import TrainedModel
-    from deepfm.data.features import FeatureMap
     from deepfm.training.warmstart import Base
 
     class Toy(nn.Module):
@@ -300,8 +300,8 @@ def test_carry_over_is_generic_over_layer_names():
 
     day1 = pd.DataFrame({"user": ["a", "b", "c"], "ad": ["x", "y", "x"]})
     day2 = pd.DataFrame({"user": ["c", "d", "a"], "ad": ["z", "y", "y"]})
-    old_map = FeatureMap.fit(day1, ["user", "ad"])
-    new_map = FeatureMap.fit(day2, ["user", "ad"], base=old_map)
+    old_map = fit_map(day1, ["user", "ad"])
+    new_map = fit_map(day2, ["user", "ad"], base=old_map)
     assert new_map.field("user").vocab == ["a", "b", "c", "d"] and new_map.field("ad").vocab == [
         "x",
         "y",

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepfm.cli.main import main
-from deepfm.data.preprocess import clean_stale_builds
+from deepfm.data.prepare.cache import clean_stale_builds
 from deepfm.data.validate import check_label_values, check_splits
 from deepfm.errors import DataError
 from deepfm.io import clean_temporary_files, write_json

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_movielens
+from conftest import fit_map, prepared, write_movielens
 
 import deepfm
 from deepfm.artifact.checkpoint import model_from_config
@@ -18,7 +18,6 @@ from deepfm.artifact.trained import TrainedModel
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
-from deepfm.data.datasets import prepare
 from deepfm.data.features import FeatureMap
 from deepfm.data.rated import build_rated, rated_positions
 from deepfm.serving.export import example_inputs, export_model, input_names
@@ -51,7 +50,7 @@ def client(model: TrainedModel):
 
 def train_pairs(run_dir: Path) -> pd.DataFrame:
     """The (user, movie) pairs of the training split, rebuilt from the same seeded split."""
-    data = prepare("movielens-1m", run_dir.parent / "ml", seed=0)
+    data = prepared(run_dir.parent / "ml", seed=0)
     fmap = data.feature_map
     ids = data.train.ids.numpy()
     vocab_u, vocab_m = np.asarray(fmap.fields[0].vocab), np.asarray(fmap.fields[1].vocab)
@@ -96,7 +95,7 @@ def test_predict_cli_matches_python_api_and_handles_unseen_ids(run_dir, model, t
 
 def test_predict_probabilities_equal_encoded_split_predictions(run_dir, model):
     pairs = train_pairs(run_dir).head(500)
-    data = prepare("movielens-1m", run_dir.parent / "ml", seed=0)
+    data = prepared(run_dir.parent / "ml", seed=0)
     np.testing.assert_allclose(
         model.predict(pairs), model.predict_split(data.train.take(torch.arange(500))), atol=1e-7
     )
@@ -131,8 +130,8 @@ def test_predict_bad_input_is_one_line_error_naming_the_problem(
 def test_rated_index_matches_the_training_pairs(run_dir, model):
     pairs = train_pairs(run_dir)
     fu, fm = model.feature_map.field("user_id"), model.feature_map.field("movie_id")
-    for user in (1, 7, 250):
-        rated = rated_positions(model.extras["rated"], fu.vocab.index(user))
+    for user in ("1", "7", "250"):  # ids are text, as the file holds them
+        rated = rated_positions(model.facts.rated, fu.vocab.index(user))
         expected = sorted(set(pairs.loc[pairs.user_id == user, "movie_id"]))
         assert [fm.vocab[i] for i in rated] == expected
 
@@ -140,7 +139,7 @@ def test_rated_index_matches_the_training_pairs(run_dir, model):
 def test_recommend_skips_rated_movies_and_ranks_by_the_model_score(run_dir, model):
     pairs = train_pairs(run_dir)
     result = recommend(model, "7", k=10)
-    seen = set(pairs.loc[pairs.user_id == 7, "movie_id"])
+    seen = set(pairs.loc[pairs.user_id == "7", "movie_id"])
     assert result.known_user and result.excluded == len(seen) > 0
     assert result.candidates == len(model.feature_map.field("movie_id").vocab) - len(seen)
     top = result.items
@@ -166,7 +165,7 @@ def test_recommend_cli_prints_titles_when_the_model_has_a_title_table(run_dir, m
         model.feature_map,
         model.config,
         {"movie_id": pd.DataFrame({"movie_id": movies, "title": [f"Film number {m}" for m in movies]})},
-        model.extras,
+        model.facts,
     )
     titled.save(tmp_path / "titled" / "model.pt")
     assert main(["recommend", "--model", str(tmp_path / "titled"), "--user", "7", "--k", "3", "--json"]) == 0
@@ -230,9 +229,7 @@ def test_export_parity_with_multi_valued_and_numeric_fields(tmp_path):
             "age": rng.random(n),
         }
     )
-    fmap = FeatureMap.fit(
-        frame, ["user_id", "city", "genres", "age"], {"genres": "sequence", "age": "numeric"}
-    )
+    fmap = fit_map(frame, ["user_id", "city", "genres", "age"], {"genres": "sequence", "age": "numeric"})
     config = TrainConfig(model="deepfm", embed_dim=4, mlp=(8, 8))
     torch.manual_seed(0)
     module = model_from_config(config, fmap)
@@ -264,13 +261,13 @@ def test_export_cli_writes_both_files(run_dir, tmp_path, capsys):
 
 def test_build_rated_ignores_oov_and_needs_both_fields():
     frame = pd.DataFrame({"user_id": [1, 1, 2, 2, 3], "movie_id": [10, 11, 10, 10, 12]})
-    fmap = FeatureMap.fit(frame.iloc[:4], ["user_id", "movie_id"])
+    fmap = fit_map(frame.iloc[:4], ["user_id", "movie_id"])
     split = Split.from_arrays(fmap.encode(frame), np.zeros(5, np.float32))
-    rated = build_rated(fmap, split)
+    rated = build_rated(fmap, split, "user_id", "movie_id")
     assert rated["offsets"].tolist() == [0, 2, 3]  # user 3 is OOV: dropped
     assert rated_positions(rated, 0).tolist() == [0, 1] and rated_positions(rated, 1).tolist() == [0]
     assert rated_positions(rated, 5).tolist() == []
-    assert build_rated(FeatureMap.fit(frame, ["user_id"]), split) is None
+    assert build_rated(fit_map(frame, ["user_id"]), split, "user_id", "movie_id") is None
 
 
 # ---- HTTP app ------------------------------------------------------------------------------------
@@ -356,7 +353,7 @@ def test_recommend_on_a_model_without_user_and_item_fields_is_404(tmp_path):
     from deepfm.serving.app import create_app
 
     frame = pd.DataFrame({"site": ["a", "b"] * 10, "hour": list(range(20))})
-    fmap = FeatureMap.fit(frame, ["site", "hour"])
+    fmap = fit_map(frame, ["site", "hour"])
     config = TrainConfig(model="fm", embed_dim=4)
     model = TrainedModel(model_from_config(config, fmap).eval(), fmap, config)
     with TestClient(create_app(model)) as c:
@@ -373,7 +370,7 @@ def test_recommend_api_titles_with_gaps_are_null(model):
 
     top = list(recommend(model, 7, k=4).items.movie_id)
     titles = pd.DataFrame({"movie_id": top[:2], "title": ["First", "Second"]})  # no title for the rest
-    titled = TrainedModel(model.module, model.feature_map, model.config, {"movie_id": titles}, model.extras)
+    titled = TrainedModel(model.module, model.feature_map, model.config, {"movie_id": titles}, model.facts)
     with TestClient(create_app(titled)) as c:
         reply = c.get("/recommend", params={"user": 7, "k": 4})
         assert reply.status_code == 200, reply.text

@@ -10,17 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import prepared
 
 import deepfm
 from deepfm.cli.main import main
-from deepfm.data.builtin import age_bucket, time_columns, year_bucket
-from deepfm.data.datasets import DataOptions, load_raw, prepare
-from deepfm.data.movielens import read_items_100k, read_movies, read_ratings_100k, read_users, read_users_100k
-from deepfm.data.split import random_split
+from deepfm.data import transforms
+from deepfm.data.split import random_parts, row_uniforms
+from deepfm.data.tables import join_tables
 from deepfm.errors import DataError
 
-ITEM_OK = "1|A|01-Jan-1995||u" + "|0" * 18 + "|1"
-ITEM_BAD = "2|B|||u" + "|2" * 19
 GENRES = ["Action", "Comedy", "Drama", "Romance", "Sci-Fi", "Thriller"]
 
 
@@ -69,74 +67,87 @@ def side_ml(tmp_path_factory) -> Path:
     return write_side_movielens(tmp_path_factory.mktemp("side") / "ml", 3000, 1500, 20000)
 
 
-def test_users_and_movies_parse_with_latin1_titles_years_and_genre_lists(tmp_path):
+def test_side_tables_read_latin1_titles_years_zip_prefixes_and_genre_lists(tmp_path):
     (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072-1234\n")
     (tmp_path / "movies.dat").write_bytes(
         "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Caf\xe9 Society (The) (1930)::Drama\n"
         "3::No Year::Drama\n".encode("latin-1")
     )
-    users = read_users(tmp_path / "users.dat")
-    assert users.to_numpy().tolist() == [[1, "F", 1, 10, "48067"], [2, "M", 56, 16, "70072-1234"]]
-    movies = read_movies(tmp_path / "movies.dat")
-    assert movies["genres"].tolist() == [["Animation", "Children's", "Comedy"], ["Drama"], ["Drama"]]
+    lines = [f"{1 + i % 2}::{1 + i % 3}::{1 + i % 5}::97830{i:04d}" for i in range(60)]
+    (tmp_path / "ratings.dat").write_text("\n".join(lines) + "\n")
+    data = prepared(tmp_path, features="all")
+    users, movies = data.tables["user_id"], data.tables["movie_id"]
+    assert users.to_numpy().tolist() == [["1", "F", "1", "10", "48067"], ["2", "M", "56", "16", "70072-1234"]]
     assert movies["title"][1] == "Caf\xe9 Society (The) (1930)"
-    assert movies["year"].tolist() == [1995, 1930, 0]
+    model_fields = data.feature_map
+    encoded = model_fields.encode(
+        join_tables(pd.DataFrame({"user_id": ["2"], "movie_id": ["1"]}), data.tables)
+    )
+    zip_prefix, year, genres = (model_fields.field(n) for n in ("zip_prefix", "year", "genres"))
+    row = encoded["ids"][0]
+    names = [f.name for f in model_fields.categorical]
+    assert zip_prefix.vocab[row[names.index("zip_prefix")] - zip_prefix.offset - 1] == "70"
+    assert year.vocab[row[names.index("year")] - year.offset - 1] == 8  # 1995: the 1995-1999 bucket
+    bag = encoded["bags"][0, 0]
+    assert sorted(genres.vocab[i - genres.offset - 1] for i in bag if i) == [
+        "Animation",
+        "Children's",
+        "Comedy",
+    ]
+    no_year = transforms.apply(year.transform, pd.Series(["No Year"]))
+    assert no_year.tolist() == [transforms.MISSING]
 
 
 @pytest.mark.parametrize(
-    ("reader", "name", "good", "bad", "field", "needle"),
+    ("name", "good", "bad", "field", "needle"),
     [
-        (read_users, "users.dat", "1::F::1::10::48067", "2::X::1::10::48067", "gender", "not M or F"),
-        (read_users, "users.dat", "1::F::1::10::48067", "2::F::old::10::48067", "age", "not an integer"),
-        (read_users, "users.dat", "1::F::1::10::48067", "2::F::1::10", None, "expected 5"),
-        (read_movies, "movies.dat", "1::A (1995)::Drama", "x::B (1995)::Drama", "movie_id", "not an integer"),
-        (read_movies, "movies.dat", "1::A (1995)::Drama", "2::B (1995)", None, "expected 3"),
-        (read_movies, "movies.dat", "1::A (1995)::Drama", "2::B (1995)::", "genres", "no genre"),
-        (read_users_100k, "u.user", "1|24|M|technician|85711", "2|24|M|x", None, "expected 5"),
-        (read_items_100k, "u.item", ITEM_OK, ITEM_BAD, "unknown", "0 or 1"),
-        (read_ratings_100k, "u.data", "1\t2\t3\t4", "1\t2\t7\t4", "rating", "outside 1..5"),
+        ("users.dat", "1::F::1::10::48067", "2::F::1::10", None, "expected 5 columns, found 4"),
+        ("movies.dat", "1::A (1995)::Drama", "2::B (1995)", None, "expected 3 columns, found 2"),
+        ("u.user", "1|24|M|technician|85711", "2|24|M|x", None, "expected 5 columns, found 4"),
+        ("u.user", "1|24|M|technician|85711", "2|old|M|x|85711", "age", "'old' is not a number"),
+        ("u.data", "1\t2\t3\t4", "1\t2\t7\t4", "rating", "7 breaks the check 'rating <= 5'"),
     ],
 )  # fmt: skip
-def test_malformed_side_line_is_named(tmp_path, reader, name, good, bad, field, needle):
-    path = tmp_path / name
-    path.write_text(f"{good}\n\n{bad}\n{good}\n")  # the bad line is line 3 (blank line 2 skipped)
+def test_malformed_side_line_is_named(tmp_path, name, good, bad, field, needle):
+    hundred_k = name.startswith("u.")
+    folder = write_100k(tmp_path / "ml") if hundred_k else write_side_movielens(tmp_path / "ml", 20, 10, 200)
+    path = folder / name
+    path.write_text(f"{good}\n{bad}\n" if name != "u.data" else f"{good}\n{bad}\n" + path.read_text())
+    dataset = "movielens-100k" if hundred_k else "movielens-1m"
     with pytest.raises(DataError) as err:
-        reader(path)
-    assert (err.value.line, err.value.field) == (3, field)
-    assert f"{path}, line 3" in str(err.value) and needle in str(err.value)
+        prepared(folder, dataset=dataset, features="all")
+    assert (err.value.line, err.value.field) == (2, field)
+    assert f"{path}, line 2" in str(err.value) and needle in str(err.value)
 
 
-def test_100k_readers_turn_genre_flags_into_lists_and_dates_into_years(tmp_path):
+def test_100k_genre_flags_become_one_bag_and_ages_ml_1m_buckets(tmp_path):
     flags = ["0"] * 19
     flags[1] = flags[14] = "1"  # Action, Romance
-    (tmp_path / "u.item").write_bytes(
+    folder = write_100k(tmp_path / "ml-100k")
+    (folder / "u.item").write_bytes(
         ("1|Caf\xe9 (1995)|01-Jan-1994||http://x|" + "|".join(flags) + "\n").encode("latin-1")
     )
-    (tmp_path / "u.user").write_text("1|24|M|technician|85711\n2|60|F|other|T8H1N\n")
-    items = read_items_100k(tmp_path / "u.item")
-    assert items[["movie_id", "genres", "year"]].to_numpy().tolist() == [[1, ["Action", "Romance"], 1994]]
-    users = read_users_100k(tmp_path / "u.user")
-    assert age_bucket(users["age"]).tolist() == [18, 56]
-    assert users["zip"].tolist() == ["85711", "T8H1N"]
+    (folder / "u.user").write_text("1|24|M|technician|85711\n2|60|F|other|T8H1N\n")
+    data = prepared(folder, dataset="movielens-100k", features="all")
+    items = data.tables["movie_id"]
+    assert items.loc[0, "genres"] == "Action|Romance" and items.loc[0, "release_date"] == "01-Jan-1994"
+    age = data.feature_map.field("age")
+    ages = transforms.apply(age.transform, pd.Series([24, 60, 17, None]))
+    assert ages.tolist() == [1, 6, 0, transforms.MISSING]  # ML-1M's codes 18, 56, 1 as buckets 1, 6, 0
+    year = data.feature_map.field("year")
+    assert transforms.apply(year.transform, pd.Series(["01-Jan-1994"])).tolist() == [7]  # 1990-1994
 
 
-def test_year_and_time_buckets():
-    assert year_bucket(pd.Series([1919, 1944, 1967, 1983, 1999, 0])).tolist() == [
-        1930,
-        1940,
-        1960,
-        1980,
-        1995,
-        0,
-    ]
-    frame = pd.DataFrame({"timestamp": [978300760]})  # 2000-12-31 22:12:40 UTC, a Sunday
-    time_columns(frame)
-    assert (frame["hour"][0], frame["weekday"][0]) == (22, 6)
+def test_time_parts_of_a_unix_timestamp():
+    at = pd.Series([978300760])  # 2000-12-31 22:12:40 UTC, a Sunday
+    hour = transforms.apply({"type": "hour_of_day", "time_format": "unix"}, at)
+    weekday = transforms.apply({"type": "weekday", "time_format": "unix"}, at)
+    assert (hour[0], weekday[0]) == (22, 6)
 
 
 def test_features_all_adds_side_fields_with_genres_as_one_bag(side_ml):
-    ids = prepare("movielens-1m", side_ml, DataOptions(features="ids"))
-    data = prepare("movielens-1m", side_ml, DataOptions(features="all"))
+    ids = prepared(side_ml, features="ids")
+    data = prepared(side_ml, features="all")
     assert [f.name for f in ids.feature_map.fields] == ["user_id", "movie_id"] and ids.train.bags is None
     names = [f.name for f in data.feature_map.fields]
     assert names == ["user_id", "movie_id", "gender", "age", "occupation", "zip_prefix", "genres", "year"]
@@ -145,7 +156,7 @@ def test_features_all_adds_side_fields_with_genres_as_one_bag(side_ml):
     assert set(data.tables) == {"user_id", "movie_id"}
     # the split is the same rows whatever the features
     assert data.test.label.equal(ids.test.label)
-    timed = prepare("movielens-1m", side_ml, DataOptions(features="all+time"))
+    timed = prepared(side_ml, features="all+time")
     assert [f.name for f in timed.feature_map.fields][-2:] == ["hour", "weekday"]
 
 
@@ -179,10 +190,13 @@ def test_checkpoint_carries_side_tables_so_ids_alone_predict(side_ml, tmp_path):
     assert main([*args, "--epochs", "1", "--no-progress", "--threads", "1"]) == 0
     model = deepfm.load(str(out))
     assert set(model.tables) == {"user_id", "movie_id"}
-    data = prepare("movielens-1m", side_ml, DataOptions(features="all"), seed=3)
-    raw = load_raw("movielens-1m", side_ml, DataOptions(features="ids"))
-    test_rows = raw.frame.iloc[random_split(len(raw.frame), seed=3)[2]]
-    records = test_rows[["user_id", "movie_id"]].to_dict("records")
+    data = prepared(side_ml, features="all", seed=3)
+    ratings = pd.read_csv(side_ml / "ratings.dat", sep="::", engine="python", header=None)
+    parts = random_parts(
+        row_uniforms(3, 0, np.arange(1, len(ratings) + 1)), (0.8, 0.1, 0.1)
+    )  # the split rule
+    test_rows = ratings[parts == 2].rename(columns={0: "user_id", 1: "movie_id"})
+    records = test_rows[["user_id", "movie_id"]].to_dict("records")  # ids as ints: coerced to the vocabulary
     np.testing.assert_allclose(model.predict(records), model.predict_split(data.test), rtol=1e-6)
     unseen = model.predict([{"user_id": 10**6, "movie_id": 10**6}])  # no side row: OOV / empty bag
     assert 0 < unseen[0] < 1
@@ -215,9 +229,9 @@ def write_100k(folder: Path, n_users: int = 200, n_movies: int = 150, n: int = 6
 
 def test_movielens_100k_builtin_reads_its_layout(tmp_path):
     folder = write_100k(tmp_path / "ml-100k")
-    data = prepare("movielens-100k", folder, DataOptions(features="all"))
+    data = prepared(folder, dataset="movielens-100k", features="all")
     assert len(data.train) + len(data.valid) + len(data.test) == 6000
-    assert set(data.feature_map.field("age").vocab) <= {1, 18, 25, 35, 45, 50, 56}
+    assert data.feature_map.field("age").vocab == [transforms.MISSING, *range(7)]  # 7 age buckets
     assert data.feature_map.field("genres").kind == "sequence"
     out = tmp_path / "run"
     args = ["train", "--dataset", "movielens-100k", "--data-dir", str(folder), "--out", str(out)]
@@ -229,8 +243,32 @@ def test_movielens_100k_builtin_reads_its_layout(tmp_path):
 
 
 def test_real_ml_1m_half_side_tables(ml_1m_half):
-    data = prepare("movielens-1m", ml_1m_half, DataOptions(features="all"))
+    data = prepared(ml_1m_half, features="all")
     sizes = {f.name: f.size for f in data.feature_map.fields}
     assert sizes["user_id"] == 3000 and sizes["gender"] == 3 and sizes["age"] == 8
     assert sizes["genres"] == 19  # 18 genres + OOV
     assert data.train.bags.shape[1:] == (1, 6)  # up to 6 genres a movie
+
+
+@pytest.mark.parametrize("features", ["ids", "all"])
+def test_the_printed_spec_saved_beside_the_files_trains_what_the_built_in_trains(
+    side_ml, tmp_path, capsys, features
+):
+    """``deepfm datasets --show movielens-1m`` is the built-in data set: same split, same AUC."""
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    for name in ("ratings.dat", "users.dat", "movies.dat"):
+        (folder / name).symlink_to(side_ml / name)
+    assert main(["datasets", "--show", "movielens-1m", "--features", features]) == 0
+    (folder / "movielens.yaml").write_text(capsys.readouterr().out)
+    common = ["--epochs", "2", "--seed", "4", "--no-progress", "--threads", "1", "--model", "fm"]
+    built_in = ["train", "--dataset", "movielens-1m", "--data-dir", str(folder), "--features", features]
+    assert main([*built_in, *common, "--out", str(tmp_path / "built-in")]) == 0
+    assert (
+        main(["train", "--spec", str(folder / "movielens.yaml"), *common, "--out", str(tmp_path / "spec")])
+        == 0
+    )
+    a, b = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("built-in", "spec"))
+    assert a["data"]["rows"] == b["data"]["rows"] and a["data"]["fields"] == b["data"]["fields"]
+    assert a["test_auc"] == b["test_auc"] and a["best_valid_auc"] == b["best_valid_auc"]
+    assert a["data_fingerprint"] == b["data_fingerprint"]  # the same prepared arrays

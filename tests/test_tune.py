@@ -168,3 +168,21 @@ def test_sigterm_stops_the_trial_processes_and_the_search_resumes(tiny_ml, tmp_p
     assert "left running by a killed search queued again" in resumed.stdout
     states = [r["state"] for r in _rows(out / "trials.csv")]
     assert states.count("COMPLETE") + states.count("PRUNED") >= 3
+
+
+def test_every_trial_trains_on_data_prepared_for_its_own_data_options(tiny_ml, tmp_path):
+    """A space over an option that changes the prepared data (here the vocabulary cap): each
+    trial's data is prepared with its own value, not reused from a trial with another one."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"max_vocab": {"choices": [3, 100000]}}))
+    out = tmp_path / "tune"
+    args = ["tune", "--space", str(space), "--out", str(out), "--trials", "4", "--no-prune"]
+    assert main([*args, "--data-dir", str(tiny_ml), "--epochs", "1", "--threads", "1"]) == 0
+    seen = set()
+    for trial in (out / "trials").iterdir():
+        metrics = json.loads((trial / "metrics.json").read_text())
+        cap = metrics["config"]["max_vocab"]
+        sizes = metrics["data"]["fields"]  # each field's rows: its vocabulary + the OOV row
+        assert all(size <= cap + 1 for size in sizes.values()) and (cap == 3) == (max(sizes.values()) == 4)
+        seen.add(cap)
+    assert seen == {3, 100000}  # both values ran (the sampler is seeded)

@@ -2,8 +2,8 @@
 
 ``fit`` goes through exactly the command line's path: a frame or table is written once to a
 content-addressed Parquet file in the cache folder, declared in a dataset spec (``spec.yaml`` in
-the run folder, so ``deepfm train --spec RUN/spec.yaml`` repeats the run), preprocessed by
-:mod:`deepfm.data.preprocess` and trained by :func:`deepfm.training.run.train`, which writes the
+the run folder, so ``deepfm train --spec RUN/spec.yaml`` repeats the run), prepared by
+:mod:`deepfm.data.prepare` and trained by :func:`deepfm.training.run.train`, which writes the
 same run folder as ``deepfm train``. It returns the :class:`~deepfm.artifact.trained.TrainedModel`
 that ``deepfm.load(out)`` returns, with ``.predict``, ``.evaluate`` and ``.recommend``.
 """
@@ -34,6 +34,7 @@ def fit(
     valid: Any = None,
     test: Any = None,
     split: str | dict[str, Any] | None = None,
+    roles: dict[str, str] | None = None,
     name: str | None = None,
     out: str | Path = "runs/deepfm",
     config: str | Path | None = None,
@@ -50,8 +51,10 @@ def fit(
     ``split``: ``"random"`` (80/10/10, the default), ``"leave-last"`` (needs ``group`` and
     ``time`` in a mapping: ``{"method": "leave_last", "group": "user_id", "time": "timestamp"}``)
     or any spec ``split`` mapping; with ``valid`` (and ``test``, default: ``valid``) frames the
-    parts are given. ``config``: a YAML file or preset name; ``options``: any ``deepfm train``
-    option by its Python name (``model="fm"``, ``epochs=10``, ``seed=1``, ...).
+    parts are given. ``roles``: which fields are the user and the item (``{"user": "user_id",
+    "item": "movie_id"}``), for ``recommend``, ranking metrics and the default gAUC group.
+    ``config``: a YAML file or preset name; ``options``: any ``deepfm train`` option by its
+    Python name (``model="fm"``, ``epochs=10``, ``seed=1``, ...).
     """
     values: dict[str, Any] = load_yaml(config) if config else {}
     values.update(options)
@@ -68,7 +71,7 @@ def fit(
             )
         values["spec"] = str(data)
     else:
-        spec = _spec_of(data, label, fields, valid, test, split, name)
+        spec = _spec_of(data, label, fields, valid, test, split, name, roles)
         out.mkdir(parents=True, exist_ok=True)
         path = out / SPEC_FILE
         path.write_text(
@@ -90,6 +93,7 @@ def _spec_of(
     test: Any,
     split: str | dict[str, Any] | None,
     name: str | None,
+    roles: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A spec mapping for ``data`` (frames written to Parquet; relative spec paths made absolute)."""
     from deepfm.data.spec import DatasetSpec, spec_from_dict
@@ -97,6 +101,7 @@ def _spec_of(
     if isinstance(data, DatasetSpec):
         spec = data
     elif isinstance(data, dict):
+        data = {**data, **({"roles": roles} if roles else {})}
         spec = spec_from_dict(data, source=name or "<fit spec>", base_dir=Path.cwd())
     else:
         files = {"train": frame_file(data)}
@@ -112,9 +117,12 @@ def _spec_of(
             "label": label,
             "fields": fields if fields is not None else [c for c in columns if c != _label_column(label)],
             "split": _split(split, files),
+            **({"roles": roles} if roles else {}),
         }
         spec = spec_from_dict(declared, source=f"fit({declared['name']})", base_dir=Path.cwd())
     out = spec.to_yaml_dict()
+    for table, paths in zip(out.get("tables", []), spec.table_files().values()):
+        table["input"]["files"] = [str(p.resolve()) for p in paths]
     resolved = spec.input_files()
     if "all" in resolved:
         out["input"]["files"] = [str(p.resolve()) for p in resolved["all"]]

@@ -17,30 +17,32 @@ from typing import Any
 
 import yaml
 
+from deepfm.data.options import CHOICES as DATA_CHOICES
+from deepfm.data.options import PrepareOptions
 from deepfm.errors import ConfigError
 
 # The allowed values of every option that takes a name: validation, argparse's ``choices`` and
-# ``--help`` all read them from here.
+# ``--help`` all read them from here (the data options' from deepfm.data.options).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "on_bad_lines": ("error", "skip"),
-    "features": ("ids", "all", "all+time"),
+    **DATA_CHOICES,
     "optimizer": ("auto", "fused", "adam", "lazy"),
     "precision": ("auto", "fp32", "bf16"),
-    "split": ("random", "leave-last"),
 }
+_DATA = PrepareOptions()  # the defaults of the data options (fields of the same names below)
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = "movielens-1m"
-    data_dir: str | None = None
-    spec: str | None = None  # a dataset spec file (YAML/TOML); replaces --dataset
-    on_bad_lines: str = "error"  # spec / streamed data sets: "error" or "skip"
+    # the data options: PrepareOptions' fields, its defaults (config.prepare_options())
+    dataset: str = _DATA.dataset
+    data_dir: str | None = _DATA.data_dir
+    spec: str | None = _DATA.spec  # a dataset spec file (YAML/TOML); replaces --dataset
+    on_bad_lines: str = _DATA.on_bad_lines  # "error" or "skip" malformed rows
     out: str = "runs/deepfm"
     model: str = "deepfm"
-    features: str = "ids"
-    drop_neutral: bool = False
-    min_count: int = 1
+    features: str = _DATA.features
+    drop_neutral: bool = _DATA.drop_neutral
+    min_count: int = _DATA.min_count
     embed_dim: int = 16
     mlp: tuple[int, ...] = (16, 16)
     dropout: float = 0.5
@@ -58,7 +60,7 @@ class TrainConfig:
     lr_decay: float = 1.0  # multiply lr by this when valid AUC stalls (1.0 = constant lr)
     lr_patience: int = 1  # epochs without a valid-AUC gain before the lr is decayed
     fm_warmup_epochs: int = 1  # DeepFM: train the FM part alone (MLP frozen) for the first N epochs
-    seed: int = 0
+    seed: int = _DATA.seed  # seeds the split, the initialisation and the shuffling
     eval_batch_size: int = 65536
     threads: int = 0  # 0 = automatic from the step's work (deepfm.training.auto)
     device: str = "cpu"
@@ -70,13 +72,13 @@ class TrainConfig:
     # evaluation (deepfm.evaluation.metrics / evaluation): metrics.json, history.csv, deepfm evaluate
     metrics: str = "auto"  # auc,logloss,gauc,calibration,hitrate@K,ndcg@K; auto: see --help
     group_by: str = ""  # gAUC group field ("" = user_id when the data has it)
-    split: str = "random"  # built-in data sets: "random" (80/10/10) or "leave-last" (per user)
+    split: str = _DATA.split  # built-in data sets: "random" (80/10/10) or "leave-last" (per user)
     rank_negatives: int = 100  # HitRate/NDCG candidates: N sampled unrated items; 0 = all items
     # daily retraining (docs/retraining.md): warm start, vocabulary caps, experiment tracking
     init_from: str | None = None  # warm start from this run folder (or model.pt) on new data
     init_optimizer: bool = False  # warm start: also carry the optimizer state (its state.pt)
-    prune_below: int = 0  # warm start: drop old values seen fewer times in the new training data
-    max_vocab: int = 0  # keep at most the N most frequent values per field (0 = all)
+    prune_below: int = _DATA.prune_below  # warm start: drop old values seen fewer times in new data
+    max_vocab: int = _DATA.max_vocab  # keep at most the N most frequent values per field (0 = all)
     tensorboard: str | None = None  # write TensorBoard event files under this folder
     tensorboard_every: int = 50  # TensorBoard: log the training loss every N optimizer steps
     mlflow: str | None = None  # MLflow tracking URI or local folder (file store)
@@ -151,6 +153,10 @@ class TrainConfig:
         if problems:
             raise ConfigError("; ".join(problems))
         return self
+
+    def prepare_options(self) -> PrepareOptions:
+        """The options that decide the prepared data (the cache keys of prepared data)."""
+        return PrepareOptions.of(self)
 
     def check_data(self, train_rows: int) -> TrainConfig:
         """Checks that need the prepared data: the batch size must fit the training split."""

@@ -16,6 +16,7 @@ from torch import nn
 from deepfm.artifact.migrate import migrate_state_dict
 from deepfm.config import TrainConfig
 from deepfm.data.features import FeatureMap
+from deepfm.data.prepared import DataFacts
 from deepfm.data.tables import Tables, tables_from_payload, tables_to_payload
 from deepfm.errors import CheckpointError, DeepFMError, brief
 from deepfm.io import atomic_write
@@ -49,7 +50,7 @@ def save_checkpoint(
     feature_map: FeatureMap,
     config: TrainConfig,
     tables: Tables | None = None,
-    extras: dict[str, Any] | None = None,
+    facts: DataFacts | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
     run: dict[str, Any] | None = None,
 ) -> Path:
@@ -61,7 +62,7 @@ def save_checkpoint(
         "feature_map": feature_map.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in (state_dict or module.state_dict()).items()},
         "tables": tables_to_payload(tables or {}),
-        "extras": extras or {},
+        "extras": (facts or DataFacts()).to_dict(),  # the key earlier versions wrote
         **({"run": run} if run else {}),
     }
     return atomic_write(path, lambda f: torch.save(payload, f))
@@ -84,7 +85,7 @@ class Checkpoint:
     feature_map: FeatureMap
     config: TrainConfig
     tables: Tables
-    extras: dict[str, Any]
+    facts: DataFacts
 
 
 def read_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
@@ -108,7 +109,7 @@ def read_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         module.load_state_dict(migrate_state_dict(module, payload["state_dict"]))
         module.to(device).eval()
         tables = tables_from_payload(payload.get("tables", {}))
-        extras = payload.get("extras", {})
+        facts = DataFacts.from_dict(payload.get("extras"))
     except (DeepFMError, KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
         raise CheckpointError(f"{file} is damaged or incompatible ({brief(exc)})") from None
-    return Checkpoint(module, fmap, config, tables, extras)
+    return Checkpoint(module, fmap, config, tables, facts)

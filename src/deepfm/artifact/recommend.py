@@ -1,8 +1,8 @@
 """Top-K items for a user: score every item the user did not rate in training, in one pass.
 
-Works for models with a user field and an item field (MovieLens: ``user_id`` / ``movie_id``).
+Works for models whose data declares a user field and an item field (a spec's ``roles``).
 The candidates are the item vocabulary (every item seen in training); the items the user rated in
-the training split come from the checkpoint's ``extras["rated"]`` (see :mod:`deepfm.data.rated`).
+the training split come from the model's data facts (see :mod:`deepfm.data.rated`).
 Titles come from the item table when the model carries one with a ``title`` column.
 """
 
@@ -16,7 +16,8 @@ import pandas as pd
 
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
-from deepfm.data.rated import ITEM_FIELD, USER_FIELD, rated_positions
+from deepfm.data.prepared import DataFacts
+from deepfm.data.rated import rated_positions
 from deepfm.data.records import coerce_value, prepare_records, raw_columns
 from deepfm.data.tables import Tables
 from deepfm.errors import ConfigError
@@ -27,7 +28,7 @@ class Scorer(Protocol):
 
     feature_map: FeatureMap
     tables: Tables
-    extras: dict[str, Any]
+    facts: DataFacts
 
     def predict_split(self, split: Split, batch_size: int = ...) -> np.ndarray: ...
 
@@ -54,7 +55,7 @@ class Recommendations:
 
 
 def can_recommend(model: Scorer) -> bool:
-    user, item = _fields(model)
+    user, item = model.facts.user, model.facts.item
     names = {f.name for f in model.feature_map.categorical}
     return user in names and item in names
 
@@ -62,7 +63,7 @@ def can_recommend(model: Scorer) -> bool:
 def parse_user(model: Scorer, user: Any) -> Any:
     """``user`` in the user vocabulary's type (:func:`~deepfm.data.records.id_value`'s rule shared
     by every entry point); ``None`` when it cannot be one: an unknown user, scored as OOV."""
-    name, _ = _fields(model)
+    name = model.facts.user
     dtype = next(c.dtype for c in raw_columns(model.feature_map, model.tables) if c.name == name)
     return coerce_value(user, dtype)
 
@@ -71,13 +72,17 @@ def recommend(model: Scorer, user: Any, k: int = 10, exclude_rated: bool = True)
     """The ``k`` highest-scoring items for ``user``, excluding those rated in training."""
     if not can_recommend(model):
         raise ConfigError(
-            f"recommend needs a model with {USER_FIELD!r} and {ITEM_FIELD!r} fields; this model has "
-            f"{[f.name for f in model.feature_map.fields]}"
+            "recommend needs a model whose data declares a user field and an item field (spec roles: "
+            f"{{user: FIELD, item: FIELD}}; declared: user {model.facts.user!r}, item "
+            f"{model.facts.item!r}); this model has {[f.name for f in model.feature_map.fields]}"
         )
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
-    user_name, item_name = _fields(model)
-    others = [c.name for c in raw_columns(model.feature_map, model.tables) if c.name not in _fields(model)]
+    user_name, item_name = model.facts.user, model.facts.item
+    assert user_name is not None and item_name is not None
+    others = [
+        c.name for c in raw_columns(model.feature_map, model.tables) if c.name not in (user_name, item_name)
+    ]
     if others:
         raise ConfigError(f"recommend cannot fill the per-request column(s) {others} of this model")
     parsed = parse_user(model, user)
@@ -86,7 +91,7 @@ def recommend(model: Scorer, user: Any, k: int = 10, exclude_rated: bool = True)
     position = int(fu.index().get_indexer([parsed])[0]) if parsed is not None else -1
     items = np.asarray(fi.vocab)
     keep = np.ones(len(items), dtype=bool)
-    rated = model.extras.get("rated")
+    rated = model.facts.rated
     if exclude_rated and rated is not None and position >= 0:
         keep[rated_positions(rated, position)] = False
     candidates = items[keep]
@@ -104,8 +109,3 @@ def recommend(model: Scorer, user: Any, k: int = 10, exclude_rated: bool = True)
         table[TITLE] = lookup.reindex(table[item_name].to_numpy()).to_numpy()
     table["score"] = scores[top].astype(np.float64)
     return Recommendations(user, position >= 0, int((~keep).sum()), len(candidates), table)
-
-
-def _fields(model: Scorer) -> tuple[str, str]:
-    rated = model.extras.get("rated") or {}
-    return rated.get("user", USER_FIELD), rated.get("item", ITEM_FIELD)

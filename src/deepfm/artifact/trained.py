@@ -20,6 +20,7 @@ from deepfm.artifact.recommend import Recommendations, recommend
 from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
+from deepfm.data.prepared import DataFacts
 from deepfm.data.records import prepare_records, records_frame
 from deepfm.data.tables import Tables
 from deepfm.evaluation.files import evaluate_model
@@ -34,7 +35,12 @@ class TrainedModel:
     feature_map: FeatureMap
     config: TrainConfig
     tables: Tables = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    facts: DataFacts = field(default_factory=DataFacts)
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """The data facts as the plain mapping ``model.pt`` stores (``spec``, ``rated``, ...)."""
+        return self.facts.to_dict()
 
     def predict_split(self, split: Split, batch_size: int = 65536) -> np.ndarray:
         """Click probabilities for an encoded split, in its row order."""
@@ -73,10 +79,10 @@ class TrainedModel:
         return recommend(self, user, k, exclude_rated=exclude_rated)
 
     def save(self, path: str | Path) -> Path:
-        return save_checkpoint(path, self.module, self.feature_map, self.config, self.tables, self.extras)
+        return save_checkpoint(path, self.module, self.feature_map, self.config, self.tables, self.facts)
 
 
 def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
     """Rebuild a :class:`TrainedModel` from a run folder or a ``model.pt`` file."""
     c = read_checkpoint(path, device)
-    return TrainedModel(c.module, c.feature_map, c.config, c.tables, c.extras)
+    return TrainedModel(c.module, c.feature_map, c.config, c.tables, c.facts)

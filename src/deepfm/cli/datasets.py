@@ -7,62 +7,71 @@ from typing import Any
 
 import yaml
 
+from deepfm.data.options import CHOICES
+
+SHOW_NOTE = """\
+# {name} as a dataset spec, reading the data set's own files by their names: saved beside them,
+# `deepfm train --spec THIS_FILE` prepares exactly what `deepfm train --dataset {name}{options}`
+# prepares (same split for the same --seed). Edit it as a starting point for your own data.
+"""
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "datasets",
         help="list the built-in data sets",
         description="List the built-in data sets (use with 'deepfm train --dataset NAME'). "
-        "With --show NAME, print that data set's spec as YAML, a template for 'deepfm train --spec'.",
+        "With --show NAME, print that data set's spec as YAML: saved beside the data set's files, "
+        "'deepfm train --spec' on it prepares what --dataset NAME prepares.",
+    )
+    p.add_argument("--show", metavar="NAME", help="print a built-in data set as a spec (YAML)")
+    p.add_argument(
+        "--features",
+        default="ids",
+        choices=CHOICES["features"],
+        help="with --show, MovieLens: the fields, as deepfm train --features (default ids)",
     )
     p.add_argument(
-        "--show",
-        metavar="NAME",
-        help="print a built-in data set as a spec (criteo, avazu, movielens-1m, movielens-100k)",
+        "--split",
+        default="random",
+        choices=CHOICES["split"],
+        help="with --show, MovieLens: the split, as deepfm train --split (default random)",
+    )
+    p.add_argument(
+        "--drop-neutral",
+        action="store_true",
+        help="with --show, MovieLens: drop rating-3 rows, as deepfm train --drop-neutral",
     )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepfm.data.datasets import REGISTRY, dataset_names
+    from deepfm.data.catalog import CATALOG, dataset_names, template
+    from deepfm.data.options import PrepareOptions
     from deepfm.errors import ConfigError
 
     names = dataset_names()
     if args.show:
-        from deepfm.data import ctr_datasets
-
-        templates = {"criteo": ctr_datasets.criteo_spec_dict, "avazu": ctr_datasets.avazu_spec_dict}
-        if args.show in MOVIELENS:
-            print(MOVIELENS_NOTE.format(name=args.show), end="")
-            print(yaml.safe_dump(movielens_spec_dict(args.show), sort_keys=False, width=100), end="")
-            return 0
-        if args.show not in templates:
-            raise ConfigError(f"--show takes one of {sorted([*templates, *MOVIELENS])}, got {args.show!r}")
-        print(yaml.safe_dump(templates[args.show](), sort_keys=False, width=100), end="")
+        if args.show not in CATALOG:
+            raise ConfigError(f"--show takes one of {names}, got {args.show!r}")
+        options = PrepareOptions(
+            dataset=args.show, features=args.features, split=args.split, drop_neutral=args.drop_neutral
+        )
+        given = [
+            f" --{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+            for name, value in (
+                ("features", args.features),
+                ("split", args.split),
+                ("drop_neutral", args.drop_neutral),
+            )
+            if value != getattr(PrepareOptions(), name)
+        ]
+        spec = template(args.show, options)
+        print(SHOW_NOTE.format(name=args.show, options="".join(given)), end="")
+        print(yaml.safe_dump(spec, sort_keys=False, width=100, allow_unicode=True), end="")
         return 0
     width = max(len(n) for n in names)
     for name in names:
-        print(f"{name:<{width}}  {REGISTRY[name].description}")
+        print(f"{name:<{width}}  {CATALOG[name].description}")
     print("\nAny other data: deepfm train --spec FILE.yaml (deepfm datasets --show criteo: a template).")
     return 0
-
-
-MOVIELENS = ("movielens-1m", "movielens-100k")
-MOVIELENS_NOTE = """\
-# {name} is built in: deepfm train --dataset {name} [--data-dir DIR] reads its files with
-# dedicated readers (ratings.dat '::'-separated, u.data tab-separated; users/movies side tables
-# with --features all). The same ratings declared as a spec, for a file with a header line
-# user_id,movie_id,rating,timestamp; for leave-last-out evaluation (HitRate@K, NDCG@K) use
-#   split: {{method: leave_last, group: user_id, time: timestamp}}
-"""
-
-
-def movielens_spec_dict(name: str) -> dict[str, Any]:
-    """A spec equivalent to the built-in MovieLens data set with ``--features ids``."""
-    return {
-        "name": name,
-        "input": {"files": ["ratings.csv"], "format": "csv", "header": True},
-        "label": "rating > 3",
-        "fields": ["user_id", "movie_id"],
-        "split": {"method": "random", "ratios": [0.8, 0.1, 0.1]},
-    }

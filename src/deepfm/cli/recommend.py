@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=1, default=str))
         return 0
     note = "" if result.known_user else " (not seen in training: scored as an unknown user)"
-    if "rated" not in model.extras and not args.include_rated:
+    if model.facts.rated is None and not args.include_rated:
         note += " (this checkpoint has no record of training ratings: none skipped)"
     print(
         f"user {result.user}{note}: top {len(result.items)} of {result.candidates:,} items "

@@ -12,7 +12,9 @@ map to their field's OOV row and never crash. A warm-started run (``--init-from`
 previous run's vocabulary: its values keep their order, new ones are appended (``choose_vocab``).
 A hashed field (``hash_buckets: B``) has no vocabulary: it owns ``1 + B`` rows and a value's row
 is ``1 + xxh64(text) % B`` (see :mod:`deepfm.data.hashing`).
-Encoding is vectorised with ``pandas.Index.get_indexer`` (a hash lookup, no Python per row).
+Vocabularies are fitted by the prepare stage (:mod:`deepfm.data.prepare.stats`); this pandas
+encoder serves trained models (predict, evaluate, recommend), vectorised with
+``pandas.Index.get_indexer`` (a hash lookup, no Python per row).
 """
 
 from __future__ import annotations
@@ -88,42 +90,6 @@ class FeatureMap:
     """The ordered fields of a data set plus their offsets in the fused embedding table."""
 
     fields: list[Field]
-
-    @classmethod
-    def fit(
-        cls,
-        frame: pd.DataFrame,
-        names: list[str],
-        kinds: dict[str, FieldKind] | None = None,
-        min_count: int = 1,
-        max_len: dict[str, int] | None = None,
-        max_vocab: int = 0,
-        base: FeatureMap | None = None,
-        prune_below: int = 0,
-    ) -> FeatureMap:
-        """Build vocabularies from ``frame`` (the training split). Values are sorted for stability.
-
-        ``base`` (a warm start's feature map) keeps its values and their order; see :func:`choose_vocab`.
-        """
-        kinds = kinds or {}
-        fields = []
-        for name in names:
-            if name not in frame.columns:
-                raise DataError(f"unknown field {name!r}; columns are {list(frame.columns)}")
-            kind = kinds.get(name, "categorical")
-            if kind == "numeric":
-                fields.append(Field(name, kind))
-                continue
-            column = frame[name]
-            if kind == "sequence":
-                column = column.explode().dropna()
-            counts = column.value_counts(sort=False)
-            old = base_vocab(base, name, kind)
-            values, numbers = counts.index.tolist(), counts.to_numpy()
-            vocab = choose_vocab(values, numbers, min_count, max_vocab, old, prune_below)
-            length = int((max_len or {}).get(name, 0)) or _longest(frame[name], kind)
-            fields.append(Field(name, kind, vocab, max_len=length))
-        return cls(fields).with_offsets()
 
     def with_offsets(self) -> FeatureMap:
         offset = 1  # row 0 is padding
@@ -277,12 +243,6 @@ def _encode_lists(f: Field, column: pd.Series, width: int) -> np.ndarray:
     out = np.zeros((len(column), width), dtype=np.int64)
     out[rows[keep], pos[keep]] = f.encode(flat.to_numpy()[keep])
     return out
-
-
-def _longest(column: pd.Series, kind: str) -> int:
-    if kind != "sequence" or len(column) == 0:
-        return 0
-    return int(column.map(lambda v: len(v) if isinstance(v, (list, tuple, np.ndarray)) else 0).max())
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:

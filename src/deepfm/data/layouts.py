@@ -5,65 +5,78 @@ A layout says how a file's rows become raw records (and labels):
 * ``records``: CSV/TSV with a header (pandas' C parser; a malformed line is reported by number),
   Parquet or JSON Lines (one object a line), by suffix (the ``predict`` default); id columns whose
   vocabulary holds strings are read as strings, so ids such as zip codes keep leading zeros;
-* ``movielens-1m``: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``), label rating > 3;
-* ``movielens-100k``: ``u.data`` (tab-separated user, item, rating, timestamp), label rating > 3;
-* ``spec``: the model's own dataset spec (format, header, columns, separator, label rule), e.g. a
-  headerless Criteo TSV for a model trained with ``--dataset criteo``.
+* ``spec``: the model's own dataset spec (format, header, columns, separator, label rule), e.g.
+  ``ratings.dat`` for a MovieLens model or a headerless Criteo TSV for a ``--dataset criteo`` one;
+* ``movielens-1m`` / ``movielens-100k``: that built-in data set's ratings file (``ratings.dat``,
+  ``u.data``), whatever the model was trained on.
 
 ``auto`` (the default) reads Parquet / JSON Lines files as records, and a text file as records when
-its first line names every column the model needs, else in the model's own layout.
+its first line names every column the model needs, else in the model's own layout. Labels follow
+the training data's rule (``rating > 3``), and its row filter (``--drop-neutral``) applies.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import operator
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
+from deepfm.data.catalog import template
+from deepfm.data.options import PrepareOptions
+from deepfm.data.prepare.rows import field_sources, reads_number
+from deepfm.data.readers import BadLines, read_chunks
 from deepfm.data.records import raw_columns
+from deepfm.data.rules import Rule, parse_rule
+from deepfm.data.spec import DatasetSpec, spec_from_dict
 from deepfm.errors import ConfigError, DataError
 
-LAYOUTS = ("auto", "records", "movielens-1m", "movielens-100k", "spec")
-OPS: dict[str, Callable[[Any, Any], Any]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
+BUILT_IN = ("movielens-1m", "movielens-100k")  # layouts of built-in data sets, by name
+LAYOUTS = ("auto", "records", *BUILT_IN, "spec")
+TEXT_FORMATS = ("csv", "tsv", "libsvm", "libfm")
+
+
+def model_spec(model: Any) -> DatasetSpec | None:
+    """The spec that declared ``model``'s data (models of built-in MovieLens written before specs
+    were kept: that data set's spec), or None."""
+    stored = model.facts.spec
+    if isinstance(stored, dict):
+        stored = {**stored, "split": {"method": "random"}}  # reading a file does not split it
+        if not stored.get("input", {}).get("files"):  # a split by files: the file read is the input
+            stored["input"] = {**stored.get("input", {}), "files": ["<file read>"]}
+        return spec_from_dict(stored, source="the model's spec layout")
+    config = model.config
+    if config.dataset in BUILT_IN and not config.spec:
+        options = PrepareOptions(dataset=config.dataset, drop_neutral=config.drop_neutral)
+        return spec_from_dict(template(config.dataset, options), source=config.dataset)
+    return None
 
 
 def model_layout(model: Any) -> str | None:
     """The layout of the data ``model`` was trained on, or None (records only)."""
-    spec = model.extras.get("spec")
-    if isinstance(spec, dict) and spec.get("input", {}).get("format") in ("csv", "tsv", "libsvm", "libfm"):
-        return "spec"
-    if model.config.dataset in ("movielens-1m", "movielens-100k") and not model.config.spec and not spec:
-        return model.config.dataset
-    return None
+    spec = model_spec(model)
+    return "spec" if spec is not None and spec.input.format in TEXT_FORMATS else None
 
 
 def choose_layout(model: Any, path: Path, layout: str = "auto") -> str:
     if layout not in LAYOUTS:
         raise ConfigError(f"--format must be one of {list(LAYOUTS)}, got {layout!r}")
     if layout != "auto":
-        if layout == "spec" and not isinstance(model.extras.get("spec"), dict):
+        if layout == "spec" and model_spec(model) is None:
             raise ConfigError("--format spec: this model was not trained from a dataset spec")
         return layout
     own = model_layout(model)
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     if own is None or suffix in (".parquet", ".pq", ".jsonl", ".ndjson", ".json"):
         return "records"
-    if own.startswith("movielens") and suffix not in (".dat", ".data", ""):
-        return "records"  # ratings.dat / u.data; a .csv of records reports its missing columns
+    spec = model_spec(model)
+    if spec is not None and spec.input.separator and len(spec.input.separator) > 1 and suffix == ".csv":
+        return "records"  # a ratings.dat-style model and a .csv of records: it reports missing columns
     return "records" if _header_has(path, model) else own
 
 
@@ -85,6 +98,15 @@ def _header_has(path: Path, model: Any) -> bool:
     return all(c.name in names for c in raw_columns(model.feature_map, model.tables))
 
 
+def layout_spec(model: Any, layout: str) -> DatasetSpec:
+    """The spec whose input section reads a file of ``layout`` (``spec`` or a built-in's name)."""
+    if layout in BUILT_IN:
+        return spec_from_dict(template(layout, PrepareOptions(dataset=layout)), source=layout)
+    spec = model_spec(model)
+    assert spec is not None
+    return spec
+
+
 def read_layout(model: Any, path: str | Path, layout: str = "auto") -> pd.DataFrame:
     """The raw records of ``path`` (every column the layout has, labels included when present)."""
     path = Path(path)
@@ -93,36 +115,24 @@ def read_layout(model: Any, path: str | Path, layout: str = "auto") -> pd.DataFr
     chosen = choose_layout(model, path, layout)
     if chosen == "records":
         return read_records(path, model)
-    if chosen == "movielens-1m":
-        from deepfm.data.movielens import read_ratings
-
-        return read_ratings(path)
-    if chosen == "movielens-100k":
-        from deepfm.data.movielens import read_ratings_100k
-
-        return read_ratings_100k(path)
-    return _read_spec_file(model, path)
+    return read_spec_file(layout_spec(model, chosen), path)
 
 
-def _read_spec_file(model: Any, path: Path) -> pd.DataFrame:
-    from deepfm.data.readers import BadLines, read_chunks
-    from deepfm.data.spec import spec_from_dict
-
-    stored = dict(model.extras["spec"])
-    label = stored.get("label")
-    if isinstance(label, dict) and "op" in label:  # DatasetSpec.to_dict() form
-        stored["label"] = f"{label['column']} {label['op']} {label['value']}"
-    stored["split"] = {"method": "random"}  # reading a file does not split it
-    spec = spec_from_dict(stored, source=f"{path} (the model's spec layout)")
-    numeric = {spec.label.column}
-    numeric |= {
-        f.source for f in spec.fields if f.kind == "numeric" or f.transform in ("hour_of_day", "weekday")
-    }
-    columns = list(dict.fromkeys([spec.label.column, *(f.source for f in spec.fields)]))
-    if spec.input.format in ("csv", "tsv"):
-        names = spec.input.columns
-        if not spec.input.header and names:
-            columns = [c for c in columns if c in names]
+def read_spec_file(spec: DatasetSpec, path: Path) -> pd.DataFrame:
+    """The rows of ``path`` as ``spec``'s input declares them: its label, rule columns and the
+    columns its fields read from the rows (side tables' columns come from the model)."""
+    numeric = {spec.label.column, *(r.column for r in [*spec.filter, *spec.checks])}
+    columns = [spec.label.column, *(r.column for r in [*spec.filter, *spec.checks])]
+    for f in spec.fields:
+        for source in field_sources(f):
+            if spec.table_of(source) is None:
+                columns.append(source)
+                if reads_number(f):
+                    numeric.add(source)
+    columns += [t.key for t in spec.tables]
+    columns = list(dict.fromkeys(columns))
+    if spec.input.format in ("csv", "tsv") and not spec.input.header and spec.input.columns:
+        columns = [c for c in columns if c in spec.input.columns]
     chunks = [
         c.frame
         for c in read_chunks(
@@ -131,8 +141,6 @@ def _read_spec_file(model: Any, path: Path) -> pd.DataFrame:
     ]
     if not chunks:
         raise DataError("file holds no rows", path)
-    import polars as pl
-
     return pl.concat(chunks).to_pandas()
 
 
@@ -198,43 +206,54 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     raise DataError("could not be read as JSON Lines", path)
 
 
-def label_rule(model: Any) -> tuple[str, str, float]:
-    """``(column, op, value)``: how the model's training data made a 0/1 label."""
-    spec = model.extras.get("spec")
-    if isinstance(spec, dict) and isinstance(spec.get("label"), dict):
-        label = spec["label"]
-        return label.get("column", "label"), label.get("op", ">"), float(label.get("value", 0.0))
-    if model.config.dataset.startswith("movielens") and not spec:
-        return "rating", ">", 3.0
-    return "label", ">", 0.0
+def label_rule(model: Any) -> Rule:
+    """How the model's training data made a 0/1 label (``label > 0`` when it declared none)."""
+    spec = model_spec(model)
+    return spec.label.as_rule() if spec is not None else Rule("label", ">", 0.0)
 
 
-def parse_label(text: str) -> tuple[str, str, float]:
-    """``"clicked"`` or ``"rating > 3"`` -> ``(column, op, value)`` (a bare column: value > 0)."""
-    from deepfm.data.spec import spec_from_dict
-
-    spec = spec_from_dict(
-        {"input": {"files": ["-"], "format": "parquet"}, "label": text, "fields": ["x"]}, source="--label"
-    )
-    return spec.label.column, spec.label.op, spec.label.value
+def row_filter(model: Any) -> list[Rule]:
+    """The training data's row filter (e.g. ``rating != 3`` with ``--drop-neutral``)."""
+    spec = model_spec(model)
+    return list(spec.filter) if spec is not None else []
 
 
-def labels_of(frame: pd.DataFrame, rule: tuple[str, str, float], source: str = "") -> np.ndarray:
+def parse_label(text: str) -> Rule:
+    """``"clicked"`` or ``"rating > 3"`` -> a rule (a bare column: value > 0)."""
+    if re.fullmatch(r"[A-Za-z_][\w.-]*", text.strip()):
+        return Rule(text.strip(), ">", 0.0)
+    try:
+        return parse_rule(text)
+    except ValueError as exc:
+        raise ConfigError(f"--label: {exc}") from None
+
+
+def labels_of(frame: pd.DataFrame, rule: Rule, source: str = "") -> np.ndarray:
     """0/1 labels of ``frame`` by ``rule``; rows without a label are an error naming the column."""
-    column, op, value = rule
     where = f"{source}: " if source else ""
-    if column not in frame.columns and column != "label" and "label" in frame.columns:
-        column, op, value = "label", ">", 0.0  # records that already carry 0/1 labels
-    if column not in frame.columns:
-        raise DataError(f"{where}no label column {column!r} (columns: {list(frame.columns)}); use --label")
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    if rule.column not in frame.columns and rule.column != "label" and "label" in frame.columns:
+        rule = Rule("label", ">", 0.0)  # records that already carry 0/1 labels
+    if rule.column not in frame.columns:
+        raise DataError(
+            f"{where}no label column {rule.column!r} (columns: {list(frame.columns)}); use --label"
+        )
+    values = pd.to_numeric(frame[rule.column], errors="coerce").to_numpy(dtype=np.float64)
     missing = np.isnan(values)
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
         raise DataError(
-            f"{where}record {row}: label column {column!r} is missing or not a number", field=column
+            f"{where}record {row}: label column {rule.column!r} is missing or not a number", field=rule.column
         )
-    return OPS[op](values, value).astype(np.float32)
+    return rule.holds(values).astype(np.float32)
+
+
+def filtered(frame: pd.DataFrame, rules: list[Rule]) -> pd.DataFrame:
+    """The rows of ``frame`` for which every rule holds (rules on absent columns are skipped)."""
+    keep = np.ones(len(frame), dtype=bool)
+    for rule in rules:
+        if rule.column in frame.columns:
+            keep &= rule.holds(pd.to_numeric(frame[rule.column], errors="coerce").to_numpy(dtype=np.float64))
+    return frame if keep.all() else frame[keep].reset_index(drop=True)
 
 
 def read_labelled(
@@ -244,9 +263,7 @@ def read_labelled(
     rule = parse_label(label) if label else label_rule(model)
     frames, labels = [], []
     for path in paths:
-        frame = read_layout(model, path, layout)
-        if model.config.drop_neutral and "rating" in frame.columns and rule[0] == "rating":
-            frame = frame[frame["rating"] != 3].reset_index(drop=True)
+        frame = filtered(read_layout(model, path, layout), row_filter(model))
         labels.append(labels_of(frame, rule, str(path)))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True), np.concatenate(labels)

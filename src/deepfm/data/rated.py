@@ -1,9 +1,10 @@
 """Which items each user rated in the training split, kept with the model for ``recommend``.
 
-Stored compactly in the checkpoint's ``extras["rated"]`` as a CSR index over the feature map's
-vocabularies: for the user at vocabulary position ``u``, ``items[offsets[u]:offsets[u + 1]]`` are
-the (sorted, unique) vocabulary positions of the items they rated. Built from the encoded training
-split with array operations; ML-1M's 800k training ratings take about 3 MB (int32 items).
+Stored compactly with the model's data facts (``model.pt``'s ``extras["rated"]``) as a CSR index
+over the feature map's vocabularies: for the user at vocabulary position ``u``,
+``items[offsets[u]:offsets[u + 1]]`` are the (sorted, unique) vocabulary positions of the items
+they rated. Built from the encoded training split with array operations; ML-1M's 800k training
+ratings take about 3 MB (int32 items).
 """
 
 from __future__ import annotations
@@ -16,13 +17,8 @@ import torch
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
 
-USER_FIELD = "user_id"
-ITEM_FIELD = "movie_id"
 
-
-def build_rated(
-    feature_map: FeatureMap, train: Split, user: str = USER_FIELD, item: str = ITEM_FIELD
-) -> dict[str, Any] | None:
+def build_rated(feature_map: FeatureMap, train: Split, user: str, item: str) -> dict[str, Any] | None:
     """The CSR index of ``train``'s (user, item) pairs, or ``None`` without both fields."""
     names = [f.name for f in feature_map.categorical]
     if user not in names or item not in names:

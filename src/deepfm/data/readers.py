@@ -108,10 +108,57 @@ def describe(exc: BaseException) -> str:
     return text
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+class _Separated(io.RawIOBase):
+    """A text file's bytes with a several-character separator (``::``) replaced by one byte that
+    text never holds (``\x1f``, the unit separator), so Arrow's CSV reader can read it.
+
+    Arrow reads one-character delimiters only; lines keep their numbers (newlines are untouched).
+    A UTF-8 byte-order mark at the start is dropped."""
+
+    UNIT = b"\x1f"
+
+    def __init__(self, path: Path, separator: bytes) -> None:
+        self.file = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+        self.separator = separator
+        self.pending = b""  # a tail that may be the start of a separator
+        self.out = b""
+        self.first = True
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.out:
+            block = self.file.read(1 << 20)
+            if self.first:
+                block, self.first = block.removeprefix(b"\xef\xbb\xbf"), False
+            data = (self.pending + block).replace(self.separator, self.UNIT)
+            self.pending = b""
+            if block:  # keep back a tail that a following block could complete into a separator
+                keep = next(
+                    (k for k in range(len(self.separator) - 1, 0, -1) if data.endswith(self.separator[:k])), 0
+                )
+                if keep:
+                    data, self.pending = data[:-keep], data[-keep:]
+            self.out = data
+            if not block:
+                break
+        n = min(len(buffer), len(self.out))
+        buffer[:n] = self.out[:n]
+        self.out = self.out[n:]
+        return n
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # a byte-order mark is not part of the first value
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-    return open(path, encoding="utf-8-sig", errors="replace", newline="")
+        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
+    return open(path, encoding=encoding, errors="replace", newline="")
 
 
 def _separator(spec: InputSpec) -> str:
@@ -123,7 +170,7 @@ def _read_text_table(
 ) -> Iterator[Chunk]:
     sep = _separator(spec)
     if spec.header:
-        with _open_text(path) as f:
+        with _open_text(path, spec.encoding) as f:
             header = f.readline().rstrip("\r\n").removeprefix("\ufeff")  # a UTF-8 byte-order mark
             names = [n.strip().strip('"') for n in header.split(sep)]
         first_line = 2
@@ -152,16 +199,22 @@ def _read_text_table(
         for line, column, message in sorted(problems + due, key=lambda p: p[0]):
             bad.found(message, path, line, column)
 
+    several = len(sep) > 1  # e.g. "::": read through _Separated, unquoted
     opened = _open_csv(
         path,
+        _Separated(path, sep.encode(spec.encoding)) if several else None,
         read_options=pacsv.ReadOptions(
             use_threads=False,
             block_size=BLOCK_BYTES,
             column_names=names,
             skip_rows=1 if spec.header else 0,
+            encoding=spec.encoding,
         ),
         parse_options=pacsv.ParseOptions(
-            delimiter=sep, invalid_row_handler=on_invalid, ignore_empty_lines=False
+            delimiter=_Separated.UNIT.decode() if several else sep,
+            quote_char=False if several else '"',
+            invalid_row_handler=on_invalid,
+            ignore_empty_lines=False,
         ),
         convert_options=pacsv.ConvertOptions(
             include_columns=columns, column_types={c: pa.string() for c in columns}
@@ -181,16 +234,19 @@ def _read_text_table(
     report([], float("inf"))
 
 
-def _open_csv(path: Path, **options: Any) -> Iterator[pa.RecordBatch]:
-    """Batches of a csv reader; parse failures (e.g. an unterminated quote) become DataError."""
+def _open_csv(path: Path, source: io.RawIOBase | None = None, **options: Any) -> Iterator[pa.RecordBatch]:
+    """Batches of a csv reader of ``path`` (or of ``source``, a stream of its bytes); parse
+    failures (e.g. an unterminated quote) become DataError naming ``path``."""
     try:
-        reader = pacsv.open_csv(str(path), **options)
+        reader = pacsv.open_csv(source if source is not None else str(path), **options)
         while True:
             try:
                 yield reader.read_next_batch()
             except StopIteration:
                 return
     except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            raise DataError("file is empty", path) from None
         raise DataError(f"cannot parse: {exc}", path) from None
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from deepfm.data.features import FeatureMap, Field, FieldKind
 from deepfm.data.tables import Tables, join_tables
+from deepfm.data.transforms import token_text
 from deepfm.errors import DataError
 
 ValueType = Literal["int", "float", "str", "any"]
@@ -42,8 +43,8 @@ def raw_columns(feature_map: FeatureMap, tables: Tables | None = None) -> list[R
     fields = {f.name: f for f in feature_map.fields}
     out: dict[str, RawColumn] = {}
     for f in feature_map.fields:
-        key = supplied.get(f.name)
-        if key is None and (f.transform or {}).get("type") in NUMBER_TRANSFORMS:
+        key = supplied.get(f.source)
+        if key is None and _reads_number(f):
             out.setdefault(f.source, RawColumn(f.source, "numeric", "float"))  # e.g. a log2bucket count
         elif key is None:  # a transformed field reads its source column (hour <- timestamp)
             out.setdefault(f.source, RawColumn(f.source, f.kind, _field_type(f)))
@@ -99,8 +100,12 @@ def id_value(value: Any, dtype: ValueType) -> Any:
     Numeric vocabularies take numbers and numeric strings (``"42"`` is ``42``); anything else
     (``"abc"``, ``1.5`` for an integer id, NaN, null, true) is an unknown id. String vocabularies
     take strings, and numbers as their text (``42`` is ``"42"``). An unknown id scores as the
-    field's out-of-vocabulary row; it is never an error.
+    field's out-of-vocabulary row; it is never an error. Text vocabularies (every field read by
+    the prepare stage) take any value by :func:`~deepfm.data.transforms.token_text`, the text it
+    was counted by in training (``6.0`` is ``"6"``, missing is ``""``).
     """
+    if dtype == "str":
+        return token_text(value) if isinstance(value, SCALARS) else None
     if value is None or isinstance(value, (bool, np.bool_)):
         return None
     if dtype in ("int", "float"):
@@ -118,12 +123,6 @@ def id_value(value: Any, dtype: ValueType) -> Any:
         if dtype == "int" and number.is_integer() and abs(number) < 2**63:
             return int(number)
         return number
-    if dtype == "str":
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float, np.integer, np.floating)):
-            return None if value != value else str(value)
-        return None
     return value
 
 
@@ -179,15 +178,19 @@ def _short(value: Any) -> str:
 
 
 def numeric_sources(feature_map: FeatureMap) -> set[str]:
-    """Raw columns read as numbers: numeric fields and fields with a numeric transform."""
-    return {
-        f.source
-        for f in feature_map.fields
-        if f.kind == "numeric" or (f.transform or {}).get("type") in NUMBER_TRANSFORMS
-    }
+    """Raw columns read as numbers: numeric fields and fields with a numeric transform (a field
+    whose ``pattern`` finds its value in text reads text)."""
+    return {f.source for f in feature_map.fields if _reads_number(f)}
 
 
-NUMBER_TRANSFORMS = ("log2bucket", "quantile", "standardize", "hour_of_day", "weekday")
+NUMBER_TRANSFORMS = ("log2bucket", "quantile", "bucket", "standardize", "hour_of_day", "weekday")
+
+
+def _reads_number(f: Field) -> bool:
+    transform = f.transform or {}
+    if transform.get("pattern"):
+        return False
+    return f.kind == "numeric" or transform.get("type") in NUMBER_TRANSFORMS
 
 
 def check_numbers(frame: pd.DataFrame, feature_map: FeatureMap) -> None:

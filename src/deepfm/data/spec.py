@@ -8,6 +8,7 @@ Relative input paths are resolved against the spec file's folder.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import re
@@ -18,23 +19,24 @@ from typing import Any
 import tomllib
 import yaml
 
+from deepfm.data.rules import RULE, Rule, parse_rule
 from deepfm.errors import ConfigError
 
 FORMATS = ("csv", "tsv", "parquet", "libsvm", "libfm")
 KINDS = ("categorical", "numeric", "multi")
-NUMERIC_TRANSFORMS = ("log2bucket", "quantile", "standardize")
+NUMERIC_TRANSFORMS = ("log2bucket", "quantile", "standardize", "bucket")
 CATEGORICAL_TRANSFORMS = ("hour_of_day", "weekday")
+TIME_TRANSFORMS = CATEGORICAL_TRANSFORMS  # read their column as numbers (unix seconds or YYMMDDHH)
 TIME_FORMATS = ("yymmddhh", "unix")
 SPLIT_METHODS = ("random", "time", "files", "leave_last")
-BAD_LINES = ("error", "skip")
 POOLINGS = ("mean", "sum")
+ROLES = ("user", "item")
+DEFAULT_USER = "user_id"  # the user field when a spec names none (gAUC's default group)
 POSITION = re.compile(r"@(\d+)")  # libsvm: the N-th feature token of a row
 # libsvm: the tokens of "features" whose index lies in [lo, hi) (a field's ``index_range``)
 RANGE = re.compile(r"features\[(\d+):(\d+)\]")
 PARTS = ("train", "valid", "test")
-_LABEL_RULE = re.compile(
-    r"^\s*(?:(?P<column>[A-Za-z_][\w.-]*)\s*)?(?P<op>>=|<=|==|!=|>|<)\s*(?P<value>\S+)\s*$"
-)
+_LABEL_RULE = RULE  # a label rule, as filters and checks: column <op> number
 
 
 @dataclass
@@ -45,7 +47,8 @@ class InputSpec:
     format: str = "csv"
     header: bool = True  # csv/tsv: the first line names the columns
     columns: list[str] = field(default_factory=list)  # csv/tsv without header: the names, in order
-    separator: str | None = None  # csv/tsv: default "," or "\t"
+    separator: str | None = None  # csv/tsv: default "," or "\t"; several characters ("::") read unquoted
+    encoding: str = "utf-8"  # csv/tsv/libsvm text encoding (e.g. "latin-1")
 
 
 @dataclass
@@ -60,6 +63,10 @@ class LabelSpec:
     @property
     def rule(self) -> str:
         return f"{self.column} {self.op} {self.value:g}"
+
+    def as_rule(self) -> Rule:
+        """The rule that makes a row's label 1 (``label > 0`` when none is declared)."""
+        return Rule(self.column, self.op, self.value)
 
 
 @dataclass
@@ -82,6 +89,11 @@ class FieldSpec:
     pooling: str = "mean"
     # libsvm: [lo, hi), the field is the tokens of column "features" with lo <= index < hi
     index_range: tuple[int, int] | None = None
+    # a regular expression searched in the column's text; its first group (or the whole match) is
+    # the value the field reads, no match = missing (e.g. the year of "Toy Story (1995)")
+    pattern: str | None = None
+    edges: list[float] | None = None  # numeric, transform bucket: ascending edges -> bucket numbers
+    flags: list[str] | None = None  # multi: the names of these 0/1 columns that hold 1 (one-hot genres)
 
     @property
     def source(self) -> str:
@@ -99,6 +111,17 @@ class FieldSpec:
         if self.kind == "numeric" and self.transform == "standardize":
             return "numeric"
         return "categorical"
+
+
+@dataclass
+class TableSpec:
+    """A side table joined onto every row by its ``key`` column (e.g. movies by ``movie_id``).
+
+    Its columns can be read by fields like the rows' own; a trained model keeps the table, so a
+    caller sends only the key. Values are text; a key seen twice keeps its first row."""
+
+    key: str
+    input: InputSpec
 
 
 @dataclass
@@ -125,6 +148,10 @@ class DatasetSpec:
     min_count: int = 1  # default for fields that do not set their own
     source: str = "<spec>"  # where the spec came from (file path or built-in name), for messages
     base_dir: str = "."  # relative input paths are resolved against this folder
+    tables: list[TableSpec] = field(default_factory=list)  # side tables joined by key
+    filter: list[Rule] = field(default_factory=list)  # rows kept: every rule holds
+    checks: list[Rule] = field(default_factory=list)  # a row breaking one is a bad row
+    roles: dict[str, str] = field(default_factory=dict)  # "user" / "item" field names
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -135,10 +162,41 @@ class DatasetSpec:
             if f["kind"] != "multi":
                 del f["pooling"]  # only bags are pooled
             if f["index_range"] is None:
-                del f["index_range"]  # (keeps the cache key of specs without ranges)
+                del f["index_range"]
             else:
                 f["index_range"] = list(f["index_range"])
+            for key in ("pattern", "edges", "flags"):
+                if f[key] is None:
+                    del f[key]
+        for key in ("tables", "filter", "checks", "roles"):
+            if not data[key]:
+                del data[key]
+        if self.filter:
+            data["filter"] = [str(r) for r in self.filter]
+        if self.checks:
+            data["checks"] = [str(r) for r in self.checks]
         return data
+
+    def user_item(self) -> tuple[str | None, str | None]:
+        """The user and item fields: declared ``roles``, else a leave_last split's group and
+        item (its first other categorical field when unnamed); a categorical field named
+        ``user_id`` is the user when nothing else says."""
+        user, item = self.roles.get("user"), self.roles.get("item")
+        categorical = [f.name for f in self.fields if f.model_kind == "categorical"]
+        if user is None and DEFAULT_USER in categorical and self.split.method != "leave_last":
+            user = DEFAULT_USER
+        if self.split.method == "leave_last":
+            user = user or self.split.group
+            others = [f.name for f in self.fields if f.model_kind == "categorical" and f.name != user]
+            item = item or self.split.item or (others[0] if others else None)
+        return user, item
+
+    def table_of(self, column: str) -> TableSpec | None:
+        """The side table a column comes from (None: the rows themselves)."""
+        for table in self.tables:
+            if column != table.key and column in table.input.columns:
+                return table
+        return None
 
     def index_ranges(self) -> dict[str, FieldSpec]:
         """The ``index_range`` fields by the column the reader makes of each (``features[lo:hi]``)."""
@@ -149,12 +207,16 @@ class DatasetSpec:
         data = self.to_dict()
         data["label"] = self.label.rule
         data["split"] = {k: v for k, v in data["split"].items() if v not in (None, {})}
-        data["input"] = {k: v for k, v in data["input"].items() if v not in (None, [])}
+        data["input"] = _input_yaml(data["input"])
         data["input"]["files"] = list(self.input.files)
         data["fields"] = [
             {k: v for k, v in f.items() if v is not None and v != "" and (k, v) != ("kind", "categorical")}
             for f in data["fields"]
         ]
+        for table in data.get("tables", []):
+            table["input"] = _input_yaml(table["input"])
+        if len(self.filter) == 1:
+            data["filter"] = str(self.filter[0])
         return data
 
     def input_files(self) -> dict[str, list[Path]]:
@@ -162,6 +224,12 @@ class DatasetSpec:
         if self.split.method == "files":
             return {part: self._resolve(self.split.files[part], f"split.files.{part}") for part in PARTS}
         return {"all": self._resolve(self.input.files, "input.files")}
+
+    def table_files(self) -> dict[str, list[Path]]:
+        """Resolved files of every side table, by key."""
+        return {
+            t.key: self._resolve(t.input.files, f"tables[{i}].input.files") for i, t in enumerate(self.tables)
+        }
 
     def _resolve(self, patterns: list[str], key: str) -> list[Path]:
         found: list[Path] = []
@@ -205,21 +273,16 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
     """Build a :class:`DatasetSpec` from a parsed mapping; errors name ``source`` and the key."""
     r = _Reader(source)
     data = r.mapping(data, "")
-    r.known(data, "", {"name", "input", "label", "fields", "split", "min_count"})
+    r.known(
+        data,
+        "",
+        {"name", "input", "label", "fields", "split", "min_count", "tables", "filter", "checks", "roles"},
+    )
     name = r.typed(data.get("name", Path(source).stem), "name", str)
 
-    raw_input = r.mapping(r.required(data, "input", ""), "input")
-    r.known(raw_input, "input", {"files", "format", "header", "columns", "separator"})
-    fmt = r.choice(raw_input.get("format", "csv"), "input.format", FORMATS)
-    inp = InputSpec(
-        files=r.str_list(raw_input.get("files", []), "input.files"),
-        format=fmt,
-        header=r.typed(raw_input.get("header", fmt in ("csv", "tsv")), "input.header", bool),
-        columns=r.str_list(raw_input.get("columns", []), "input.columns"),
-        separator=r.typed(raw_input.get("separator"), "input.separator", str, optional=True),
-    )
-    if fmt in ("csv", "tsv") and not inp.header and not inp.columns:
-        r.fail("input.columns", "a csv/tsv file without header needs the list of column names")
+    inp = _input(r, r.required(data, "input", ""), "input")
+    fmt = inp.format
+    tables = _tables(r, data.get("tables"))
 
     label = _label(r, data.get("label", "label"))
     raw_fields = r.required(data, "fields", "")
@@ -230,6 +293,7 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
     if not isinstance(raw_fields, list) or not raw_fields:
         r.fail("fields", "must be a non-empty list of fields")
     fields = [_field(r, f, f"fields[{i}]", fmt) for i, f in enumerate(raw_fields)]
+    table_columns = {c for t in tables for c in t.input.columns}
     seen: set[str] = set()
     for i, f in enumerate(fields):
         if f.name in seen:
@@ -240,8 +304,10 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
     _check_index_ranges(r, fields, fmt)
     if inp.columns:
         for i, f in enumerate(fields):
-            if f.source not in inp.columns and fmt in ("csv", "tsv"):
-                r.fail(f"fields[{i}].column", f"{f.source!r} is not one of input.columns")
+            for source in f.flags or [f.source]:
+                if source not in inp.columns and source not in table_columns and fmt in ("csv", "tsv"):
+                    where = " nor of a table's columns" if tables else ""
+                    r.fail(f"fields[{i}].column", f"{source!r} is not one of input.columns{where}")
         if label.column not in inp.columns and fmt in ("csv", "tsv"):
             r.fail("label", f"{label.column!r} is not one of input.columns")
 
@@ -262,7 +328,134 @@ def spec_from_dict(data: Any, source: str = "<spec>", base_dir: str | Path = "."
     min_count = r.typed(data.get("min_count", 1), "min_count", int)
     if min_count < 1:
         r.fail("min_count", f"must be >= 1, got {min_count}")
-    return DatasetSpec(name, inp, label, fields, split, min_count, source, str(base_dir))
+    filters = _rules(r, data.get("filter"), "filter")
+    checks = _rules(r, data.get("checks"), "checks")
+    for key, rules in (("filter", filters), ("checks", checks)):
+        for i, rule in enumerate(rules):
+            if inp.columns and fmt in ("csv", "tsv") and rule.column not in inp.columns:
+                r.fail(f"{key}[{i}]", f"{rule.column!r} is not one of input.columns")
+    for t in tables:
+        if inp.columns and fmt in ("csv", "tsv") and t.key not in inp.columns:
+            r.fail("tables", f"key {t.key!r} is not one of input.columns (the rows are joined on it)")
+    _check_patterns(r, fields, label, filters + checks, split)
+    spec = DatasetSpec(
+        name, inp, label, fields, split, min_count, source, str(base_dir), tables, filters, checks
+    )
+    spec.roles = _roles(r, data.get("roles"), fields)
+    return spec
+
+
+def _input(r: _Reader, raw: Any, key: str) -> InputSpec:
+    raw = r.mapping(raw, key)
+    r.known(raw, key, {"files", "format", "header", "columns", "separator", "encoding"})
+    fmt = r.choice(raw.get("format", "csv"), f"{key}.format", FORMATS)
+    inp = InputSpec(
+        files=r.str_list(raw.get("files", []), f"{key}.files"),
+        format=fmt,
+        header=r.typed(raw.get("header", fmt in ("csv", "tsv")), f"{key}.header", bool),
+        columns=r.str_list(raw.get("columns", []), f"{key}.columns"),
+        separator=r.typed(raw.get("separator"), f"{key}.separator", str, optional=True),
+        encoding=r.typed(raw.get("encoding", "utf-8"), f"{key}.encoding", str),
+    )
+    if fmt in ("csv", "tsv") and not inp.header and not inp.columns:
+        r.fail(f"{key}.columns", "a csv/tsv file without header needs the list of column names")
+    if inp.separator is not None and (not inp.separator or "\n" in inp.separator or '"' in inp.separator):
+        r.fail(
+            f"{key}.separator",
+            f"must be one or more characters other than newline and quote, got {inp.separator!r}",
+        )
+    try:
+        codecs.lookup(inp.encoding)
+    except LookupError:
+        r.fail(f"{key}.encoding", f"unknown text encoding {inp.encoding!r} (e.g. utf-8, latin-1)")
+    return inp
+
+
+def _tables(r: _Reader, raw: Any) -> list[TableSpec]:
+    """``tables``: side tables, each ``{key: COLUMN, input: {...}}`` with the table's columns known
+    (``input.columns``, also for files with a header) and the key among them."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        r.fail("tables", "must be a list of {key: COLUMN, input: {files, format, columns, ...}}")
+    tables = []
+    for i, item in enumerate(raw):
+        key = f"tables[{i}]"
+        item = r.mapping(item, key)
+        r.known(item, key, {"key", "input"})
+        column = r.typed(r.required(item, "key", key), f"{key}.key", str)
+        inp = _input(r, r.required(item, "input", key), f"{key}.input")
+        if inp.format not in ("csv", "tsv", "parquet"):
+            r.fail(f"{key}.input.format", "a side table is csv, tsv or parquet")
+        if not inp.columns:
+            r.fail(f"{key}.input.columns", "list the table's columns (the key and the ones fields read)")
+        if column not in inp.columns:
+            r.fail(f"{key}.key", f"{column!r} is not one of the table's columns {inp.columns}")
+        if not inp.files:
+            r.fail(f"{key}.input.files", "list the table's files")
+        tables.append(TableSpec(column, inp))
+    keys = [t.key for t in tables]
+    if len(set(keys)) != len(keys):
+        r.fail("tables", f"two tables share a key column: {keys}")
+    return tables
+
+
+def _rules(r: _Reader, raw: Any, key: str) -> list[Rule]:
+    """``filter`` / ``checks``: one rule or a list, each ``column <op> number``."""
+    if raw is None:
+        return []
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        r.fail(key, "expected a rule like 'rating != 3' or a list of them")
+    rules = []
+    for i, text in enumerate(items):
+        try:
+            rules.append(parse_rule(text))
+        except ValueError as exc:
+            r.fail(f"{key}[{i}]" if isinstance(raw, list) else key, str(exc))
+    return rules
+
+
+def _roles(r: _Reader, raw: Any, fields: list[FieldSpec]) -> dict[str, str]:
+    """``roles: {user: FIELD, item: FIELD}``: which categorical fields are the user and the item
+    (recommendations, ranking metrics, the default gAUC group)."""
+    raw = r.mapping(raw, "roles")
+    r.known(raw, "roles", set(ROLES))
+    categorical = [f.name for f in fields if f.model_kind == "categorical"]
+    roles = {}
+    for role, name in raw.items():
+        name = r.typed(name, f"roles.{role}", str)
+        if name not in categorical:
+            r.fail(f"roles.{role}", f"{name!r} is not a categorical field; those are {categorical}")
+        roles[role] = name
+    return roles
+
+
+def _check_patterns(
+    r: _Reader, fields: list[FieldSpec], label: LabelSpec, rules: list[Rule], split: Any
+) -> None:
+    """A column read as text by a ``pattern`` field cannot also be read as a number."""
+    numbers = {label.column, *(rule.column for rule in rules)}
+    numbers |= {
+        f.source
+        for f in fields
+        if f.pattern is None and (f.kind == "numeric" or f.transform in TIME_TRANSFORMS)
+    }
+    numbers |= {c for c in (split.column, split.time) if c}
+    for i, f in enumerate(fields):
+        if f.pattern is not None and f.source in numbers:
+            r.fail(
+                f"fields[{i}].pattern",
+                f"column {f.source!r} is read as a number elsewhere; a pattern reads it as text",
+            )
+
+
+def _input_yaml(data: dict[str, Any]) -> dict[str, Any]:
+    """An input section without the keys left at their defaults."""
+    out = {k: v for k, v in data.items() if v not in (None, [])}
+    if out.get("encoding") == "utf-8":
+        del out["encoding"]
+    return out
 
 
 def _check_index_ranges(r: _Reader, fields: list[FieldSpec], fmt: str) -> None:
@@ -337,6 +530,8 @@ def _positional_fields(r: _Reader, data: dict[str, Any], base_dir: Path) -> list
 
 
 def _label(r: _Reader, raw: Any) -> LabelSpec:
+    if isinstance(raw, dict) and {"column", "op", "value"} <= set(raw):  # DatasetSpec.to_dict()'s form
+        raw = f"{raw['column']} {raw['op']} {raw['value']}" if raw.get("declared", True) else raw["column"]
     if isinstance(raw, str):
         match = _LABEL_RULE.match(raw)
         if match:
@@ -377,6 +572,9 @@ def _field(r: _Reader, raw: Any, key: str, fmt: str = "csv") -> FieldSpec:
             "max_vocab",
             "pooling",
             "index_range",
+            "pattern",
+            "edges",
+            "flags",
         },
     )
     name = r.typed(r.required(raw, "name", key), f"{key}.name", str)
@@ -414,7 +612,37 @@ def _field(r: _Reader, raw: Any, key: str, fmt: str = "csv") -> FieldSpec:
             raw.get("pooling", "sum" if fmt in ("libsvm", "libfm") else "mean"), f"{key}.pooling", POOLINGS
         ),
         index_range=index_range,
+        pattern=r.typed(raw.get("pattern"), f"{key}.pattern", str, optional=True),
     )
+    if f.pattern is not None:
+        try:
+            groups = re.compile(f.pattern).groups
+        except re.error as exc:
+            r.fail(f"{key}.pattern", f"not a regular expression ({exc})")
+        if groups > 1:
+            r.fail(f"{key}.pattern", f"has {groups} groups; use one (the value) or none (the whole match)")
+        if f.kind == "multi" or f.index_range is not None:
+            r.fail(f"{key}.pattern", "a pattern reads one value a row (categorical or numeric fields)")
+    if raw.get("flags") is not None:
+        f.flags = r.str_list(raw["flags"], f"{key}.flags")
+        if kind != "multi" or not f.flags:
+            r.fail(f"{key}.flags", "a list of 0/1 columns makes a multi-valued field (kind: multi)")
+        if raw.get("column") is not None:
+            r.fail(f"{key}.column", "a field of flags reads its flag columns, not a column")
+    if f.transform == "bucket":
+        edges = raw.get("edges")
+        ok = (
+            isinstance(edges, list)
+            and edges
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in edges)
+        )
+        if not ok:
+            r.fail(f"{key}.edges", f"transform bucket needs edges: a list of numbers, got {edges!r}")
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            r.fail(f"{key}.edges", f"must be strictly ascending, got {edges}")
+        f.edges = [float(x) for x in edges]
+    elif raw.get("edges") is not None:
+        r.fail(f"{key}.edges", "only used with transform: bucket")
     if f.hash_buckets is not None:
         if f.hash_buckets < 1:
             r.fail(f"{key}.hash_buckets", f"must be >= 1, got {f.hash_buckets}")

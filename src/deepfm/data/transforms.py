@@ -7,15 +7,20 @@ Each maps a raw column to what the field encodes:
 * ``string``: categorical values as text, missing -> ``""`` (its own category);
 * ``log2bucket``: Criteo's rule, ``floor(ln(x)^2)`` for ``x > 2`` else ``floor(x)`` -> int token;
 * ``quantile``: bucket number among the training quantile ``edges`` -> int token;
+* ``bucket``: bucket number among the spec's declared ``edges`` -> int token;
 * ``standardize``: ``(x - mean) / std`` -> a dense float (missing -> 0, the mean);
 * ``hour_of_day`` / ``weekday``: from ``YYMMDDHH`` integers (Avazu) or unix seconds -> int token;
 * ``split``: a multi-valued cell cut at ``sep`` -> a list of strings (empty parts dropped).
+
+Any of them may carry a ``pattern``: a regular expression searched in the raw value's text first;
+its group (or the whole match) is the value transformed, no match is a missing value.
 
 Missing numeric inputs become the token :data:`MISSING`, a category of its own.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -86,10 +91,33 @@ def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return era * 146097 + doe - 719468
 
 
+def token_text(value: Any) -> str:
+    """The one value-to-token rule of text-valued categorical fields, in training (the prepare
+    stage's Polars casts give the same text), ``predict``, the server and evaluation: missing
+    (None, NaN) -> ``""``; booleans -> ``"true"`` / ``"false"``; integers, and floats holding an
+    integer, -> its digits (``6.0`` is ``"6"``); other floats -> their shortest text; else ``str``."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        if x != x:
+            return ""
+        if x.is_integer() and abs(x) < 2**63:
+            return str(int(x))
+        return re.sub(r"e([+-])0+(\d)", r"e\1\2", repr(x))  # 2.5e-07 -> 2.5e-7, as Polars writes it
+    return value if isinstance(value, str) else str(value)
+
+
 def strings(values: Any) -> np.ndarray:
-    """Categorical values as text (object array); missing -> ``""``."""
+    """Categorical values as text by :func:`token_text` (object array); missing -> ``""``."""
     series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
-    return series.astype(object).where(series.notna(), "").astype(str).to_numpy(dtype=object)
+    if pd.api.types.is_string_dtype(series) and not series.isna().any():
+        return series.astype(str).to_numpy(dtype=object)
+    return np.asarray([token_text(v) if v is not pd.NA else "" for v in series.tolist()], dtype=object)
 
 
 def split_lists(values: Any, sep: str) -> pd.Series:
@@ -106,9 +134,23 @@ def split_lists(values: Any, sep: str) -> pd.Series:
     return series.map(cut)
 
 
+def one_group(pattern: str) -> str:
+    """``pattern`` with exactly one group: the whole match when it has none."""
+    return pattern if re.compile(pattern).groups else f"({pattern})"
+
+
+def extract(values: Any, pattern: str) -> pd.Series:
+    """The first group of ``pattern`` searched in each value's text; no match (or missing) -> None."""
+    text = pd.Series(strings(values), dtype=object)
+    out = text.str.extract(one_group(pattern), expand=False)
+    return out.astype(object).where(out.notna(), None)
+
+
 def apply(transform: dict[str, Any], values: Any) -> Any:
     """Apply ``transform`` to a raw column (pandas Series or array)."""
     kind = transform["type"]
+    if transform.get("pattern"):
+        values = extract(values, transform["pattern"])
     if kind == "string":
         return strings(values)
     if kind == "split":
@@ -116,7 +158,7 @@ def apply(transform: dict[str, Any], values: Any) -> Any:
     x = to_float(values)
     if kind == "log2bucket":
         return log2bucket(x)
-    if kind == "quantile":
+    if kind in ("quantile", "bucket"):
         return quantile_buckets(x, transform["edges"])
     if kind == "standardize":
         z = (x - transform["mean"]) / transform["std"]

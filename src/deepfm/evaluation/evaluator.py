@@ -27,7 +27,8 @@ import torch
 
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap, _encode_lists
-from deepfm.data.rated import ITEM_FIELD, USER_FIELD, build_rated, rated_positions
+from deepfm.data.prepared import DataFacts, PreparedData
+from deepfm.data.rated import rated_positions
 from deepfm.data.tables import Tables, join_tables
 from deepfm.errors import ConfigError
 from deepfm.evaluation import metrics as M
@@ -170,44 +171,41 @@ class Evaluator:
 def make_evaluator(
     feature_map: FeatureMap,
     tables: Tables,
-    extras: dict[str, Any],
+    facts: DataFacts,
     metrics: str = "auto",
     group_by: str = "",
     negatives: int = 100,
     seed: int = 0,
     batch_size: int = 65536,
 ) -> Evaluator:
-    """An :class:`Evaluator` for a model with this feature map, side tables and checkpoint extras."""
+    """An :class:`Evaluator` for a model with this feature map, side tables and data facts."""
     names = {f.name for f in feature_map.categorical}
-    rated = extras.get("rated")
-    ranking_fields = extras.get("ranking") or {}
-    user = (rated or {}).get("user") or ranking_fields.get("user") or USER_FIELD
-    item = (rated or {}).get("item") or ranking_fields.get("item") or ITEM_FIELD
+    user, item = facts.user, facts.item
     can_rank = user in names and item in names
     group = group_by or (user if user in names else "")
     if group and group not in names:
         raise ConfigError(f"--group-by {group!r} is not a categorical field; fields are {sorted(names)}")
-    leave_last = can_rank and bool(extras.get("leave_last"))
+    leave_last = can_rank and facts.leave_last
     selected = M.parse_metrics(metrics, ranking_available=leave_last, group_available=bool(group))
     if "gauc" in selected and not group:
         raise ConfigError(
-            f"gauc needs a group field: this model has no {user!r} field; pass --group-by FIELD "
-            f"(one of {sorted(names)})"
+            "gauc needs a group field: this model's data declares no user field (spec roles: {user: FIELD}); "
+            f"pass --group-by FIELD (one of {sorted(names)})"
         )
     wants_ranking = any(n.split("@")[0] in M.RANKING for n in selected)
     if wants_ranking and not can_rank:
         raise ConfigError(
-            f"ranking metrics need a user field and an item field ({user!r}, {item!r}); "
-            f"this model has {sorted(names)}"
+            f"ranking metrics need a user field and an item field (spec roles: {{user: FIELD, item: FIELD}}; "
+            f"declared: user {user!r}, item {item!r}); this model has {sorted(names)}"
         )
-    items = item_features(feature_map, tables, item) if wants_ranking else None
+    items = item_features(feature_map, tables, item) if wants_ranking and item else None
     return Evaluator(
         selected,
         feature_map,
         group or None,
         user if can_rank else None,
         item if can_rank else None,
-        rated,
+        facts.rated,
         items,
         negatives,
         seed,
@@ -215,18 +213,12 @@ def make_evaluator(
     )
 
 
-def for_run(config: Any, data: Any) -> Evaluator:
-    """The evaluator of a training run; records ``rated`` and the ranking fields in ``data.extras``."""
-    ranking = data.extras.get("ranking") or {}
-    if "rated" not in data.extras and isinstance(data.train, Split):  # for recommend and ranking
-        user, item = ranking.get("user", USER_FIELD), ranking.get("item", ITEM_FIELD)
-        rated = build_rated(data.feature_map, data.train, user, item)
-        if rated is not None:
-            data.extras["rated"] = rated
+def for_run(config: Any, data: PreparedData) -> Evaluator:
+    """The evaluator of a training run (``config``: its :class:`~deepfm.config.TrainConfig`)."""
     return make_evaluator(
         data.feature_map,
         data.tables,
-        data.extras,
+        data.facts,
         config.metrics,
         config.group_by,
         config.rank_negatives,
@@ -243,7 +235,7 @@ def for_model(
     return make_evaluator(
         model.feature_map,
         model.tables,
-        model.extras,
+        model.facts,
         metrics if metrics is not None else getattr(config, "metrics", "auto"),
         group_by if group_by is not None else getattr(config, "group_by", ""),
         negatives if negatives is not None else getattr(config, "rank_negatives", 100),
@@ -261,10 +253,10 @@ def item_features(feature_map: FeatureMap, tables: Tables, item: str) -> ItemFea
     if table is not None:
         frame = join_tables(frame, {item: table})
     cats = feature_map.categorical
-    id_columns = [j for j, f in enumerate(cats) if f.name == item or f.name in side]
+    id_columns = [j for j, f in enumerate(cats) if f.name == item or f.source in side]
     ids = np.stack([cats[j].encode(cats[j].values(frame)) for j in id_columns], axis=1)
     seqs = feature_map.sequences
-    bag_columns = [j for j, f in enumerate(seqs) if f.name in side]
+    bag_columns = [j for j, f in enumerate(seqs) if f.source in side]
     bags = None
     if bag_columns:
         width = max(seqs[j].max_len for j in bag_columns)

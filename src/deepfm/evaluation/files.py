@@ -3,7 +3,7 @@
 Reads the rows (:mod:`deepfm.data.layouts`), labels them by the training data's rule (or a given
 one), encodes them with the model's feature map and side tables, scores them and computes the
 model's metrics with its :class:`~deepfm.evaluation.evaluator.Evaluator`. The model is anything
-with ``feature_map``, ``tables``, ``extras``, ``config``, ``module`` and ``predict_split`` (a
+with ``feature_map``, ``tables``, ``facts``, ``config``, ``module`` and ``predict_split`` (a
 :class:`~deepfm.artifact.trained.TrainedModel`).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from deepfm.data.batching import Split
-from deepfm.data.layouts import label_rule, labels_of, parse_label, read_labelled
+from deepfm.data.layouts import filtered, label_rule, labels_of, parse_label, read_labelled, row_filter
 from deepfm.data.records import prepare_records, records_frame
 from deepfm.errors import ConfigError
 from deepfm.evaluation.evaluator import for_model
@@ -38,10 +38,8 @@ def evaluate_model(
         paths = [data] if isinstance(data, (str, Path)) else list(data)
         frame, labels = read_labelled(model, paths, layout, label)
     else:
-        frame = _frame_of(data)
+        frame = filtered(_frame_of(data), row_filter(model))
         rule = parse_label(label) if label else label_rule(model)
-        if model.config.drop_neutral and rule[0] == "rating" and "rating" in frame.columns:
-            frame = frame[frame["rating"] != 3].reset_index(drop=True)
         labels = labels_of(frame, rule)
     frame = prepare_records(records_frame(frame, model.feature_map), model.feature_map, model.tables)
     split = Split.from_arrays(model.feature_map.encode(frame), labels)

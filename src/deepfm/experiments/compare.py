@@ -41,8 +41,10 @@ def compare(
     """Train every model for every seed; write the report files; return one summary row a model."""
     out = Path(out)
     runs: list[dict[str, Any]] = []
+    labelling = ""
     for seed in seeds:
         data = load_data(dataclasses.replace(base, seed=seed))
+        labelling = labelling_of(data.facts.spec)
         for model in models:
             config = dataclasses.replace(
                 base, model=model, seed=seed, out=str(out / "runs" / f"{model}-seed{seed}")
@@ -66,7 +68,7 @@ def compare(
                 }
             )
     rows = summarise(runs, models)
-    write_report(out, rows, runs, base, seeds)
+    write_report(out, rows, runs, base, seeds, labelling)
     return rows
 
 
@@ -104,11 +106,23 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def labelling_of(spec: dict[str, Any] | None) -> str:
+    """How the data's rows became labels (its label rule and row filter), for the report."""
+    label = (spec or {}).get("label") or {}
+    column = label.get("column", "label")
+    rule = f"{column} {label['op']} {label['value']:g}" if label.get("declared") else f"{column} (0/1)"
+    kept = (spec or {}).get("filter") or []
+    return rule + (f", rows kept where {' and '.join(kept)}" if kept else "")
+
+
 def to_markdown(
-    rows: list[dict[str, Any]], runs: list[dict[str, Any]], base: TrainConfig, seeds: list[int]
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    base: TrainConfig,
+    seeds: list[int],
+    labelling: str = "",
 ) -> str:
     """The table (mean ± std over seeds) with a header naming data, features and seeds."""
-    labelling = "rating-3 rows dropped" if base.drop_neutral else "rating > 3"
     lines = [
         f"Dataset `{base.dataset}`, features `{base.features}`, label {labelling}, "
         f"seeds {', '.join(map(str, seeds))}; embed {base.embed_dim}, MLP "
@@ -189,10 +203,15 @@ def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(
-    out: Path, rows: list[dict[str, Any]], runs: list[dict[str, Any]], base: TrainConfig, seeds: list[int]
+    out: Path,
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    base: TrainConfig,
+    seeds: list[int],
+    labelling: str = "",
 ) -> None:
     write_text(out / "comparison.csv", to_csv(rows))
-    write_text(out / "comparison.md", to_markdown(rows, runs, base, seeds))
+    write_text(out / "comparison.md", to_markdown(rows, runs, base, seeds, labelling))
     write_json(
         out / "comparison.json",
         finite(

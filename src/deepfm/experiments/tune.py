@@ -232,7 +232,7 @@ def _worker(
         if "mlp" in params:
             config.mlp = tuple(params["mlp"])
         config.validate()
-        key = (config.features, config.drop_neutral, config.min_count, config.seed)
+        key = config.prepare_options()  # every option that changes the prepared data
         if key not in cache:
             cache.clear()
             cache[key] = load_data(config)

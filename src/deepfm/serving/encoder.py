@@ -68,14 +68,14 @@ class RecordEncoder:
         log2: list[tuple[str, Field, int]] = []  # grouped: one NumPy call for all of them
         by_key: dict[str, list[Field]] = {}
         for f in feature_map.fields:
-            key = supplied.get(f.name)
+            key = supplied.get(f.source)
             if key is not None:
                 by_key.setdefault(key, []).append(f)
                 continue
             required[f.source] = None
             kind, j = slot[f.name]
             t = (f.transform or {}).get("type")
-            if t == "log2bucket":
+            if t == "log2bucket" and not (f.transform or {}).get("pattern"):
                 log2.append((f.source, f, j))
             elif kind == "ids":
                 self.steps.append(self._categorical(f, j))
@@ -159,7 +159,7 @@ class RecordEncoder:
                     return v
                 if not isinstance(v, SCALARS):
                     raise TypeError(v)
-                return "" if v is None or v != v else str(v)
+                return tf.token_text(v)
 
             def step(records: list[dict[str, Any]], out: dict[str, np.ndarray]) -> None:
                 try:
@@ -172,9 +172,10 @@ class RecordEncoder:
         if t not in NUMBER_TRANSFORMS:
             raise ValueError(f"unknown transform {t!r}")
         transform = f.transform or {}
+        read = _texts if transform.get("pattern") else _numbers  # a pattern reads the value's text
 
         def step(records: list[dict[str, Any]], out: dict[str, np.ndarray]) -> None:
-            tokens = tf.apply(transform, _numbers(records, name)).tolist()
+            tokens = tf.apply(transform, read(records, name)).tolist()
             column = out["ids"][:, j]
             for i, token in enumerate(tokens):
                 column[i] = lookup.get(token, oov)
@@ -235,9 +236,10 @@ class RecordEncoder:
 
     def _numeric(self, f: Field, j: int) -> Callable[..., None]:
         name, transform = f.source, f.transform
+        read = _texts if (transform or {}).get("pattern") else _numbers  # a pattern reads the value's text
 
         def step(records: list[dict[str, Any]], out: dict[str, np.ndarray]) -> None:
-            x = _numbers(records, name)
+            x = read(records, name)
             if transform:
                 out["dense"][:, j] = tf.apply(transform, x)
             else:
@@ -329,6 +331,17 @@ def _lookup(f: Field) -> dict[Any, int]:
 
 def _dtype(f: Field) -> ValueType:
     return INFERRED.get(f.index().inferred_type, "any")
+
+
+def _texts(records: list[dict[str, Any]], name: str) -> pd.Series:
+    """A column of scalar values (for a field whose ``pattern`` reads their text)."""
+    values = [r[name] for r in records]
+    for i, v in enumerate(values):
+        if not isinstance(v, SCALARS):
+            raise RecordError(
+                f"expected a single value (string, number or null), got {_json_type(v)}", i, name
+            )
+    return pd.Series(values, dtype=object)
 
 
 def _numbers(records: list[dict[str, Any]], name: str) -> np.ndarray:

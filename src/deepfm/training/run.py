@@ -1,5 +1,9 @@
 """``deepfm train`` end to end: data, model, epochs with early stopping, test, outputs.
 
+:func:`train` holds the run folder and the tracker; the run itself is three steps that read top to
+bottom: :func:`setup` (threads, processes, data, model, optimizer, resumable state),
+:func:`train_one_epoch` (train, validate, keep the best) and :func:`finish` (test, outputs).
+
 Outputs in ``--out``: ``model.pt`` (best epoch, self-contained), ``metrics.json``,
 ``history.csv`` (one row per epoch, rewritten atomically after each) and ``learning_curve.png``.
 The folder is one run's (``deepfm.training.runfolder``: a lock, a run id, no stale outputs);
@@ -13,6 +17,7 @@ import io
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +26,18 @@ import torch
 from deepfm.artifact.checkpoint import MODEL_FILE, model_from_config, save_checkpoint
 from deepfm.artifact.trained import TrainedModel
 from deepfm.config import TrainConfig
-from deepfm.data.datasets import DataOptions, PreparedData, prepare
 from deepfm.data.features import FeatureMap
+from deepfm.data.prepare import prepare
+from deepfm.data.prepared import PreparedData
 from deepfm.data.validate import check_splits
 from deepfm.errors import ConfigError
 from deepfm.evaluation import evaluator as evaluation
+from deepfm.evaluation.evaluator import Evaluator
 from deepfm.evaluation.plots import learning_curve
 from deepfm.evaluation.scoring import predict_probs
 from deepfm.io import clean_temporary_files, finite, write_json, write_text
 from deepfm.training import auto, optim
-from deepfm.training.distributed import init_distributed, is_main_process
+from deepfm.training.distributed import DistContext, init_distributed, is_main_process
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.loop import train_epoch
 from deepfm.training.precision import Autocast
@@ -75,21 +82,7 @@ def frozen_parameters(module: torch.nn.Module, config: TrainConfig, epoch: int) 
 
 def load_data(config: TrainConfig, base: FeatureMap | None = None) -> PreparedData:
     """The run's data; ``base`` (a warm start's feature map): extend its vocabularies."""
-    options = DataOptions(
-        config.features,
-        config.drop_neutral,
-        config.min_count,
-        on_bad_lines=config.on_bad_lines,
-        split=config.split,
-        max_vocab=config.max_vocab,
-        base=base,
-        prune_below=config.prune_below,
-    )
-    if config.spec:
-        from deepfm.data.preprocess import prepare_spec_file
-
-        return prepare_spec_file(config.spec, options, seed=config.seed)
-    return prepare(config.dataset, config.data_dir, options, seed=config.seed)
+    return prepare(config.prepare_options(), base, progress=config.progress)
 
 
 def train(
@@ -129,6 +122,40 @@ def train(
     return metrics
 
 
+@dataclass
+class Session:
+    """What one run holds from its setup to its finish."""
+
+    config: TrainConfig
+    echo: Any
+    folder: RunFolder
+    tracker: Tracker
+    ddp: DistContext
+    started: float
+    data: PreparedData
+    summary: dict[str, Any]
+    evaluator: Evaluator
+    module: torch.nn.Module  # the plain model: checkpoints, evaluation
+    net: torch.nn.Module  # what the training loop runs: fused, DDP-wrapped, autocast
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    stopper: EarlyStopping
+    state: TrainingState
+    choices: auto.Choices
+    eval_rows: int
+    params: int
+    carried: Carried | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        return self.state.history
+
+
 def _train(
     config: TrainConfig,
     data: PreparedData | None,
@@ -138,6 +165,28 @@ def _train(
     base: Base | None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    run = setup(config, data, echo, folder, tracker, base)
+    for epoch in range(run.state.next_epoch, config.epochs + 1):
+        if run.stopper.should_stop:  # a resumed run that had already stopped early
+            break
+        record = train_one_epoch(run, epoch)
+        if on_epoch is not None:
+            on_epoch(record)
+        if run.stopper.should_stop:
+            run.echo(f"early stop: no valid AUC gain for {config.patience} epochs")
+            break
+    return finish(run)
+
+
+def setup(
+    config: TrainConfig,
+    data: PreparedData | None,
+    echo: Any,
+    folder: RunFolder,
+    tracker: Tracker,
+    base: Base | None,
+) -> Session:
+    """Everything before the first epoch: threads, processes, data, model, optimizer, state."""
     configure_threads(config.threads)
     ddp = init_distributed(config.device)  # torchrun ranks; world size 1 = no-op context
     echo = echo if ddp.is_main else _silent
@@ -145,31 +194,10 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
     clean_temporary_files(out)  # left by a run killed while writing (atomic writes)
     started = time.perf_counter()
-    if data is None:
-        with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
-            data = load_data(config, base.feature_map if base is not None else None)
-    check_splits(data.name, {"train": data.train.label, "valid": data.valid.label, "test": data.test.label})
-    sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
-    ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
-    prep_seconds = time.perf_counter() - started
-    if config.spec:  # metadata: the spec's data set, not the --dataset default
-        config.dataset = data.name
-    config.check_data(len(data.train))  # e.g. a batch larger than the training split
+    data = _data(config, data, ddp, base, echo, started)
     summary = data.summary()
     evaluator = evaluation.for_run(config, data)  # --metrics, gAUC group, ranking protocol
     folder.data_fingerprint = data_fingerprint(data)
-    echo(
-        f"{data.name}: {summary['rows']['train']:,} train / {summary['rows']['valid']:,} valid / "
-        f"{summary['rows']['test']:,} test rows, fields {summary['fields']} "
-        f"(prepared in {prep_seconds:.1f}s)"
-    )
-    if summary.get("ignored_tokens"):
-        echo(f"ignored {summary['ignored_tokens']:,} libsvm tokens outside every index_range field")
-    for name, h in summary.get("hashing", {}).items():
-        echo(
-            f"hashed field {name}: {h['distinct_values']:,} distinct training values in {h['buckets']:,} "
-            f"buckets, collision rate {h['collision_rate']:.3f}"
-        )
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map).to(config.device)
@@ -199,7 +227,6 @@ def _train(
             f"data parallel: {ddp.world_size} ranks ({ddp.backend}), batch {config.batch_size} per rank, "
             f"global batch {config.batch_size * ddp.world_size}"
         )
-
     # DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
     state = TrainingState(out, config, module, optimizer, generator, stopper, scheduler, writer=ddp.is_main)
     base_map = {"base_feature_map": base.feature_map.to_dict()} if base is not None else {}
@@ -209,107 +236,161 @@ def _train(
         folder.adopt(state.run)  # a resumed run keeps its run id
         state.run = {**folder.info, **base_map}
     tracker.start(config, folder.info, out, summary)
-    epochs: list[dict[str, Any]] = state.history
-    for epoch in range(state.next_epoch, config.epochs + 1):
-        if stopper.should_stop:  # a resumed run that had already stopped early
-            break
-        # state.guard: a NaN/inf error also says where the last good state is
-        stats = state.guard(train_epoch)(
-            net,
-            data.train,
-            optimizer,
-            config.batch_size,
-            generator,
-            progress=config.progress and ddp.is_main,
-            desc=f"epoch {epoch}/{config.epochs}",
-            shard=ddp.shard if ddp.enabled else None,
-            frozen=frozen_parameters(module, config, epoch),
-            **with_step_logging(state.loop_options(epoch), tracker, lambda: state.global_step),
-        )
-        stats = ddp.reduce_stats(stats)  # loss and samples/s over all ranks
-        ddp.sync_buffers(module)  # same BatchNorm running stats on every rank
-        valid_probs = ddp.predict(lambda s: predict_probs(module, s, eval_rows), data.valid)
-        valid = evaluator.evaluate(module, data.valid, valid_probs)
-        record = {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "valid_auc": valid["auc"],
-            "valid_logloss": valid["logloss"],
-            "train_seconds": stats.seconds,
-            "train_samples_per_s": stats.samples_per_s,
-            "lr": optimizer.param_groups[0]["lr"],
-            **evaluation.prefixed("valid", valid),  # gAUC, calibration, HitRate@K, ... (--metrics)
-        }
-        epochs.append(record)
-        tracker.log_epoch(record)
-        improved = stopper.update(epoch, valid["auc"], module)
-        if scheduler is not None:
-            scheduler.step(valid["auc"])
-        echo(
-            f"epoch {epoch:3d}  loss {stats.loss:.4f}  valid AUC {valid['auc']:.4f}  "
-            f"logloss {valid['logloss']:.4f}  {stats.samples_per_s / 1e3:,.0f}k samples/s"
-            + ("  *" if improved else "")
-        )
-        if improved and ddp.is_main:
-            save_checkpoint(
-                out / MODEL_FILE, module, data.feature_map, config, data.tables, data.extras, run=folder.info
-            )
-        if ddp.is_main:
-            write_text(out / "history.csv", _csv(epochs))
-        state.end_epoch(epoch)  # (writes on rank 0 only)
-        if on_epoch is not None:
-            on_epoch(record)
-        if stopper.should_stop:
-            echo(f"early stop: no valid AUC gain for {config.patience} epochs")
-            break
+    return Session(
+        config, echo, folder, tracker, ddp, started, data, summary, evaluator, module, net, optimizer,
+        scheduler, generator, stopper, state, choices, eval_rows, params, carried,
+    )  # fmt: skip
 
-    ddp.dump_state(module, best_state=stopper.best_state)  # debug hook for tests
-    if stopper.best_state is not None:
-        module.load_state_dict(stopper.best_state)
-    model = TrainedModel(module, data.feature_map, config, data.tables, data.extras)
-    test_probs = ddp.predict(lambda s: model.predict_split(s, eval_rows), data.test)
-    test = evaluator.evaluate(module, data.test, test_probs)
-    train_seconds = sum(e["train_seconds"] for e in epochs)
-    train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
-    metrics = {
-        "run_id": folder.run_id,
-        "data_fingerprint": folder.data_fingerprint,
-        "test_auc": test["auc"],
-        "test_logloss": test["logloss"],
-        "best_epoch": stopper.best_epoch,
-        "best_valid_auc": stopper.best,
-        **evaluation.prefixed("test", test),
-        "evaluation": evaluator.describe(),
-        "epochs_run": len(epochs),
-        "train_samples_per_s": train_samples / train_seconds if train_seconds else float("nan"),
-        "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "params": params,
-        "data": summary,
-        "distributed": ddp.describe(config.batch_size),
-        "config": config.to_dict(),
-        "epochs": epochs,
-        **({"warm_start": carried.to_dict()} if carried is not None else {}),
-        "environment": {
-            "deepfm": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "precision": choices.precision,
-            "optimizer": choices.optimizer,
-        },
-    }
-    if ddp.is_main:  # only rank 0 writes
-        write_json(out / "metrics.json", finite(metrics))  # strict JSON: an undefined number is null
-        evaluator.save_predictions(out / evaluation.PREDICTIONS_FILE, data.test, test_probs)
-        learning_curve(epochs, out / "learning_curve.png", curve_title(config, data.name), stopper.best_epoch)
-        tracker.end(metrics, out)
+
+def _data(
+    config: TrainConfig,
+    data: PreparedData | None,
+    ddp: DistContext,
+    base: Base | None,
+    echo: Any,
+    started: float,
+) -> PreparedData:
+    """The run's data (prepared here unless given), checked, and announced."""
+    if data is None:
+        with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
+            data = load_data(config, base.feature_map if base is not None else None)
+    check_splits(data.name, {"train": data.train.label, "valid": data.valid.label, "test": data.test.label})
+    sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
+    ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
+    if config.spec:  # metadata: the spec's data set, not the --dataset default
+        config.dataset = data.name
+    config.check_data(len(data.train))  # e.g. a batch larger than the training split
+    summary = data.summary()
     echo(
+        f"{data.name}: {summary['rows']['train']:,} train / {summary['rows']['valid']:,} valid / "
+        f"{summary['rows']['test']:,} test rows, fields {summary['fields']} "
+        f"(prepared in {time.perf_counter() - started:.1f}s)"
+    )
+    if summary.get("ignored_tokens"):
+        echo(f"ignored {summary['ignored_tokens']:,} libsvm tokens outside every index_range field")
+    for name, h in summary.get("hashing", {}).items():
+        echo(
+            f"hashed field {name}: {h['distinct_values']:,} distinct training values in {h['buckets']:,} "
+            f"buckets, collision rate {h['collision_rate']:.3f}"
+        )
+    return data
+
+
+def train_one_epoch(run: Session, epoch: int) -> dict[str, Any]:
+    """Train one epoch, validate, keep the best model and the history; the epoch's record."""
+    config, state, module = run.config, run.state, run.module
+    # state.guard: a NaN/inf error also says where the last good state is
+    stats = state.guard(train_epoch)(
+        run.net,
+        run.data.train,
+        run.optimizer,
+        config.batch_size,
+        run.generator,
+        progress=config.progress and run.ddp.is_main,
+        desc=f"epoch {epoch}/{config.epochs}",
+        shard=run.ddp.shard if run.ddp.enabled else None,
+        frozen=frozen_parameters(module, config, epoch),
+        **with_step_logging(state.loop_options(epoch), run.tracker, lambda: state.global_step),
+    )
+    stats = run.ddp.reduce_stats(stats)  # loss and samples/s over all ranks
+    run.ddp.sync_buffers(module)  # same BatchNorm running stats on every rank
+    valid_probs = run.ddp.predict(lambda s: predict_probs(module, s, run.eval_rows), run.data.valid)
+    valid = run.evaluator.evaluate(module, run.data.valid, valid_probs)
+    record = {
+        "epoch": epoch,
+        "train_loss": stats.loss,
+        "valid_auc": valid["auc"],
+        "valid_logloss": valid["logloss"],
+        "train_seconds": stats.seconds,
+        "train_samples_per_s": stats.samples_per_s,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        **evaluation.prefixed("valid", valid),  # gAUC, calibration, HitRate@K, ... (--metrics)
+    }
+    run.epochs.append(record)
+    run.tracker.log_epoch(record)
+    improved = run.stopper.update(epoch, valid["auc"], module)
+    if run.scheduler is not None:
+        run.scheduler.step(valid["auc"])
+    run.echo(
+        f"epoch {epoch:3d}  loss {stats.loss:.4f}  valid AUC {valid['auc']:.4f}  "
+        f"logloss {valid['logloss']:.4f}  {stats.samples_per_s / 1e3:,.0f}k samples/s"
+        + ("  *" if improved else "")
+    )
+    data = run.data
+    if improved and run.ddp.is_main:
+        save_checkpoint(
+            run.out / MODEL_FILE,
+            module,
+            data.feature_map,
+            config,
+            data.tables,
+            data.facts,
+            run=run.folder.info,
+        )
+    if run.ddp.is_main:
+        write_text(run.out / "history.csv", _csv(run.epochs))
+    state.end_epoch(epoch)  # (writes on rank 0 only)
+    return record
+
+
+def finish(run: Session) -> dict[str, Any]:
+    """The best epoch's model scored on the test split; metrics.json and every other output."""
+    config, data, stopper, out = run.config, run.data, run.stopper, run.out
+    run.ddp.dump_state(run.module, best_state=stopper.best_state)  # debug hook for tests
+    if stopper.best_state is not None:
+        run.module.load_state_dict(stopper.best_state)
+    model = TrainedModel(run.module, data.feature_map, config, data.tables, data.facts)
+    test_probs = run.ddp.predict(lambda s: model.predict_split(s, run.eval_rows), data.test)
+    test = run.evaluator.evaluate(run.module, data.test, test_probs)
+    metrics = _metrics(run, test)
+    if run.ddp.is_main:  # only rank 0 writes
+        write_json(out / "metrics.json", finite(metrics))  # strict JSON: an undefined number is null
+        run.evaluator.save_predictions(out / evaluation.PREDICTIONS_FILE, data.test, test_probs)
+        learning_curve(
+            run.epochs, out / "learning_curve.png", curve_title(config, data.name), stopper.best_epoch
+        )
+        run.tracker.end(metrics, out)
+    run.echo(
         f"test AUC {test['auc']:.4f}  test logloss {test['logloss']:.4f}  {evaluation.brief(test)}"
         f"(best epoch {stopper.best_epoch}, {metrics['train_samples_per_s'] / 1e3:,.0f}k train "
         f"samples/s) -> {out}"
     )
     return metrics
+
+
+def _metrics(run: Session, test: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    epochs = run.epochs
+    train_seconds = sum(e["train_seconds"] for e in epochs)
+    train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
+    return {
+        "run_id": run.folder.run_id,
+        "data_fingerprint": run.folder.data_fingerprint,
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "best_epoch": run.stopper.best_epoch,
+        "best_valid_auc": run.stopper.best,
+        **evaluation.prefixed("test", test),
+        "evaluation": run.evaluator.describe(),
+        "epochs_run": len(epochs),
+        "train_samples_per_s": train_samples / train_seconds if train_seconds else float("nan"),
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - run.started,
+        "params": run.params,
+        "data": run.summary,
+        "distributed": run.ddp.describe(run.config.batch_size),
+        "config": run.config.to_dict(),
+        "epochs": epochs,
+        **({"warm_start": run.carried.to_dict()} if run.carried is not None else {}),
+        "environment": {
+            "deepfm": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "precision": run.choices.precision,
+            "optimizer": run.choices.optimizer,
+        },
+    }
 
 
 def curve_title(config: TrainConfig, name: str) -> str:

@@ -128,20 +128,23 @@ class RunFolder:
 def data_fingerprint(data: Any) -> str:
     """A short hash of the prepared data: its feature map, split sizes and encoded contents.
 
-    A streamed (spec) data set is identified by its cache key, which already hashes the spec, the
-    options and every input file's path, size and modification time; an in-memory one by its
-    tensors.
+    A prepared folder is identified by the checksums of its arrays (``meta.json``), so the same
+    data prepared from files in another folder has the same fingerprint; data held only in
+    memory by its tensors.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps(data.feature_map.to_dict(), sort_keys=True, default=str).encode())
-    cache = data.extras.get("cache") if isinstance(data.extras, dict) else None
+    folder = data.facts.cache
     for split in (data.train, data.valid, data.test):
         digest.update(str(len(split)).encode())
-        if cache is None:
+        if folder is None:
             for name in ("ids", "bags", "dense", "label"):
                 tensor = getattr(split, name, None)
                 if tensor is not None:
                     digest.update(tensor.contiguous().numpy().tobytes())
-    if cache is not None:
-        digest.update(Path(cache).name.encode())
+    if folder is not None:
+        written = json.loads((Path(folder) / "meta.json").read_text())["files_written"]
+        digest.update(
+            json.dumps({k: v for k, v in written.items() if k.endswith(".npy")}, sort_keys=True).encode()
+        )
     return digest.hexdigest()[:16]

@@ -1,8 +1,7 @@
-"""Built-in click-log data sets declared as specs (registered on import): Criteo and Avazu.
+"""Built-in click-log data sets as specs: Criteo, Avazu and the BARS "x1" splits.
 
-Neither can be downloaded automatically (both are behind Kaggle / Criteo licence pages), so
-both need ``--data-dir``; without it the error says where to get the files and where to put them.
-Both are streamed and cached by :mod:`deepfm.data.preprocess`.
+None can be downloaded automatically (they sit behind licence pages), so each needs
+``--data-dir``; without it the error says where to get the files and where to put them.
 """
 
 from __future__ import annotations
@@ -11,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepfm.data.datasets import DataOptions, DatasetInfo, register
+from deepfm.data.catalog.entry import Entry
+from deepfm.data.options import PrepareOptions
 from deepfm.data.spec import DatasetSpec, spec_from_dict
 from deepfm.errors import ConfigError, DataError
 
@@ -86,39 +86,14 @@ AVAZU_WHERE = (
 )
 
 
-def criteo_spec(data_dir: Path | None) -> DatasetSpec:
+def criteo_spec(data_dir: Path | None, options: PrepareOptions | None = None) -> DatasetSpec:
     files = _files(data_dir, "criteo", (), CRITEO_WHERE)
     return spec_from_dict(criteo_spec_dict(files), source="criteo", base_dir=data_dir or ".")
 
 
-def avazu_spec(data_dir: Path | None) -> DatasetSpec:
+def avazu_spec(data_dir: Path | None, options: PrepareOptions | None = None) -> DatasetSpec:
     files = _files(data_dir, "avazu", ("train", "train.gz"), AVAZU_WHERE)
     return spec_from_dict(avazu_spec_dict(files), source="avazu", base_dir=data_dir or ".")
-
-
-def _no_raw(name: str) -> Any:
-    def load(data_dir: Path | None, options: DataOptions) -> Any:
-        raise ConfigError(f"{name} is a streamed data set; use deepfm.data.datasets.prepare")
-
-    return load
-
-
-register(
-    DatasetInfo(
-        "criteo",
-        "Criteo Display Advertising Challenge TSV (label, I1-I13 log2-bucketed, C1-C26); needs --data-dir",
-        _no_raw("criteo"),
-        spec=criteo_spec,
-    )
-)
-register(
-    DatasetInfo(
-        "avazu",
-        "Avazu CTR CSV (click; hour -> hour of day + weekday; id dropped); needs --data-dir",
-        _no_raw("avazu"),
-        spec=avazu_spec,
-    )
-)
 
 
 # --------------------------------------------------------------------------- BARS (reczoo) data sets
@@ -199,7 +174,7 @@ def bars_spec_dict(dataset: BarsDataset) -> dict[str, Any]:
 
 
 def bars_spec(dataset: BarsDataset) -> Any:
-    def spec(data_dir: Path | None) -> DatasetSpec:
+    def spec(data_dir: Path | None, options: PrepareOptions | None = None) -> DatasetSpec:
         where = (
             f"Get {dataset.folder} (train.csv, valid.csv, test.csv) as linked from "
             f"https://github.com/reczoo/Datasets/tree/main/{dataset.folder.split('_')[0]}/{dataset.folder} "
@@ -217,13 +192,27 @@ def bars_spec(dataset: BarsDataset) -> Any:
     return spec
 
 
-for _bars in BARS.values():
-    register(
-        DatasetInfo(
-            _bars.name,
-            f"BARS {_bars.folder} (train/valid/test CSV, {len(_bars.categorical) + len(_bars.numeric)} "
-            f"fields); needs --data-dir; published {_bars.published}",
-            _no_raw(_bars.name),
-            spec=bars_spec(_bars),
+ENTRIES = [
+    Entry(
+        "criteo",
+        "Criteo Display Advertising Challenge TSV (label, I1-I13 log2-bucketed, C1-C26); needs --data-dir",
+        criteo_spec,
+        lambda options: criteo_spec_dict(),
+    ),
+    Entry(
+        "avazu",
+        "Avazu CTR CSV (click; hour -> hour of day + weekday; id dropped); needs --data-dir",
+        avazu_spec,
+        lambda options: avazu_spec_dict(),
+    ),
+    *(
+        Entry(
+            d.name,
+            f"BARS {d.folder} (train/valid/test CSV, {len(d.categorical) + len(d.numeric)} "
+            f"fields); needs --data-dir; published {d.published}",
+            bars_spec(d),
+            lambda options, d=d: bars_spec_dict(d),
         )
-    )
+        for d in BARS.values()
+    ),
+]

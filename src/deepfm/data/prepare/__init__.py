@@ -1,0 +1,197 @@
+"""The prepare stage: raw files -> spec -> split -> statistics + feature map -> encoded arrays.
+
+Every data set goes through it, built-in ones as the specs of :mod:`deepfm.data.catalog`:
+
+0. a leave-last or time split first finds each group's latest rows or the time thresholds;
+1. one streaming pass counts every field's values on the training rows (:mod:`.stats`) and fits
+   the feature map;
+2. a second pass encodes every row into preallocated ``.npy`` files (:mod:`.encode`).
+
+The result is a prepared folder (``feature_map.json``, ``meta.json``, ``{part}_{ids,bags,dense,
+label}.npy``, ``table_KEY.parquet`` per side table), cached by a key of everything that changes it
+(:mod:`.cache`): a second run with the same key reads nothing but the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepfm.data.catalog import dataset_spec
+from deepfm.data.features import FeatureMap
+from deepfm.data.options import PrepareOptions
+from deepfm.data.prepare import cache
+from deepfm.data.prepare.encode import ChunkEncoder, NpyWriter
+from deepfm.data.prepare.rows import Rows
+from deepfm.data.prepare.stats import collect, feature_map, labels
+from deepfm.data.prepared import TABLE_FILE, PreparedData, load_prepared
+from deepfm.data.readers import BadLines
+from deepfm.data.spec import PARTS, DatasetSpec
+from deepfm.errors import DataError
+
+
+def prepare(
+    options: PrepareOptions,
+    base: FeatureMap | None = None,
+    progress: bool = True,
+    in_memory: bool | None = None,
+) -> PreparedData:
+    """The data set ``options`` name, prepared (or read from the cache). ``base``: a warm start's
+    feature map, whose vocabularies the new ones extend."""
+    return prepare_spec(dataset_spec(options), options, base, progress, in_memory)
+
+
+def prepare_spec(
+    spec: DatasetSpec,
+    options: PrepareOptions,
+    base: FeatureMap | None = None,
+    progress: bool = True,
+    in_memory: bool | None = None,
+) -> PreparedData:
+    return load_prepared(prepared_folder(spec, options, base, progress), in_memory)
+
+
+def prepared_folder(
+    spec: DatasetSpec, options: PrepareOptions, base: FeatureMap | None = None, progress: bool = True
+) -> Path:
+    """The cache folder of ``spec`` prepared with ``options``, built first if it does not exist."""
+    folder = cache.cache_folder(spec, options, base)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    cache.clean_stale_builds(folder.parent)
+    if folder.exists():
+        problem = cache.verify(folder)
+        if problem is None:
+            _say(progress, f"{spec.name}: using prepared data {folder}")
+            return folder
+        print(
+            f"{spec.name}: cache {folder} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+    # the builder's pid in the name: a later run removes the folder once that process is gone
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-{os.getpid()}-", dir=folder.parent))
+    try:
+        build(spec, options, tmp, base, progress)
+        if folder.exists():  # built concurrently by another run, or a stale folder without meta
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def build(
+    spec: DatasetSpec,
+    options: PrepareOptions,
+    out: Path,
+    base: FeatureMap | None = None,
+    progress: bool = True,
+) -> None:
+    """Prepare ``spec`` into the empty folder ``out``."""
+    started = time.perf_counter()
+    bad = BadLines(options.on_bad_lines)
+    rows = Rows.of(spec, cache.seed_of(spec, options), bad)
+    if spec.split.method == "time":
+        _say(progress, f"{spec.name}: pass 0/2, finding the time split")
+        rows.find_time_thresholds()
+    if spec.split.method == "leave_last":
+        _say(progress, f"{spec.name}: pass 0/2, holding out each {spec.split.group}'s latest rows")
+        rows.hold_out_last()
+
+    _say(progress, f"{spec.name}: pass 1/2, counting categories on the training rows")
+    stats = collect(rows, bad)
+    n = stats.rows
+    if n.sum() < 10 or n[0] == 0:
+        raise DataError(
+            f"data set {spec.name!r} has {int(n.sum())} usable rows ({int(n[0])} for training); "
+            "at least 10 are needed"
+        )
+    fmap = feature_map(spec, stats, options, base)
+    counted = time.perf_counter()
+
+    _say(progress, f"{spec.name}: pass 2/2, encoding {int(n.sum()):,} rows into {out}")
+    _encode(rows, fmap, stats.rows, out)
+    for table in rows.tables:
+        table.frame.write_parquet(out / TABLE_FILE.format(key=table.spec.key))
+    seconds = time.perf_counter() - started
+    (out / "feature_map.json").write_text(json.dumps(fmap.to_dict()))
+    user, item = spec.user_item()
+    meta = {
+        "format_version": cache.FORMAT_VERSION,
+        "name": spec.name,
+        "spec": spec.to_dict(),
+        "options": options.to_dict(),
+        "rows": {part: int(n[p]) for p, part in enumerate(PARTS)},
+        "positives": {part: int(stats.positives[p]) for p, part in enumerate(PARTS)},
+        "bad_lines_skipped": bad.count,
+        "bad_line_examples": bad.examples,
+        "files": {part: [str(p) for p in paths] for part, paths in rows.files.items()},
+        "tables": [t.spec.key for t in rows.tables],
+        "roles": {k: v for k, v in (("user", user), ("item", item)) if v},
+        "seconds": {"count": counted - started, "total": seconds},
+        "rows_per_s": float(n.sum() / seconds) if seconds > 0 else None,
+    }
+    hashing = {name: h.summary() for name, h in stats.hashed.items()}
+    if hashing:
+        meta["hashing"] = hashing
+    if spec.index_ranges():
+        meta["ignored_tokens"] = stats.ignored_tokens
+    meta["files_written"] = {
+        p.name: cache.file_digest(p) for p in sorted(out.iterdir()) if p.name != "meta.json"
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
+    if stats.ignored_tokens:
+        skipped += f", ignored {stats.ignored_tokens:,} tokens outside every index_range"
+    _say(progress, f"{spec.name}: prepared {int(n.sum()):,} rows in {seconds:.1f}s{skipped}")
+
+
+def _encode(rows: Rows, fmap: FeatureMap, counts: np.ndarray, out: Path) -> None:
+    """Pass 2: every row encoded into its part's ``.npy`` files (rows skipped as bad in pass 1
+    are skipped again)."""
+    encoder = ChunkEncoder(rows.spec, fmap)
+    seqs = fmap.sequences
+    width = max((f.max_len for f in seqs), default=0)
+    writers: dict[str, list[NpyWriter]] = {}
+    for p, part in enumerate(PARTS):
+        m = int(counts[p])
+        shapes = {"ids": ((m, len(fmap.categorical)), encoder.dtype), "label": ((m,), np.float32)}
+        if seqs:
+            shapes["bags"] = ((m, len(seqs), width), encoder.dtype)
+        if fmap.numerics:
+            shapes["dense"] = ((m, len(fmap.numerics)), np.float32)
+        for name, (shape, dtype) in shapes.items():
+            writers.setdefault(name, []).append(NpyWriter(out / f"{part}_{name}.npy", shape, dtype))
+    cursor = np.zeros(3, dtype=np.int64)
+    for chunk, parts in rows.stream(BadLines("skip")):
+        encoded = encoder.encode(chunk.frame)
+        encoded["label"] = labels(rows.spec, chunk.frame)
+        for p in range(3):
+            mask = parts == p
+            m = int(mask.sum())
+            if m == 0:
+                continue
+            if cursor[p] + m > counts[p]:
+                raise DataError("input files changed during preparation; run again", chunk.path)
+            for name, value in encoded.items():
+                writers[name][p].write(value[mask])
+            cursor[p] += m
+    if not np.array_equal(cursor, counts):
+        raise DataError("input files changed during preparation; run again")
+    for column in writers.values():
+        for writer in column:
+            writer.close()
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+__all__ = ["PrepareOptions", "PreparedData", "build", "prepare", "prepare_spec", "prepared_folder"]
