@@ -95,12 +95,12 @@ def fit_map(
             fields.append(Field(name, "numeric"))
             continue
         column = frame[name]
-        if kind == "sequence":
+        if kind == "multi":
             longest = int(column.map(len).max()) if len(column) else 0
             column = column.explode().dropna()
         counts = pd.Series(column).value_counts(sort=False)
         vocab = choose_vocab(
             counts.index.tolist(), counts.to_numpy(), min_count, max_vocab, base_vocab(base, name, kind)
         )
-        fields.append(Field(name, kind, vocab, max_len=longest if kind == "sequence" else 0))
+        fields.append(Field(name, kind, vocab, max_len=longest if kind == "multi" else 0))
     return FeatureMap(fields).with_offsets()

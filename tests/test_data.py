@@ -12,7 +12,7 @@ from deepfm.errors import DataError
 
 def fmap_of(**vocabs: list) -> FeatureMap:
     fields = [
-        Field(name, "sequence" if name == "g" else "categorical", vocab, max_len=2)
+        Field(name, "multi" if name == "g" else "categorical", vocab, max_len=2)
         for name, vocab in vocabs.items()
     ]
     return FeatureMap(fields).with_offsets()

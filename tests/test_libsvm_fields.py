@@ -235,7 +235,7 @@ def test_multi_index_range_carries_a_planted_signal(tmp_path, model):
         auc[name] = train(config, echo=lambda *_: None)["test_auc"]
     data = _prepared(_ranges_spec(["g.svm"], [user, genres]), tmp_path)
     bag = data.feature_map.field("genres")
-    assert (bag.kind, bag.pooling, bag.max_len, len(bag.vocab)) == ("sequence", "sum", 3, 8)
+    assert (bag.kind, bag.pooling, bag.max_len, len(bag.vocab)) == ("multi", "sum", 3, 8)
     assert data.summary()["ignored_tokens"] == 4000  # the 900s
     assert auc["with"] > 0.7 and auc["with"] > auc["without"] + 0.15, auc
 

@@ -229,7 +229,7 @@ def test_export_parity_with_multi_valued_and_numeric_fields(tmp_path):
             "age": rng.random(n),
         }
     )
-    fmap = fit_map(frame, ["user_id", "city", "genres", "age"], {"genres": "sequence", "age": "numeric"})
+    fmap = fit_map(frame, ["user_id", "city", "genres", "age"], {"genres": "multi", "age": "numeric"})
     config = TrainConfig(model="deepfm", embed_dim=4, mlp=(8, 8))
     torch.manual_seed(0)
     module = model_from_config(config, fmap)

@@ -151,7 +151,7 @@ def test_features_all_adds_side_fields_with_genres_as_one_bag(side_ml):
     assert [f.name for f in ids.feature_map.fields] == ["user_id", "movie_id"] and ids.train.bags is None
     names = [f.name for f in data.feature_map.fields]
     assert names == ["user_id", "movie_id", "gender", "age", "occupation", "zip_prefix", "genres", "year"]
-    assert data.feature_map.field("genres").kind == "sequence"
+    assert data.feature_map.field("genres").kind == "multi"
     assert data.train.ids.shape[1] == 7 and data.train.bags.shape[1:] == (1, 3)
     assert set(data.tables) == {"user_id", "movie_id"}
     # the split is the same rows whatever the features
@@ -232,7 +232,7 @@ def test_movielens_100k_builtin_reads_its_layout(tmp_path):
     data = prepared(folder, dataset="movielens-100k", features="all")
     assert len(data.train) + len(data.valid) + len(data.test) == 6000
     assert data.feature_map.field("age").vocab == [transforms.MISSING, *range(7)]  # 7 age buckets
-    assert data.feature_map.field("genres").kind == "sequence"
+    assert data.feature_map.field("genres").kind == "multi"
     out = tmp_path / "run"
     args = ["train", "--dataset", "movielens-100k", "--data-dir", str(folder), "--out", str(out)]
     assert (

@@ -136,7 +136,7 @@ def test_csv_every_field_kind_streams_equal_to_predict_path_encoding(tmp_path, m
         "numeric",
         "categorical",
         "categorical",
-        "sequence",
+        "multi",
     ]
     assert fmap.field("tags").max_len == 3 and len(fmap.field("price_q").vocab) == 1 + 5
     dense = fmap.field("price").transform
@@ -218,7 +218,7 @@ def test_libsvm_and_libfm(tmp_path):
     )
     data = prepare_spec(spec, PrepareOptions(), progress=False)
     fmap = data.feature_map
-    assert [f.kind for f in fmap.fields] == ["categorical", "categorical", "sequence"]
+    assert [f.kind for f in fmap.fields] == ["categorical", "categorical", "multi"]
     # the predict path encodes libfm-style list records the same way
     raw = pd.DataFrame({"0": [["3"]], "1": [["7"]], "2": [["3", "5"]]})
     encoded = fmap.encode(raw)

@@ -121,7 +121,7 @@ def _stat(path: Path) -> list[str] | None:
     """The fields of a /proc/PID/stat after the command name (state, parent pid, ...); None when
     the process is gone."""
     try:
-        return path.read_text().rsplit(")", 1)[1].split()
+        return path.read_bytes().decode(errors="replace").rsplit(")", 1)[1].split()  # (any command name)
     except OSError:
         return None
 
@@ -153,7 +153,9 @@ def test_sigterm_stops_the_trial_processes_and_the_search_resumes(tiny_ml, tmp_p
         assert time.monotonic() < deadline
         time.sleep(0.05)
     workers = {
-        pid for pid in _children(first.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+        pid
+        for pid in _children(first.pid)
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     }
     assert len(workers) == 2
     first.send_signal(signal.SIGTERM)

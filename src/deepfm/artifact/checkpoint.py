@@ -40,7 +40,7 @@ def model_from_config(config: TrainConfig, feature_map: FeatureMap) -> nn.Module
     )
     features = getattr(module, "features", None)
     if features is not None:  # per bag: mean-pooled, or summed with libFM interactions
-        features.sparse.bag_pooling = tuple(f.pooling for f in feature_map.sequences)
+        features.sparse.bag_pooling = tuple(f.pooling for f in feature_map.multi)
     return module
 
 

@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         ]
         spec = template(args.show, options)
         print(SHOW_NOTE.format(name=args.show, options="".join(given)), end="")
-        print(yaml.safe_dump(spec, sort_keys=False, width=100, allow_unicode=True), end="")
+        print(
+            yaml.safe_dump(spec, sort_keys=False, width=100, allow_unicode=True, default_flow_style=None),
+            end="",
+        )
         return 0
     width = max(len(n) for n in names)
     for name in names:

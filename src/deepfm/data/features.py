@@ -28,14 +28,15 @@ import pandas as pd
 from deepfm.data.hashing import HASH_NAME
 from deepfm.errors import DataError
 
-FieldKind = Literal["categorical", "sequence", "numeric"]
+FieldKind = Literal["categorical", "multi", "numeric"]
+OLD_KINDS = {"sequence": "multi"}  # kind names in files written by earlier versions
 
 
 @dataclass
 class Field:
     """One input field.
 
-    ``categorical`` holds one value a row, ``sequence`` a list of values (pooled into one vector),
+    ``categorical`` holds one value a row, ``multi`` a list of values (pooled into one vector),
     ``numeric`` a float that scales the field's own embedding vector (no table rows).
     """
 
@@ -43,8 +44,8 @@ class Field:
     kind: FieldKind = "categorical"
     vocab: list[Any] = field(default_factory=list)
     offset: int = 0
-    max_len: int = 0  # sequence fields: values kept per row (longer lists are cut)
-    pooling: str = "mean"  # sequence fields: "mean" or "sum"
+    max_len: int = 0  # multi-valued fields: values kept per row (longer lists are cut)
+    pooling: str = "mean"  # multi-valued fields: "mean" or "sum"
     transform: dict[str, Any] | None = None  # spec-declared transform (see deepfm.data.transforms)
     hash_buckets: int = 0  # > 0: hashed field, 1 + hash_buckets rows, no vocabulary
 
@@ -108,8 +109,9 @@ class FeatureMap:
         return [f for f in self.fields if f.kind == "categorical"]
 
     @property
-    def sequences(self) -> list[Field]:
-        return [f for f in self.fields if f.kind == "sequence"]
+    def multi(self) -> list[Field]:
+        """The multi-valued fields (bags of values: ``bags`` in batches and model inputs)."""
+        return [f for f in self.fields if f.kind == "multi"]
 
     @property
     def numerics(self) -> list[Field]:
@@ -128,7 +130,7 @@ class FeatureMap:
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Encode raw columns into model inputs.
 
-        ``ids`` [N, F] int64 for categorical fields, ``bags`` [N, S, L] int64 for sequence fields
+        ``ids`` [N, F] int64 for categorical fields, ``bags`` [N, S, L] int64 for multi-valued fields
         (0 = padding), ``dense`` [N, K] float32 for numeric fields (missing -> 0).
         """
         missing = sorted({f.source for f in self.fields if f.source not in frame.columns})
@@ -141,7 +143,7 @@ class FeatureMap:
         for j, f in enumerate(cats):
             ids[:, j] = f.encode(f.values(frame))
         out["ids"] = ids
-        seqs = self.sequences
+        seqs = self.multi
         if seqs:
             width = max(f.max_len for f in seqs)
             bags = np.zeros((n, len(seqs), width), dtype=np.int64)
@@ -183,6 +185,7 @@ class FeatureMap:
             if name != HASH_NAME:
                 field_name = raw.get("name")
                 raise DataError(f"field {field_name!r}: unknown hash {name!r} (this deepfm has {HASH_NAME})")
+            raw["kind"] = OLD_KINDS.get(raw.get("kind", "categorical"), raw.get("kind", "categorical"))
             fields.append(Field(**raw))
         return cls(fields)
 

@@ -265,12 +265,12 @@ def records_frame(records: pd.DataFrame | list[Any], feature_map: FeatureMap) ->
         if f.source not in frame.columns or frame[f.source].dtype != object:
             continue
         column = frame[f.source]
-        if f.kind == "sequence" and (f.transform or {}).get("type") == "split":  # "a|b" or a list
+        if f.kind == "multi" and (f.transform or {}).get("type") == "split":  # "a|b" or a list
             ok = column.map(
                 lambda v: _is_list_of_scalars(v) or (isinstance(v, SCALARS) and not isinstance(v, bool))
             )
             expected = "a list of values, or text to split (or null)"
-        elif f.kind == "sequence":
+        elif f.kind == "multi":
             ok = column.map(lambda v: v is None or _is_list_of_scalars(v))
             expected = "a list of values (or null)"
         else:

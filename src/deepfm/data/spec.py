@@ -107,7 +107,7 @@ class FieldSpec:
     def model_kind(self) -> str:
         """The :class:`~deepfm.data.features.Field` kind this field becomes."""
         if self.kind == "multi":
-            return "sequence"
+            return "multi"
         if self.kind == "numeric" and self.transform == "standardize":
             return "numeric"
         return "categorical"

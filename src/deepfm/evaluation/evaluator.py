@@ -255,7 +255,7 @@ def item_features(feature_map: FeatureMap, tables: Tables, item: str) -> ItemFea
     cats = feature_map.categorical
     id_columns = [j for j, f in enumerate(cats) if f.name == item or f.source in side]
     ids = np.stack([cats[j].encode(cats[j].values(frame)) for j in id_columns], axis=1)
-    seqs = feature_map.sequences
+    seqs = feature_map.multi
     bag_columns = [j for j, f in enumerate(seqs) if f.source in side]
     bags = None
     if bag_columns:

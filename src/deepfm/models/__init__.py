@@ -29,7 +29,7 @@ def build_model(
     """Instantiate model ``name``.
 
     ``num_rows``: rows of the fused embedding table; ``num_fields``: all fields (categorical,
-    sequence and numeric), i.e. the second dimension of the embeddings; ``num_dense``: numeric
+    multi-valued and numeric), i.e. the second dimension of the embeddings; ``num_dense``: numeric
     fields. Every model's ``forward(ids, bags=None, dense=None)`` returns one logit per row.
     """
     if name not in MODELS:

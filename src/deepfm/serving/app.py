@@ -78,7 +78,7 @@ def record_model(columns: list[RawColumn]) -> type[BaseModel]:
         kind = scalar[c.dtype]
         if c.kind == "numeric":
             kind = float | str | None
-        elif c.kind == "sequence":
+        elif c.kind == "multi":
             kind = list[kind]
         fields[f"f{i}"] = (kind, Field(alias=c.name))
     config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, populate_by_name=False)
@@ -322,4 +322,4 @@ def _example(model: TrainedModel, column: RawColumn) -> Any:
         vocab = model.tables[column.name][column.name].head(1).tolist()
     value = vocab[0] if vocab else 0
     value = value.item() if isinstance(value, np.generic) else value
-    return [value] if column.kind == "sequence" else value
+    return [value] if column.kind == "multi" else value

@@ -58,7 +58,7 @@ class RecordEncoder:
         self.columns: list[RawColumn] = raw_columns(feature_map, tables)
         supplied = {c: key for key, t in tables.items() for c in t.columns if c != key}
         self.side_columns = set(supplied)
-        cats, seqs, nums = feature_map.categorical, feature_map.sequences, feature_map.numerics
+        cats, seqs, nums = feature_map.categorical, feature_map.multi, feature_map.numerics
         self.shape = (len(cats), len(seqs), max((f.max_len for f in seqs), default=0), len(nums))
         slot = {f.name: ("ids", j) for j, f in enumerate(cats)}
         slot |= {f.name: ("bags", j) for j, f in enumerate(seqs)}
@@ -80,7 +80,7 @@ class RecordEncoder:
             elif kind == "ids":
                 self.steps.append(self._categorical(f, j))
             elif kind == "bags":
-                self.steps.append(self._sequence(f, j))
+                self.steps.append(self._multi(f, j))
             else:
                 self.steps.append(self._numeric(f, j))
         if log2:
@@ -208,7 +208,7 @@ class RecordEncoder:
 
         return step
 
-    def _sequence(self, f: Field, j: int) -> Callable[..., None]:
+    def _multi(self, f: Field, j: int) -> Callable[..., None]:
         name, lookup, oov, max_len = f.source, _lookup(f), f.offset, f.max_len
         transform = f.transform or {}
         sep = transform.get("sep") if transform.get("type") == "split" else None

@@ -76,7 +76,7 @@ def probabilities(module: nn.Module, names: tuple[str, ...]) -> nn.Module:
 
 def input_names(feature_map: FeatureMap) -> tuple[str, ...]:
     names = ["ids"]
-    if feature_map.sequences:
+    if feature_map.multi:
         names.append("bags")
     if feature_map.numerics:
         names.append("dense")
@@ -94,9 +94,9 @@ def example_inputs(feature_map: FeatureMap, batch: int, seed: int = 0) -> dict[s
         return out
 
     inputs = {"ids": rows(feature_map.categorical, (batch, len(feature_map.categorical)))}
-    if feature_map.sequences:
-        width = max(f.max_len for f in feature_map.sequences)
-        bags = rows(feature_map.sequences, (batch, len(feature_map.sequences), max(width, 1)))
+    if feature_map.multi:
+        width = max(f.max_len for f in feature_map.multi)
+        bags = rows(feature_map.multi, (batch, len(feature_map.multi), max(width, 1)))
         bags[..., 1:][torch.rand(bags[..., 1:].shape, generator=gen) < 0.5] = 0  # some padding
         inputs["bags"] = bags
     if feature_map.numerics:
@@ -159,10 +159,10 @@ def write_feature_map(model: TrainedModel, path: Path) -> Path:
     fmap = model.feature_map
     shapes = {
         "ids": ["batch", len(fmap.categorical)],
-        "bags": ["batch", len(fmap.sequences), max((f.max_len for f in fmap.sequences), default=0)],
+        "bags": ["batch", len(fmap.multi), max((f.max_len for f in fmap.multi), default=0)],
         "dense": ["batch", len(fmap.numerics)],
     }
-    fields = {"ids": fmap.categorical, "bags": fmap.sequences, "dense": fmap.numerics}
+    fields = {"ids": fmap.categorical, "bags": fmap.multi, "dense": fmap.numerics}
     doc = {
         "format": "deepfm-export",
         "model": model.config.model,

@@ -102,7 +102,7 @@ class Choices:
 
 def lookups_per_row(feature_map: FeatureMap) -> int:
     """Table rows one data row looks up: one per categorical field, up to ``max_len`` per bag."""
-    return len(feature_map.categorical) + sum(max(1, f.max_len) for f in feature_map.sequences)
+    return len(feature_map.categorical) + sum(max(1, f.max_len) for f in feature_map.multi)
 
 
 def eval_batch_rows(config: TrainConfig, feature_map: FeatureMap) -> int:

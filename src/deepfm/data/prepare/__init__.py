@@ -156,7 +156,7 @@ def _encode(rows: Rows, fmap: FeatureMap, counts: np.ndarray, out: Path) -> None
     """Pass 2: every row encoded into its part's ``.npy`` files (rows skipped as bad in pass 1
     are skipped again)."""
     encoder = ChunkEncoder(rows.spec, fmap)
-    seqs = fmap.sequences
+    seqs = fmap.multi
     width = max((f.max_len for f in seqs), default=0)
     writers: dict[str, list[NpyWriter]] = {}
     for p, part in enumerate(PARTS):

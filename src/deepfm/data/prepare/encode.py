@@ -57,7 +57,7 @@ class ChunkEncoder:
 
     def encode(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
         n = frame.height
-        cats, seqs, nums = self.fmap.categorical, self.fmap.sequences, self.fmap.numerics
+        cats, seqs, nums = self.fmap.categorical, self.fmap.multi, self.fmap.numerics
         out: dict[str, np.ndarray] = {"ids": np.empty((n, len(cats)), dtype=self.dtype)}
         for j, f in enumerate(cats):
             out["ids"][:, j] = self.local(f.name, tokens(self.specs[f.name], frame, f.transform)) + f.offset

@@ -197,7 +197,7 @@ def feature_map(
             transform = {"type": "split", "column": f.source, "sep": f.separator}
             vocab = counts.vocab(min_count, max_vocab, old, options.prune_below)
             fields.append(
-                Field(f.name, "sequence", vocab, max_len=max_len, pooling=f.pooling, transform=transform)
+                Field(f.name, "multi", vocab, max_len=max_len, pooling=f.pooling, transform=transform)
             )
         else:
             transform = {"type": f.transform or "string", "column": f.source, **pattern}
