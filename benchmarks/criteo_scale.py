@@ -85,10 +85,11 @@ def generate(path: Path, rows: int, seed: int = 0, zipf: float = 1.15) -> float:
 CHILD_PREPROCESS = """
 import json, resource, sys, time
 from pathlib import Path
-from deepfm.data.ctr_datasets import criteo_spec
-from deepfm.data.preprocess import PrepareOptions, preprocess
+from deepfm.data.catalog.ctr import criteo_spec
+from deepfm.data.options import PrepareOptions
+from deepfm.data.prepare import prepared_folder
 t = time.perf_counter()
-folder = preprocess(criteo_spec(Path(sys.argv[1])), PrepareOptions(min_count=int(sys.argv[2]), progress=True))
+folder = prepared_folder(criteo_spec(Path(sys.argv[1])), PrepareOptions(min_count=int(sys.argv[2])), progress=True)
 meta = json.loads((folder / "meta.json").read_text())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"seconds": time.perf_counter() - t, "rows": meta["rows"], "folder": str(folder),

@@ -210,7 +210,7 @@ def criteo_data(rows: int, workdir: str | None) -> str:
     if not spec.exists():
         import yaml
 
-        from deepfm.data.ctr_datasets import criteo_spec_dict
+        from deepfm.data.catalog.ctr import criteo_spec_dict
 
         t = time.perf_counter()
         rate = criteo_scale.generate(folder / "train.txt", rows, seed=0, zipf=CRITEO_ZIPF)

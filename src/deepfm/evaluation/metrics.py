@@ -93,11 +93,6 @@ def parse_metrics(text: str, ranking_available: bool = False, group_available: b
     return list(dict.fromkeys(names))
 
 
-def ranking_cutoffs(names: list[str]) -> list[int]:
-    """The K of every hitrate@K / ndcg@K in ``names``."""
-    return sorted({int(m.group(2)) for n in names if (m := _RANKING.match(n))})
-
-
 def evaluate(
     labels: np.ndarray,
     probs: np.ndarray,
