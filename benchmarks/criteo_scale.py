@@ -89,7 +89,8 @@ from deepfm.data.catalog.ctr import criteo_spec
 from deepfm.data.options import PrepareOptions
 from deepfm.data.prepare import prepared_folder
 t = time.perf_counter()
-folder = prepared_folder(criteo_spec(Path(sys.argv[1])), PrepareOptions(min_count=int(sys.argv[2])), progress=True)
+options = PrepareOptions(min_count=int(sys.argv[2]))
+folder = prepared_folder(criteo_spec(Path(sys.argv[1])), options, progress=True)
 meta = json.loads((folder / "meta.json").read_text())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"seconds": time.perf_counter() - t, "rows": meta["rows"], "folder": str(folder),
