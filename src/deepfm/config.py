@@ -37,6 +37,7 @@ class TrainConfig:
     dataset: str = _DATA.dataset
     data_dir: str | None = _DATA.data_dir
     spec: str | None = _DATA.spec  # a dataset spec file (YAML/TOML); replaces --dataset
+    prepared: str | None = None  # a folder written by `deepfm prepare`: the data, already prepared
     on_bad_lines: str = _DATA.on_bad_lines  # "error" or "skip" malformed rows
     out: str = "runs/deepfm"
     model: str = "deepfm"
@@ -140,6 +141,16 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.tensorboard_every < 1:
             problems.append(f"--tensorboard-every must be >= 1, got {self.tensorboard_every}")
+        if self.prepared is not None:
+            given = [
+                n for n in PrepareOptions.names() if n != "seed" and getattr(self, n) != getattr(_DATA, n)
+            ]
+            if given:
+                flags = ", ".join("--" + n.replace("_", "-") for n in given)
+                problems.append(
+                    f"--prepared {self.prepared} holds data prepared with its own options; drop {flags} "
+                    "(or prepare again with them: deepfm prepare)"
+                )
         if (self.init_optimizer or self.prune_below) and not self.init_from:
             problems.append("--init-optimizer and --prune-below need --init-from RUN")
         if self.threads < 0:

@@ -20,6 +20,7 @@ from deepfm.version import __version__
 
 # One module per command in deepfm.cli, each with ``add_parser(subparsers)``; listed in help order.
 COMMANDS = (
+    "prepare",
     "train",
     "compare",
     "tune",

@@ -11,8 +11,8 @@ D = TrainConfig()
 MODEL_NAMES = "dcnv2, deepfm, fm, lr, widedeep"  # sorted(deepfm.models.MODELS), without importing torch
 
 
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that trains (train, compare)."""
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """The options that choose and shape the data (train, compare, tune, prepare)."""
     s = argparse.SUPPRESS  # unset options do not override --config
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=s, help=f"built-in data set (default {D.dataset})")
@@ -55,6 +55,18 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         default=s,
         metavar="N",
         help="keep at most the N most frequent values of every field; the rest go to OOV (default: all)",
+    )
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that trains (train, compare)."""
+    s = argparse.SUPPRESS  # unset options do not override --config
+    add_data_options(p)
+    p.add_argument(
+        "--prepared",
+        default=s,
+        metavar="DIR",
+        help="train on a folder written by 'deepfm prepare' instead of preparing the data here",
     )
     model = p.add_argument_group("model")
     model.add_argument("--embed-dim", type=int, default=s, help=f"embedding size (default {D.embed_dim})")

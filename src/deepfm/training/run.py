@@ -27,7 +27,7 @@ from deepfm.artifact.checkpoint import MODEL_FILE, model_from_config, save_check
 from deepfm.artifact.trained import TrainedModel
 from deepfm.config import TrainConfig
 from deepfm.data.features import FeatureMap
-from deepfm.data.prepare import prepare
+from deepfm.data.prepare import open_prepared, prepare
 from deepfm.data.prepared import PreparedData
 from deepfm.data.validate import check_splits
 from deepfm.errors import ConfigError
@@ -81,7 +81,12 @@ def frozen_parameters(module: torch.nn.Module, config: TrainConfig, epoch: int) 
 
 
 def load_data(config: TrainConfig, base: FeatureMap | None = None) -> PreparedData:
-    """The run's data; ``base`` (a warm start's feature map): extend its vocabularies."""
+    """The run's data: a folder ``deepfm prepare`` wrote (``--prepared``), or prepared here;
+    ``base`` (a warm start's feature map): extend its vocabularies."""
+    if config.prepared is not None:
+        if base is not None:
+            raise ConfigError("--init-from prepares the new data on the base's vocabulary; drop --prepared")
+        return open_prepared(config.prepared)
     return prepare(config.prepare_options(), base, progress=config.progress)
 
 

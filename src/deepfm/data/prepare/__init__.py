@@ -34,7 +34,7 @@ from deepfm.data.prepare.stats import collect, feature_map, labels
 from deepfm.data.prepared import TABLE_FILE, PreparedData, load_prepared
 from deepfm.data.readers import BadLines
 from deepfm.data.spec import PARTS, DatasetSpec
-from deepfm.errors import DataError
+from deepfm.errors import ConfigError, DataError
 
 
 def prepare(
@@ -56,6 +56,41 @@ def prepare_spec(
     in_memory: bool | None = None,
 ) -> PreparedData:
     return load_prepared(prepared_folder(spec, options, base, progress), in_memory)
+
+
+def write_prepared(
+    spec: DatasetSpec,
+    options: PrepareOptions,
+    out: str | Path,
+    base: FeatureMap | None = None,
+    progress: bool = True,
+) -> Path:
+    """Prepare ``spec`` into the folder ``out`` (``deepfm prepare``): written whole, then renamed."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not an empty folder; give a new one (or remove it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-{os.getpid()}-", dir=out.parent))
+    try:
+        build(spec, options, tmp, base, progress)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def open_prepared(folder: str | Path, in_memory: bool | None = None) -> PreparedData:
+    """A folder written by ``deepfm prepare`` (or a cache folder), checked: its format version and
+    every file's size and checksum; a problem is a one-line error naming the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("no prepared data here (expected a folder written by 'deepfm prepare')", folder)
+    problem = cache.verify(folder)
+    if problem is not None:
+        raise DataError(f"not usable prepared data: {problem}; prepare it again (deepfm prepare)", folder)
+    return load_prepared(folder, in_memory)
 
 
 def prepared_folder(
@@ -194,4 +229,13 @@ def _say(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-__all__ = ["PrepareOptions", "PreparedData", "build", "prepare", "prepare_spec", "prepared_folder"]
+__all__ = [
+    "PrepareOptions",
+    "PreparedData",
+    "build",
+    "open_prepared",
+    "prepare",
+    "prepare_spec",
+    "prepared_folder",
+    "write_prepared",
+]

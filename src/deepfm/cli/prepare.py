@@ -1,0 +1,40 @@
+"""``deepfm prepare``: prepare a data set once into a folder that training runs (and ranks) read."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from deepfm.cli.train import add_data_options
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="prepare a data set once into a folder (deepfm train --prepared DIR)",
+        description="Read, split, fit the vocabularies and encode a data set (the same options as "
+        "deepfm train) into --out DIR: feature_map.json, meta.json (rows, options, checksums), the "
+        "encoded arrays of train / valid / test and the side tables. 'deepfm train --prepared DIR' "
+        "and every data-parallel rank then read it instead of preparing.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    add_data_options(p)
+    p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed of the random split (default 0)")
+    p.add_argument("--config", help="YAML file of options, or a preset name (its data options are used)")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=True, help="no progress lines"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepfm.config import TrainConfig, load_yaml
+    from deepfm.data.catalog import dataset_spec
+    from deepfm.data.prepare import write_prepared
+
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k not in ("config", "out", "run", "command")})
+    options = TrainConfig.from_dict(values).validate().prepare_options()  # unknown keys: an error
+    folder = write_prepared(dataset_spec(options), options, args.out, progress=args.progress)
+    print(f"prepared {options.spec or options.dataset} -> {folder}")
+    return 0

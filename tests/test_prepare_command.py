@@ -1,0 +1,38 @@
+"""``deepfm prepare`` writes a prepared folder once; ``deepfm train --prepared DIR`` trains on it."""
+
+from __future__ import annotations
+
+import json
+
+from deepfm.cli.main import main
+
+
+def test_prepare_once_then_train_gives_what_training_from_the_files_gives(tiny_ml, tmp_path, capsys):
+    folder = tmp_path / "prepared"
+    assert (
+        main(["prepare", "--data-dir", str(tiny_ml), "--out", str(folder), "--seed", "3", "--no-progress"])
+        == 0
+    )
+    assert {"feature_map.json", "meta.json", "train_ids.npy", "test_label.npy"} <= {
+        p.name for p in folder.iterdir()
+    }
+    common = ["--epochs", "2", "--threads", "1", "--no-progress", "--seed", "3"]
+    assert main(["train", "--prepared", str(folder), *common, "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", "--data-dir", str(tiny_ml), *common, "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in "ab")
+    assert a["test_auc"] == b["test_auc"] and a["data_fingerprint"] == b["data_fingerprint"]
+    assert a["config"]["prepared"] == str(folder)
+    capsys.readouterr()
+
+    # the folder is not overwritten, options that would change it are refused, damage is named
+    assert main(["prepare", "--data-dir", str(tiny_ml), "--out", str(folder), "--no-progress"]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    args = ["train", "--prepared", str(folder), "--out", str(tmp_path / "c"), "--no-progress"]
+    assert main([*args, "--min-count", "3"]) == 2
+    assert "holds data prepared with its own options; drop --min-count" in capsys.readouterr().err
+    with open(folder / "train_ids.npy", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x07")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(folder) in err and "train_ids.npy does not match its checksum" in err
