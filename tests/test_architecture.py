@@ -141,3 +141,16 @@ def test_the_checker_sees_late_relative_and_type_only_imports() -> None:
         graph = {"deepfm.data.layouts": imports("deepfm.data.layouts", source)}
         assert upward(graph), source
     assert not upward({"deepfm.data.layouts": imports("deepfm.data.layouts", "from deepfm import errors")})
+
+
+def test_building_the_command_line_imports_neither_torch_nor_the_data_libraries() -> None:
+    """``deepfm --help`` and option errors stay instant: the parsers import only light modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from deepfm.cli.main import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'polars', 'pandas', 'pyarrow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

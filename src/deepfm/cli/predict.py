@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from deepfm.data.layouts import LAYOUTS
+from deepfm.data.options import LAYOUTS
 
 
 def add_parser(sub: Any) -> None:

@@ -28,7 +28,8 @@ import pandas as pd
 import polars as pl
 
 from deepfm.data.catalog import template
-from deepfm.data.options import PrepareOptions
+from deepfm.data.options import LAYOUT_DATASETS as BUILT_IN
+from deepfm.data.options import LAYOUTS, PrepareOptions
 from deepfm.data.prepare.rows import field_sources, reads_number
 from deepfm.data.readers import BadLines, read_chunks
 from deepfm.data.records import raw_columns
@@ -36,8 +37,6 @@ from deepfm.data.rules import Rule, parse_rule
 from deepfm.data.spec import DatasetSpec, spec_from_dict
 from deepfm.errors import ConfigError, DataError
 
-BUILT_IN = ("movielens-1m", "movielens-100k")  # layouts of built-in data sets, by name
-LAYOUTS = ("auto", "records", *BUILT_IN, "spec")
 TEXT_FORMATS = ("csv", "tsv", "libsvm", "libfm")
 
 

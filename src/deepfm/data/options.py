@@ -17,6 +17,10 @@ FEATURES = ("ids", "all", "all+time")  # built-in MovieLens: which fields (catal
 SPLITS = ("random", "leave-last")  # built-in MovieLens: how rows become train / valid / test
 BAD_LINES = ("error", "skip")  # a malformed row stops the run, or is skipped and counted
 CHOICES: dict[str, tuple[str, ...]] = {"features": FEATURES, "split": SPLITS, "on_bad_lines": BAD_LINES}
+# how `deepfm predict` / `deepfm evaluate` read a file (deepfm.data.layouts): records, a built-in
+# data set's ratings file by its name, or the model's own spec
+LAYOUT_DATASETS = ("movielens-1m", "movielens-100k")
+LAYOUTS = ("auto", "records", *LAYOUT_DATASETS, "spec")
 
 
 @dataclass(frozen=True)
