@@ -36,3 +36,28 @@ def test_prepare_once_then_train_gives_what_training_from_the_files_gives(tiny_m
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(folder) in err and "train_ids.npy does not match its checksum" in err
+
+
+def test_prepare_a_spec_once_plain_or_sharded_trains_as_the_spec_does(tmp_path):
+    """A declared data set (a categorical, numeric and multi-valued field): trained from the spec,
+    from its prepared folder, and from a folder whose training split is 3 shards, the same AUC."""
+    from test_specs import csv_spec
+
+    spec = str(csv_spec(tmp_path))
+    assert main(["prepare", "--spec", spec, "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert (
+        main(["prepare", "--spec", spec, "--out", str(tmp_path / "s"), "--shards", "3", "--no-progress"]) == 0
+    )
+    common = ["--epochs", "1", "--threads", "1", "--no-progress", "--batch-size", "256", "--model", "fm"]
+    runs = {
+        "spec": ["--spec", spec],
+        "prepared": ["--prepared", str(tmp_path / "p")],
+        "sharded": ["--prepared", str(tmp_path / "s")],
+    }
+    metrics = {}
+    for name, source in runs.items():
+        assert main(["train", *source, *common, "--out", str(tmp_path / f"run-{name}")]) == 0
+        metrics[name] = json.loads((tmp_path / f"run-{name}" / "metrics.json").read_text())
+    aucs = {name: m["test_auc"] for name, m in metrics.items()}
+    assert aucs["spec"] == aucs["prepared"] == aucs["sharded"] and aucs["spec"] > 0.6, aucs
+    assert metrics["sharded"]["data"]["rows"] == metrics["spec"]["data"]["rows"]

@@ -18,6 +18,14 @@ def add_parser(sub: Any) -> None:
         "and every data-parallel rank then read it instead of preparing.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write the training split as N shards (training row k in shard k mod N); with W "
+        "data-parallel ranks (N a multiple of W) each rank streams only its own shards from disk",
+    )
     add_data_options(p)
     p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed of the random split (default 0)")
     p.add_argument("--config", help="YAML file of options, or a preset name (its data options are used)")
@@ -31,10 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from deepfm.config import TrainConfig, load_yaml
     from deepfm.data.catalog import dataset_spec
     from deepfm.data.prepare import write_prepared
+    from deepfm.errors import ConfigError
 
     values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k not in ("config", "out", "run", "command")})
+    skip = ("config", "out", "run", "command", "shards")
+    values.update({k: v for k, v in vars(args).items() if k not in skip})
     options = TrainConfig.from_dict(values).validate().prepare_options()  # unknown keys: an error
-    folder = write_prepared(dataset_spec(options), options, args.out, progress=args.progress)
-    print(f"prepared {options.spec or options.dataset} -> {folder}")
+    if args.shards < 0:
+        raise ConfigError(f"--shards must be >= 1 (0: not sharded), got {args.shards}")
+    folder = write_prepared(
+        dataset_spec(options), options, args.out, progress=args.progress, shards=args.shards
+    )
+    sharded = f" ({args.shards} training shards)" if args.shards else ""
+    print(f"prepared {options.spec or options.dataset} -> {folder}{sharded}")
     return 0

@@ -1,14 +1,16 @@
 """A split stored as ``.npy`` files on disk, read in shuffled blocks so memory stays bounded.
 
 Same interface as :class:`~deepfm.data.batching.Split` for training and prediction
-(``len``, ``label``, ``batches``, ``num_batches``). An epoch visits blocks of ``block_rows``
-consecutive rows in a random order, reads ``window_blocks`` of them at a time with plain file
+(``len``, ``label``, ``batches``, ``num_batches``; ``split[a:b]`` is the rows ``a`` to ``b``,
+streamed the same way: a data-parallel rank's share to score). An epoch visits blocks of
+``block_rows`` consecutive rows in a random order, reads ``window_blocks`` of them at a time with plain file
 reads (no mapping, so the process's RSS holds one window, not the file) and shuffles the rows
 inside the window. Labels (4 bytes a row) are kept in memory for evaluation.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,9 +61,20 @@ class MemmapSplit:
             if path.exists():
                 self.columns[name] = NpyColumn(path)
         self.label = torch.from_numpy(np.load(self.folder / f"{part}_label.npy"))
+        self.start = 0  # the rows [start, start + len) of the files (a slice of the split)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+    def __getitem__(self, rows: slice) -> MemmapSplit:
+        """The rows ``rows`` (a slice with step 1) of this split, streamed from the same files."""
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise ValueError("a streamed split is sliced by contiguous rows only")
+        part = copy.copy(self)
+        part.start = self.start + start
+        part.label = self.label[start : max(start, stop)]
+        return part
 
     def num_batches(self, batch_size: int, shuffle: bool = False) -> int:
         full, rest = divmod(len(self), batch_size)
@@ -70,7 +83,7 @@ class MemmapSplit:
     def _read(self, ranges: list[tuple[int, int]]) -> dict[str, np.ndarray]:
         out = {}
         for name, column in self.columns.items():
-            parts = [column.read(a, b) for a, b in ranges]
+            parts = [column.read(self.start + a, self.start + b) for a, b in ranges]
             out[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         out["label"] = np.concatenate([self.label.numpy()[a:b] for a, b in ranges])
         return out
@@ -100,13 +113,15 @@ class MemmapSplit:
             m = len(window["label"])
             full = m - m % batch_size
             for start in range(0, full, batch_size):
-                yield _batch(window, start, start + batch_size)
+                yield batch_of(window, start, start + batch_size)
             carry = {k: v[full:] for k, v in window.items()} if full < m else None
         if carry is not None and len(carry["label"]) >= (2 if shuffle else 1):
-            yield _batch(carry, 0, len(carry["label"]))
+            yield batch_of(carry, 0, len(carry["label"]))
 
 
-def _batch(window: dict[str, np.ndarray], a: int, b: int) -> Batch:
+def batch_of(window: dict[str, np.ndarray], a: int, b: int) -> Batch:
+    """Rows ``a`` to ``b`` of a window of arrays (``ids``, ``bags``, ``dense``, ``label``) as a batch."""
+
     def tensor(name: str, dtype: torch.dtype) -> torch.Tensor | None:
         value = window.get(name)
         return torch.from_numpy(np.ascontiguousarray(value[a:b])).to(dtype) if value is not None else None

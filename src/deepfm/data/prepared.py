@@ -2,8 +2,9 @@
 
 :func:`load_prepared` reads a prepared folder (what the prepare stage writes): parts up to
 ``IN_MEMORY_BYTES`` are loaded into memory as :class:`~deepfm.data.batching.Split`, larger ones
-stream from disk (:class:`~deepfm.data.memmap.MemmapSplit`). :class:`DataFacts` is what a trained
-model keeps of its data (``model.pt``'s ``extras``): the spec, the user / item roles, the
+stream from disk (:class:`~deepfm.data.memmap.MemmapSplit`); a data-parallel rank streams its
+own share of a streamed or sharded training split (:mod:`deepfm.data.shards`). :class:`DataFacts`
+is what a trained model keeps of its data (``model.pt``'s ``extras``): the spec, the user / item roles, the
 recommendation index, hashing and bad-line counts.
 """
 
@@ -21,6 +22,7 @@ from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
 from deepfm.data.memmap import MemmapSplit
 from deepfm.data.rated import build_rated
+from deepfm.data.shards import StreamedRows, rank_view
 from deepfm.data.spec import PARTS
 from deepfm.data.tables import Tables
 
@@ -69,16 +71,31 @@ class DataFacts:
 class PreparedData:
     name: str
     feature_map: FeatureMap
-    train: Split | MemmapSplit
+    train: Split | MemmapSplit | StreamedRows
     valid: Split | MemmapSplit
     test: Split | MemmapSplit
     tables: Tables = field(default_factory=dict)
     facts: DataFacts = field(default_factory=DataFacts)
 
+    @property
+    def train_rows(self) -> int:
+        """Rows of the whole training split (a data-parallel rank may stream only its share)."""
+        return int(getattr(self.train, "total_rows", len(self.train)))
+
+    def for_rank(self, rank: int, world: int) -> PreparedData:
+        """The data rank ``rank`` of ``world`` trains on: a streamed training split becomes that
+        rank's share (:func:`deepfm.data.shards.rank_view`); in memory, every rank keeps it all."""
+        train = rank_view(self.train, rank, world)
+        if train is self.train:
+            return self
+        return PreparedData(
+            self.name, self.feature_map, train, self.valid, self.test, self.tables, self.facts
+        )
+
     def summary(self) -> dict[str, Any]:
         summary = {
             "dataset": self.name,
-            "rows": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
+            "rows": {"train": self.train_rows, "valid": len(self.valid), "test": len(self.test)},
             "positive_rate_train": float(self.train.label.mean()) if len(self.train) else 0.0,
             "fields": {f.name: f.size for f in self.feature_map.fields},
         }
@@ -100,16 +117,28 @@ def load_split(folder: Path, part: str) -> Split:
     return Split.from_arrays(arrays, np.load(folder / f"{part}_label.npy"))
 
 
-def load_prepared(folder: str | Path, in_memory: bool | None = None) -> PreparedData:
-    """The prepared data set in ``folder`` (parts in memory up to ``IN_MEMORY_BYTES``)."""
+def load_prepared(
+    folder: str | Path, in_memory: bool | None = None, rank: int = 0, world: int = 1
+) -> PreparedData:
+    """The prepared data set in ``folder`` (parts in memory up to ``IN_MEMORY_BYTES``).
+
+    A sharded training split is read back in memory in its own row order when it fits (one
+    process), else streamed; with ``world`` > 1 rank ``rank`` streams its own shards, or its
+    share of a streamed unsharded split (:meth:`PreparedData.for_rank`)."""
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     fmap = FeatureMap.from_dict(json.loads((folder / "feature_map.json").read_text()))
-    size = sum(p.stat().st_size for p in folder.glob("*.npy"))
+    written = meta.get("files_written") or {p.name: {"bytes": p.stat().st_size} for p in folder.glob("*.npy")}
+    size = sum(entry["bytes"] for name, entry in written.items() if name.endswith(".npy"))
     load_all = size <= IN_MEMORY_BYTES if in_memory is None else in_memory
-    train, valid, test = (
-        load_split(folder, part) if load_all else MemmapSplit(folder, part) for part in PARTS
-    )
+    valid, test = (load_split(folder, part) if load_all else MemmapSplit(folder, part) for part in PARTS[1:])
+    shards = (meta.get("shards") or {}).get("train")
+    if shards:  # opened lazily: a rank reads only its own shards
+        train: Split | MemmapSplit | StreamedRows = StreamedRows.sharded(folder, "train", shards["rows"])
+        if load_all and world <= 1:
+            train = train.in_memory()
+    else:
+        train = load_split(folder, "train") if load_all else MemmapSplit(folder, "train")
     tables = {key: pd.read_parquet(folder / TABLE_FILE.format(key=key)) for key in meta.get("tables", [])}
     roles = meta.get("roles") or {}
     facts = DataFacts(
@@ -123,4 +152,4 @@ def load_prepared(folder: str | Path, in_memory: bool | None = None) -> Prepared
     )
     if roles.get("user") and roles.get("item") and isinstance(train, Split):  # recommend's index
         facts.rated = build_rated(fmap, train, roles["user"], roles["item"])
-    return PreparedData(meta["name"], fmap, train, valid, test, tables, facts)
+    return PreparedData(meta["name"], fmap, train, valid, test, tables, facts).for_rank(rank, world)

@@ -28,8 +28,9 @@ _ON_DEVICE: dict[tuple[int, str], tuple[weakref.ref, Split]] = {}
 
 def on_device(split: Split, device: torch.device) -> Split:
     """``split`` on ``device``: itself when already there, else a copy made once and reused
-    while ``split`` lives."""
-    if split.ids.device == device:
+    while ``split`` lives. A split streamed from disk is returned as it is (its batches are
+    moved one at a time)."""
+    if not isinstance(split, Split) or split.ids.device == device:
         return split
     key = (id(split), str(device))
     cached = _ON_DEVICE.get(key)
@@ -49,6 +50,9 @@ def predict_probs(module: nn.Module, split: Split, batch_size: int = 65536) -> n
     was_training = module.training
     module.eval()
     device = module_device(module)
-    out = [torch.sigmoid(module(*b.inputs)) for b in on_device(split, device).batches(batch_size)]
+    out = [
+        torch.sigmoid(module(*(t.to(device) if t is not None else None for t in b.inputs)))
+        for b in on_device(split, device).batches(batch_size)
+    ]
     module.train(was_training)
     return torch.cat(out).float().cpu().numpy() if out else np.zeros(0, dtype=np.float32)

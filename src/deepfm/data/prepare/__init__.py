@@ -9,7 +9,8 @@ Every data set goes through it, built-in ones as the specs of :mod:`deepfm.data.
 
 The result is a prepared folder (``feature_map.json``, ``meta.json``, ``{part}_{ids,bags,dense,
 label}.npy``, ``table_KEY.parquet`` per side table), cached by a key of everything that changes it
-(:mod:`.cache`): a second run with the same key reads nothing but the cache.
+(:mod:`.cache`): a second run with the same key reads nothing but the cache. ``deepfm prepare
+--shards N`` writes the training split as N shards instead (:mod:`deepfm.data.shards`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from deepfm.data.prepare.rows import Rows
 from deepfm.data.prepare.stats import collect, feature_map, labels
 from deepfm.data.prepared import TABLE_FILE, PreparedData, load_prepared
 from deepfm.data.readers import BadLines
+from deepfm.data.shards import deal, rank_shards, shard_entry, shard_files, shard_part, shard_sizes
 from deepfm.data.spec import PARTS, DatasetSpec
 from deepfm.errors import ConfigError, DataError
 
@@ -64,15 +66,19 @@ def write_prepared(
     out: str | Path,
     base: FeatureMap | None = None,
     progress: bool = True,
+    shards: int = 0,
 ) -> Path:
-    """Prepare ``spec`` into the folder ``out`` (``deepfm prepare``): written whole, then renamed."""
+    """Prepare ``spec`` into the folder ``out`` (``deepfm prepare``): written whole, then renamed.
+    ``shards`` > 0: the training split as that many shards (:mod:`deepfm.data.shards`)."""
     out = Path(out)
+    if shards < 0:
+        raise ConfigError(f"--shards must be >= 1, got {shards}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not an empty folder; give a new one (or remove it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-{os.getpid()}-", dir=out.parent))
     try:
-        build(spec, options, tmp, base, progress)
+        build(spec, options, tmp, base, progress, shards)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
@@ -81,16 +87,35 @@ def write_prepared(
     return out
 
 
-def open_prepared(folder: str | Path, in_memory: bool | None = None) -> PreparedData:
+def open_prepared(
+    folder: str | Path, in_memory: bool | None = None, rank: int = 0, world: int = 1
+) -> PreparedData:
     """A folder written by ``deepfm prepare`` (or a cache folder), checked: its format version and
-    every file's size and checksum; a problem is a one-line error naming the folder."""
+    every file's size and checksum; a problem is a one-line error naming the folder.
+
+    ``rank`` of ``world`` data-parallel ranks: the training rows that rank streams (see
+    :func:`~deepfm.data.prepared.load_prepared`); shards other ranks read are neither checked nor
+    opened, so a node may hold only its own ranks' shards."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("no prepared data here (expected a folder written by 'deepfm prepare')", folder)
-    problem = cache.verify(folder)
+    problem = cache.verify(folder, skip=others_shards(folder, rank, world))
     if problem is not None:
         raise DataError(f"not usable prepared data: {problem}; prepare it again (deepfm prepare)", folder)
-    return load_prepared(folder, in_memory)
+    return load_prepared(folder, in_memory, rank, world)
+
+
+def others_shards(folder: Path, rank: int, world: int) -> set[str]:
+    """Files of the training shards that rank ``rank`` of ``world`` does not read."""
+    if world <= 1:
+        return set()
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        count = int(meta["shards"]["train"]["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()  # no shards (or no readable meta.json: verify says so)
+    mine = set(rank_shards(count, rank, world))
+    return shard_files(meta, [s for s in range(count) if s not in mine])
 
 
 def prepared_folder(
@@ -127,8 +152,10 @@ def build(
     out: Path,
     base: FeatureMap | None = None,
     progress: bool = True,
+    shards: int = 0,
 ) -> None:
-    """Prepare ``spec`` into the empty folder ``out``."""
+    """Prepare ``spec`` into the empty folder ``out`` (``shards`` > 0: the training split as that
+    many shards)."""
     started = time.perf_counter()
     bad = BadLines(options.on_bad_lines)
     rows = Rows.of(spec, cache.seed_of(spec, options), bad)
@@ -151,7 +178,7 @@ def build(
     counted = time.perf_counter()
 
     _say(progress, f"{spec.name}: pass 2/2, encoding {int(n.sum()):,} rows into {out}")
-    _encode(rows, fmap, stats.rows, out)
+    _encode(rows, fmap, stats.rows, out, shards)
     for table in rows.tables:
         table.frame.write_parquet(out / TABLE_FILE.format(key=table.spec.key))
     seconds = time.perf_counter() - started
@@ -163,6 +190,7 @@ def build(
         "spec": spec.to_dict(),
         "options": options.to_dict(),
         "rows": {part: int(n[p]) for p, part in enumerate(PARTS)},
+        **({"shards": {"train": shard_entry(int(n[0]), shards)}} if shards else {}),
         "positives": {part: int(stats.positives[p]) for p, part in enumerate(PARTS)},
         "bad_lines_skipped": bad.count,
         "bad_line_examples": bad.examples,
@@ -187,22 +215,28 @@ def build(
     _say(progress, f"{spec.name}: prepared {int(n.sum()):,} rows in {seconds:.1f}s{skipped}")
 
 
-def _encode(rows: Rows, fmap: FeatureMap, counts: np.ndarray, out: Path) -> None:
+def _encode(rows: Rows, fmap: FeatureMap, counts: np.ndarray, out: Path, shards: int = 0) -> None:
     """Pass 2: every row encoded into its part's ``.npy`` files (rows skipped as bad in pass 1
-    are skipped again)."""
+    are skipped again); ``shards`` > 0: the training rows dealt round robin to that many shards."""
     encoder = ChunkEncoder(rows.spec, fmap)
     seqs = fmap.multi
     width = max((f.max_len for f in seqs), default=0)
-    writers: dict[str, list[NpyWriter]] = {}
+    # per part (train, valid, test), per column: one writer, or one per shard of the training split
+    writers: dict[str, list[list[NpyWriter]]] = {}
     for p, part in enumerate(PARTS):
-        m = int(counts[p])
-        shapes = {"ids": ((m, len(fmap.categorical)), encoder.dtype), "label": ((m,), np.float32)}
+        files = [(part, int(counts[p]))]
+        if p == 0 and shards:
+            sizes = shard_sizes(int(counts[p]), shards)
+            files = [(shard_part(part, s, shards), m) for s, m in enumerate(sizes)]
+        shapes = {"ids": ((len(fmap.categorical),), encoder.dtype), "label": ((), np.float32)}
         if seqs:
-            shapes["bags"] = ((m, len(seqs), width), encoder.dtype)
+            shapes["bags"] = ((len(seqs), width), encoder.dtype)
         if fmap.numerics:
-            shapes["dense"] = ((m, len(fmap.numerics)), np.float32)
+            shapes["dense"] = ((len(fmap.numerics),), np.float32)
         for name, (shape, dtype) in shapes.items():
-            writers.setdefault(name, []).append(NpyWriter(out / f"{part}_{name}.npy", shape, dtype))
+            writers.setdefault(name, []).append(
+                [NpyWriter(out / f"{stem}_{name}.npy", (m, *shape), dtype) for stem, m in files]
+            )
     cursor = np.zeros(3, dtype=np.int64)
     for chunk, parts in rows.stream(BadLines("skip")):
         encoded = encoder.encode(chunk.frame)
@@ -215,13 +249,19 @@ def _encode(rows: Rows, fmap: FeatureMap, counts: np.ndarray, out: Path) -> None
             if cursor[p] + m > counts[p]:
                 raise DataError("input files changed during preparation; run again", chunk.path)
             for name, value in encoded.items():
-                writers[name][p].write(value[mask])
+                files = writers[name][p]
+                if len(files) == 1:
+                    files[0].write(value[mask])
+                else:  # training row k goes to shard k % shards
+                    for writer, rows_of_shard in zip(files, deal(value[mask], int(cursor[p]), len(files))):
+                        writer.write(rows_of_shard)
             cursor[p] += m
     if not np.array_equal(cursor, counts):
         raise DataError("input files changed during preparation; run again")
     for column in writers.values():
-        for writer in column:
-            writer.close()
+        for files in column:
+            for writer in files:
+                writer.close()
 
 
 def _say(progress: bool, message: str) -> None:

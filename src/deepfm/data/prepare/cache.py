@@ -24,7 +24,9 @@ from deepfm.data.spec import DatasetSpec
 from deepfm.io import pid_alive
 
 # 3: the random split is a seeded hash of (file, line); side tables, filters and checks
-FORMAT_VERSION = 3
+# 4: the training split may be written as shards (meta.json "shards"; deepfm.data.shards)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (3, 4)  # a version-3 folder is a version-4 folder without shards
 _BUILD = re.compile(r"^\..+-[0-9a-f]{16}-(?:(\d+)-)?[^-]+$")  # .NAME-KEY-PID-RANDOM (older: no PID)
 STALE_SECONDS = 24 * 3600  # an old-style temporary folder (no PID) older than this is abandoned
 DIGEST_WHOLE = 256 << 20  # files up to this size are checksummed whole; larger: first + last MiBs
@@ -96,9 +98,10 @@ def file_digest(path: Path) -> dict[str, Any]:
     return {"bytes": size, method: digest.hexdigest()}
 
 
-def verify(folder: Path) -> str | None:
+def verify(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
     """``None`` when ``folder`` holds every file ``meta.json`` lists, with its size and checksum;
-    otherwise what is wrong (a missing or unreadable meta.json, a missing / truncated / changed file)."""
+    otherwise what is wrong (a missing or unreadable meta.json, a missing / truncated / changed file).
+    Files named in ``skip`` (shards another data-parallel rank reads) are not checked."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         files = meta["files_written"]
@@ -107,10 +110,13 @@ def verify(folder: Path) -> str | None:
         return "no meta.json"
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         return "meta.json is unreadable or has no file list"
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         version = meta.get("format_version", 2)
-        return f"written in prepared-data format {version}, this deepfm reads {FORMAT_VERSION}"
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        return f"written in prepared-data format {version}, this deepfm reads {readable}"
     for name, expected in files.items():
+        if name in skip:
+            continue
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
