@@ -26,6 +26,7 @@ from deepfm.errors import ConfigError
 CHOICES: dict[str, tuple[str, ...]] = {
     **DATA_CHOICES,
     "optimizer": ("auto", "fused", "adam", "lazy"),
+    "embedding_sync": ("auto", "dense", "rows"),
     "precision": ("auto", "fp32", "bf16"),
 }
 _DATA = PrepareOptions()  # the defaults of the data options (fields of the same names below)
@@ -55,6 +56,9 @@ class TrainConfig:
     embedding_l2: float | None = None
     net_l2: float | None = None
     optimizer: str = "auto"  # auto | fused | adam (reference kernels) | lazy (row-wise embeddings)
+    # data-parallel ranks: the tables' gradients all-reduced whole (dense) or their touched rows
+    # all-gathered (rows); auto: the fewer bytes (deepfm.training.embedding_sync)
+    embedding_sync: str = "auto"
     batch_size: int = 1024
     epochs: int = 40
     patience: int = 3

@@ -101,6 +101,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "touches, else fused; fused: Adam in fused kernels (same updates as adam); adam: the "
         "reference torch.optim.Adam; lazy: row-wise Adam on embeddings, only rows in the batch updated",
     )
+    opt.add_argument(
+        "--embedding-sync",
+        default=s,
+        choices=CHOICES["embedding_sync"],
+        help="data-parallel (torchrun) ranks: dense: all-reduce the whole embedding table's gradient "
+        "every step; rows: all-gather only the rows each rank touched (ids + gradient rows); auto "
+        "(default): rows when its bytes are at most half the table's",
+    )
     opt.add_argument("--batch-size", type=int, default=s, help=f"default {D.batch_size}")
     opt.add_argument(
         "--epochs",

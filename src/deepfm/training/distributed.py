@@ -7,13 +7,19 @@ This module owns everything that differs between one process and many, behind on
   ``MASTER_ADDR``/``MASTER_PORT``) and joins the process group: gloo for CPU tensors, plus NCCL
   for CUDA tensors when the run asks for ``--device cuda`` (backend ``"cpu:gloo,cuda:nccl"``, so
   CPU-side gathers keep working on GPU runs). Each rank's default CUDA device is its local rank.
-- :class:`Shard`: every rank draws the *same* epoch permutation from the same seeded generator and
-  keeps the strided slice ``perm[rank::world]`` (after dropping the last ``n % world`` rows so all
-  ranks run the same number of steps). The union of the ranks' k-th batches is then exactly the
-  k-th batch of a single process with batch ``batch_size * world`` and the same seed.
-- :meth:`DistContext.wrap` puts the module in :class:`~torch.nn.parallel.DistributedDataParallel`
-  (which broadcasts rank 0's weights at construction and averages gradients every step, embedding
-  gradients included, sparse ones too with gloo).
+- :class:`Shard`: for a training split in memory, every rank draws the *same* epoch permutation
+  from the same seeded generator and keeps the strided slice ``perm[rank::world]`` (after dropping
+  the last ``n % world`` rows so all ranks run the same number of steps). The union of the ranks'
+  k-th batches is then exactly the k-th batch of a single process with batch ``batch_size * world``
+  and the same seed. A streamed (larger than memory) or sharded split is instead read as each
+  rank's own share from disk (:meth:`deepfm.data.prepared.PreparedData.for_rank`).
+- :meth:`DistContext.wrap` puts the module's dense layers in
+  :class:`~torch.nn.parallel.DistributedDataParallel` (which broadcasts rank 0's weights at
+  construction and averages their gradients every step) and keeps the embedding tables out of it:
+  rank 0's tables are broadcast once, and after every backward pass :attr:`DistContext.sync`
+  exchanges their gradients as a dense all-reduce or as the touched rows only
+  (:mod:`deepfm.training.embedding_sync`, ``--embedding-sync``). :attr:`DistContext.traffic`
+  counts the bytes of every collective call of the training steps.
 - :meth:`DistContext.predict` scores a split in contiguous per-rank chunks and all-gathers them in
   row order, so AUC is computed over the whole split, equal to a one-process evaluation.
 - :meth:`DistContext.sync_buffers` averages BatchNorm running statistics across ranks (DDP runs
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import hashlib
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -41,6 +48,15 @@ import torch.distributed as dist
 from torch import nn
 
 from deepfm.errors import ConfigError, DeepFMError
+from deepfm.training.embedding_sync import (
+    TableSync,
+    Traffic,
+    choose,
+    counting_allreduce,
+    ignore_in_ddp,
+    tables_of,
+    touched_rows,
+)
 
 # Debug hook used by the tests: when set to a folder, every rank saves its own final parameters
 # and buffers there as ``rank{R}.pt`` so identical weights across ranks can be checked.
@@ -98,6 +114,8 @@ class DistContext:
     local_rank: int = 0
     backend: str | None = None
     _dump_dir: str | None = field(default=None, repr=False)
+    traffic: Traffic = field(default_factory=Traffic, repr=False)  # bytes of the steps' collectives
+    sync: TableSync | None = field(default=None, repr=False)  # after backward: the tables' gradients
 
     @property
     def enabled(self) -> bool:
@@ -112,17 +130,44 @@ class DistContext:
         return Shard(self.rank, self.world_size)
 
     def describe(self, batch_size: int) -> dict[str, Any]:
-        """What ``metrics.json`` records about the run's parallelism."""
-        return {
+        """What ``metrics.json`` records about the run's parallelism (with several ranks: how the
+        tables were synchronised and the mean bytes per step and rank handed to collectives)."""
+        out: dict[str, Any] = {
             "world_size": self.world_size,
             "backend": self.backend,
             "batch_size_per_rank": batch_size,
             "global_batch_size": batch_size * self.world_size,
         }
+        if self.enabled:
+            out["embedding_sync"] = self.sync.mode if self.sync is not None else None
+            out["bytes_per_step"] = self.traffic.per_step()
+        return out
 
     # -- model -----------------------------------------------------------------------------
-    def wrap(self, module: nn.Module, seed: int | None = None) -> nn.Module:
-        """``module`` in DDP when there is more than one rank (weights broadcast from rank 0).
+    def embedding_sync(
+        self, requested: str, module: nn.Module, split: Any, batch_size: int, seed: int
+    ) -> str:
+        """``--embedding-sync`` resolved, the same on every rank: ``auto`` measures the distinct
+        rows a batch of ``split`` looks up (the most of any rank) and compares bytes
+        (:func:`deepfm.training.embedding_sync.choose`)."""
+        if not self.enabled:
+            return requested  # one process: nothing to synchronise
+        tables = tables_of(module)
+        touched = 0
+        if requested == "auto" and tables:
+            touched = int(self.all_max(float(touched_rows(split, batch_size, seed))))
+        return choose(requested, tables, touched, self.world_size)
+
+    def wrap(
+        self,
+        module: nn.Module,
+        seed: int | None = None,
+        embedding_sync: str = "dense",
+        sparse_update: bool = False,
+    ) -> nn.Module:
+        """``module`` in DDP when there is more than one rank (weights broadcast from rank 0),
+        its embedding tables kept out and synchronised by :attr:`sync` (``embedding_sync``:
+        ``dense`` or ``rows``; ``sparse_update``: the optimizer takes row-sparse table gradients).
 
         With ``seed``, each rank then reseeds torch's global RNG with its own stream so dropout
         masks differ between ranks (as they differ between rows of one big batch).
@@ -132,13 +177,22 @@ class DistContext:
         from torch.nn.parallel import DistributedDataParallel
 
         device = next(module.parameters()).device
-        # BatchNorm running stats are not broadcast before every forward (a collective per step);
-        # sync_buffers averages them once per epoch. Newer torch renames the option.
-        params = inspect.signature(DistributedDataParallel.__init__).parameters
-        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
-        wrapped = DistributedDataParallel(
-            module, device_ids=[device] if device.type == "cuda" else None, **{no_sync: False}
-        )
+        tables = tables_of(module)
+        dense_left = ignore_in_ddp(module, tables) if tables else True
+        for table in tables:  # DDP broadcasts what it manages; the tables start as rank 0's too
+            dist.broadcast(table.weight.detach(), 0)
+        if tables:
+            self.sync = TableSync(tables, embedding_sync, self.world_size, sparse_update, self.traffic)
+        wrapped = module
+        if dense_left:
+            # BatchNorm running stats are not broadcast before every forward (a collective per
+            # step); sync_buffers averages them once per epoch. Newer torch renames the option.
+            params = inspect.signature(DistributedDataParallel.__init__).parameters
+            no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            wrapped = DistributedDataParallel(
+                module, device_ids=[device] if device.type == "cuda" else None, **{no_sync: False}
+            )
+            wrapped.register_comm_hook(self.traffic, counting_allreduce)
         if seed is not None:
             torch.manual_seed(seed * 1_000_003 + 7919 * (self.rank + 1))
         return wrapped
@@ -198,6 +252,14 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t)
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` (a CPU tensor), stacked in rank order."""
+        if not self.enabled:
+            return tensor.unsqueeze(0)
+        gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.stack(gathered)
+
     def check_same(self, what: str, values: list[float]) -> None:
         """Raise on every rank when ``values`` differ between ranks (e.g. data sizes)."""
         if not self.enabled:
@@ -209,6 +271,22 @@ class DistContext:
             raise DeepFMError(
                 f"ranks disagree on {what}: {[g.tolist() for g in gathered]}; every rank must read "
                 "the same data with the same options"
+            )
+
+    def check_same_text(self, what: str, text: str) -> None:
+        """Raise on every rank when ``text`` (e.g. a fingerprint of the data) differs between ranks."""
+        if not self.enabled:
+            return
+        digest = hashlib.sha256(text.encode()).digest()
+        values = [float(int.from_bytes(digest[i : i + 4], "little")) for i in range(0, 32, 4)]
+        mine = torch.tensor(values, dtype=torch.float64)
+        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(gathered, mine)
+        differ = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
+        if differ:
+            raise DeepFMError(
+                f"ranks disagree on {what}: rank {differ[0]} has other data than rank 0; every rank "
+                "must read the same prepared data (the same --prepared folder, or identical copies)"
             )
 
     def gather_rows(self, part: np.ndarray, n: int) -> np.ndarray:

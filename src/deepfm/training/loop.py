@@ -9,7 +9,9 @@ Resumable training: ``start`` resumes an epoch after its first ``start.step`` ba
 permutation, same running loss), ``on_step`` is called every ``step_every`` steps with the
 position (to write ``state.pt``), and the losses are checked for NaN/inf every ``CHECK_EVERY``
 steps and before every ``on_step`` call. Data-parallel training: with ``shard`` every rank draws
-the same permutation and visits its own disjoint slice of it.
+the same permutation of an in-memory split and visits its own disjoint slice of it (a streamed
+split is already the rank's own share), and ``sync`` exchanges what DDP does not (the embedding
+tables' gradients) between backward and the optimizer step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 
 from deepfm import masks
 from deepfm.data.batching import Split
+from deepfm.data.shards import StreamedRows
 from deepfm.errors import ConfigError, NumericalError
 from deepfm.evaluation.scoring import module_device, on_device
 from deepfm.training.distributed import Shard
@@ -72,6 +75,7 @@ def train_epoch(
     on_step: Callable[[EpochPosition], None] | None = None,
     step_every: int = 0,
     frozen: list[torch.Tensor] | None = None,
+    sync: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One pass over ``split`` in a fresh random order drawn from ``generator``.
 
@@ -124,6 +128,8 @@ def train_epoch(
                 loss.backward()
             for p in frozen or ():
                 p.grad = None
+            if sync is not None:
+                sync()
             optimizer.step()
             window.append(loss.detach())
             hook = on_step is not None and step_every and steps % step_every == 0
@@ -150,12 +156,13 @@ def _epoch_batches(
     An in-memory split is gathered in permutation order (on ``device``, in chunks of
     :data:`GATHER_CHUNK_BYTES`) and cut into views;
     with ``shard`` (DDP) each rank takes its own slice of the same permutation. A split that is
-    not in memory (memory-mapped, larger than RAM) shuffles blocks itself, batch by batch. A
-    trailing batch of one row is dropped: BatchNorm cannot train on it.
+    not in memory (streamed from disk, larger than RAM) shuffles blocks itself, batch by batch;
+    with ``shard`` it must be the rank's own share (:class:`~deepfm.data.shards.StreamedRows`).
+    A trailing batch of one row is dropped: BatchNorm cannot train on it.
     """
     if not isinstance(split, Split):
-        if shard is not None:
-            raise ConfigError("data-parallel training needs the data set in memory (it is memory-mapped)")
+        if shard is not None and not isinstance(split, StreamedRows):
+            raise ConfigError("data-parallel training streams each rank's own rows: PreparedData.for_rank")
         full, rest = divmod(len(split), batch_size)
         sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
         batches = split.batches(batch_size, generator=generator, shuffle=True)

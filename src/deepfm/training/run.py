@@ -26,6 +26,7 @@ import torch
 from deepfm.artifact.checkpoint import MODEL_FILE, model_from_config, save_checkpoint
 from deepfm.artifact.trained import TrainedModel
 from deepfm.config import TrainConfig
+from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
 from deepfm.data.prepare import open_prepared, prepare
 from deepfm.data.prepared import PreparedData
@@ -80,14 +81,17 @@ def frozen_parameters(module: torch.nn.Module, config: TrainConfig, epoch: int) 
     return list(declared(epoch, config.fm_warmup_epochs)) if declared is not None else []
 
 
-def load_data(config: TrainConfig, base: FeatureMap | None = None) -> PreparedData:
+def load_data(
+    config: TrainConfig, base: FeatureMap | None = None, rank: int = 0, world: int = 1
+) -> PreparedData:
     """The run's data: a folder ``deepfm prepare`` wrote (``--prepared``), or prepared here;
-    ``base`` (a warm start's feature map): extend its vocabularies."""
+    ``base`` (a warm start's feature map): extend its vocabularies. Rank ``rank`` of ``world``
+    data-parallel ranks: a streamed training split is that rank's share."""
     if config.prepared is not None:
         if base is not None:
             raise ConfigError("--init-from prepares the new data on the base's vocabulary; drop --prepared")
-        return open_prepared(config.prepared)
-    return prepare(config.prepare_options(), base, progress=config.progress)
+        return open_prepared(config.prepared, rank=rank, world=world)
+    return prepare(config.prepare_options(), base, progress=config.progress).for_rank(rank, world)
 
 
 def train(
@@ -203,17 +207,24 @@ def setup(
     summary = data.summary()
     evaluator = evaluation.for_run(config, data)  # --metrics, gAUC group, ranking protocol
     folder.data_fingerprint = data_fingerprint(data)
+    ddp.check_same_text("the prepared data (feature map and arrays)", folder.data_fingerprint)
 
     torch.manual_seed(config.seed)
     module = model_from_config(config, data.feature_map).to(config.device)
     choices = auto.resolve(config, module, data.feature_map)  # threads, precision, optimizer
     torch.set_num_threads(choices.threads)
-    # the fused training path of deepfm.fast where there is one; DDP (rank 0's weights
-    # broadcast) when world > 1
-    net = ddp.wrap(trainable(module, data, config), seed=config.seed)
+    optimizer = optim.optimizer_for(module, config, choices.optimizer)  # (lazy: row-sparse tables)
+    sync = ddp.embedding_sync(config.embedding_sync, module, data.train, config.batch_size, config.seed)
+    # the fused training path of deepfm.fast where there is one; when world > 1 DDP for the dense
+    # layers (rank 0's weights broadcast) and the tables synchronised by `sync` (dense or rows)
+    net = ddp.wrap(
+        trainable(module, data, config),
+        seed=config.seed,
+        embedding_sync=sync,
+        sparse_update=choices.optimizer == "lazy",
+    )
     if choices.precision != "fp32":
         net = Autocast(net, choices.precision, config.device)  # training forward only
-    optimizer = optim.optimizer_for(module, config, choices.optimizer)
     eval_rows = auto.eval_batch_rows(config, data.feature_map)  # --eval-batch-size, memory-capped
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -230,10 +241,18 @@ def setup(
     if ddp.enabled:
         echo(
             f"data parallel: {ddp.world_size} ranks ({ddp.backend}), batch {config.batch_size} per rank, "
-            f"global batch {config.batch_size * ddp.world_size}"
+            f"global batch {config.batch_size * ddp.world_size}, embedding sync {sync}"
+            + (
+                f", {len(data.train):,} training rows streamed per rank"
+                if not isinstance(data.train, Split)
+                else ""
+            )
         )
     # DIR/state.pt: restored on --resume, saved at every epoch end and every N steps
-    state = TrainingState(out, config, module, optimizer, generator, stopper, scheduler, writer=ddp.is_main)
+    ranks = ddp.all_gather if ddp.enabled else None  # each rank's running loss kept in state.pt
+    state = TrainingState(
+        out, config, module, optimizer, generator, stopper, scheduler, ddp.is_main, ranks, ddp.rank
+    )
     base_map = {"base_feature_map": base.feature_map.to_dict()} if base is not None else {}
     state.run = {**folder.info, **base_map}  # (a resumed warm start prepares the same vocabulary)
     if config.resume:
@@ -258,10 +277,12 @@ def _data(
     """The run's data (prepared here unless given), checked, and announced."""
     if data is None:
         with ddp.main_first():  # rank 0 prepares (downloads, caches) first, then the others
-            data = load_data(config, base.feature_map if base is not None else None)
+            data = load_data(config, base.feature_map if base is not None else None, ddp.rank, ddp.world_size)
+    else:
+        data = data.for_rank(ddp.rank, ddp.world_size)
     check_splits(data.name, {"train": data.train.label, "valid": data.valid.label, "test": data.test.label})
-    sizes = [data.feature_map.num_rows, len(data.train), len(data.valid), len(data.test)]
-    ddp.check_same("data sizes (vocabulary rows, train, valid, test)", sizes)
+    sizes = [data.feature_map.num_rows, data.train_rows, len(data.train), len(data.valid), len(data.test)]
+    ddp.check_same("data sizes (vocabulary rows, train, train per rank, valid, test)", sizes)
     if config.spec:  # metadata: the spec's data set, not the --dataset default
         config.dataset = data.name
     config.check_data(len(data.train))  # e.g. a batch larger than the training split
@@ -295,6 +316,7 @@ def train_one_epoch(run: Session, epoch: int) -> dict[str, Any]:
         desc=f"epoch {epoch}/{config.epochs}",
         shard=run.ddp.shard if run.ddp.enabled else None,
         frozen=frozen_parameters(module, config, epoch),
+        sync=run.ddp.sync,
         **with_step_logging(state.loop_options(epoch), run.tracker, lambda: state.global_step),
     )
     stats = run.ddp.reduce_stats(stats)  # loss and samples/s over all ranks

@@ -136,7 +136,7 @@ def data_fingerprint(data: Any) -> str:
     digest.update(json.dumps(data.feature_map.to_dict(), sort_keys=True, default=str).encode())
     folder = data.facts.cache
     for split in (data.train, data.valid, data.test):
-        digest.update(str(len(split)).encode())
+        digest.update(str(getattr(split, "total_rows", len(split))).encode())  # a rank's share: all rows
         if folder is None:
             for name in ("ids", "bags", "dense", "label"):
                 tensor = getattr(split, name, None)

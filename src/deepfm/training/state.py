@@ -67,9 +67,14 @@ class TrainingState:
         stopper: EarlyStopping,
         scheduler: Any | None = None,
         writer: bool = True,
+        ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        rank: int = 0,
     ) -> None:
         self.path = Path(out) / STATE_FILE
         self.writer = writer  # False on DDP ranks other than 0: they check but never write
+        # data-parallel: every rank's value of a tensor stacked (all ranks call save together), so
+        # each rank's running loss of an unfinished epoch is kept and restored to that rank
+        self.ranks, self.rank = ranks, rank
         self.config = config
         self.module = module
         self.optimizer = optimizer
@@ -107,8 +112,12 @@ class TrainingState:
             self.next_epoch = int(pos["epoch"])
             self.global_step = int(payload["global_step"])
             self._steps_before = self.global_step - int(pos["step"])
+            loss_sum = pos["loss_sum"]
+            per_rank = pos.get("rank_loss_sums")
+            if per_rank is not None and self.ranks is not None and len(per_rank) > self.rank:
+                loss_sum = per_rank[self.rank]  # this rank's own running loss
             self._resume = EpochPosition(
-                int(pos["epoch"]), int(pos["step"]), pos["loss_sum"].clone(), int(pos["samples"])
+                int(pos["epoch"]), int(pos["step"]), loss_sum.clone(), int(pos["samples"])
             )
             self._resume_generator = payload["epoch_generator"]
             _set_rng(payload["rng"])
@@ -178,10 +187,11 @@ class TrainingState:
     def save(self, pos: EpochPosition) -> Path:
         """Write ``state.pt`` atomically at ``pos``; refuses (NumericalError) if weights are NaN/inf."""
         check_weights(self.module, pos)
+        loss_sum = pos.loss_sum if pos.loss_sum is not None else torch.zeros((), dtype=torch.float64)
+        rank_sums = self.ranks(loss_sum.detach().cpu().reshape(())) if self.ranks is not None else None
         if not self.writer:
             self.saved = _where(pos)
             return self.path
-        loss_sum = pos.loss_sum if pos.loss_sum is not None else torch.zeros((), dtype=torch.float64)
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -191,6 +201,7 @@ class TrainingState:
                 "step": pos.step,
                 "samples": pos.samples,
                 "loss_sum": loss_sum.detach().cpu().clone(),
+                **({"rank_loss_sums": rank_sums} if rank_sums is not None else {}),
             },
             "global_step": self.global_step,
             "epoch_generator": self._epoch_generator,
