@@ -9,6 +9,9 @@ epoch and test AUC read from each run's ``metrics.json``:
   2x(B/2)   torchrun 2 ranks, batch B/2 per rank (same global batch as 1proc)
   2xB       torchrun 2 ranks, batch B per rank   (global batch 2B)
 
+``--optimizer`` is passed to every setup; the table prints the resolved optimizer, the embedding
+sync and the bytes per step and rank handed to collectives (``metrics.json``).
+
     python benchmarks/distributed.py --data-dir ../shared/data/ml-1m-half --epochs 10
 
 On a machine with few cores the ranks share them, so no speed-up is expected there; the point of
@@ -49,11 +52,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="deepfm")
     p.add_argument("--only", nargs="*", help="run only these setups")
+    p.add_argument("--optimizer", default="auto", help="--optimizer of every setup (default auto)")
     args = p.parse_args()
 
     b = args.batch_size
     common = ["--data-dir", args.data_dir, "--epochs", str(args.epochs), "--seed", str(args.seed)]
-    common += ["--model", args.model, "--no-progress"]
+    common += ["--model", args.model, "--no-progress", "--optimizer", args.optimizer]
     one = [sys.executable, "-m", "deepfm", "train"]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     two += ["-m", "deepfm", "train"]
@@ -80,17 +84,20 @@ def main() -> None:
 
 HEADER = (
     f"{'setup':<10} {'ranks':>5} {'global batch':>12} {'wall s':>8} {'train s':>8} "
-    f"{'samples/s':>10} {'ratio':>6} {'best ep':>7} {'test AUC':>9} {'logloss':>8}"
+    f"{'samples/s':>10} {'ratio':>6} {'best ep':>7} {'test AUC':>9} {'logloss':>8} "
+    f"{'optimizer':>9} {'sync':>5} {'KB/step':>8}"
 )
 
 
 def row(name: str, m: dict, base: dict) -> str:
     d = m.get("distributed", {"world_size": 1, "global_batch_size": m["config"]["batch_size"]})
+    traffic = d.get("bytes_per_step", {}).get("total")
     return (
         f"{name:<10} {d['world_size']:>5} {d['global_batch_size']:>12} {m['process_seconds']:>8.1f} "
         f"{m['train_seconds']:>8.1f} {m['train_samples_per_s']:>10,.0f} "
         f"{m['train_samples_per_s'] / base['train_samples_per_s']:>6.2f} {m['best_epoch']:>7} "
-        f"{m['test_auc']:>9.4f} {m['test_logloss']:>8.4f}"
+        f"{m['test_auc']:>9.4f} {m['test_logloss']:>8.4f} {m['environment']['optimizer']:>9} "
+        f"{d.get('embedding_sync') or '-':>5} {'-' if traffic is None else f'{traffic / 1e3:,.0f}':>8}"
     )
 
 
