@@ -133,6 +133,9 @@ def main() -> None:
                 cmd += ["--no-python", "sh", "-c", inner]
             seconds = run(cmd, work / f"{name}.log")
             (out / "process_seconds").write_text(f"{seconds}\n")
+        if not (out / "metrics.json").exists():
+            print(f"{name}: not run yet (no {out / 'metrics.json'}; run it with --only {name})", flush=True)
+            continue
         metrics = json.loads((out / "metrics.json").read_text())
         peaks = [peak_rss(work / f"{name}-rank{r}.time") for r in range(ranks)]
         dist = metrics["distributed"]
