@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("auto", "fused", "adam", "lazy"),
     "embedding_sync": ("auto", "dense", "rows"),
     "precision": ("auto", "fp32", "bf16"),
+    "weight_init": ("deepfm", "fuxictr"),
 }
 _DATA = PrepareOptions()  # the defaults of the data options (fields of the same names below)
 
@@ -48,6 +49,9 @@ class TrainConfig:
     embed_dim: int = 16
     mlp: tuple[int, ...] = (16, 16)
     dropout: float = 0.5
+    # deepfm: embeddings N(0, 0.01), first-order weights 0, DeepFM's MLP output layer 0;
+    # fuxictr: FuxiCTR's (embeddings N(0, 1e-4), Xavier-normal Linear layers): deepfm.models.init
+    weight_init: str = "deepfm"
     lr: float = 1e-3
     weight_decay: float = 1e-6
     # L2 on the embeddings only / on all other weights (None = --weight-decay). Coupled Adam weight

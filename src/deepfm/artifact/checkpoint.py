@@ -36,6 +36,7 @@ def model_from_config(config: TrainConfig, feature_map: FeatureMap) -> nn.Module
         embed_dim=config.embed_dim,
         mlp=config.mlp,
         dropout=config.dropout,
+        weight_init=config.weight_init,
         **config.extra.get("model_options", {}),
     )
     features = getattr(module, "features", None)

@@ -74,6 +74,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "--mlp", type=parse_mlp, default=s, help="hidden widths of the deep part (default 16,16)"
     )
     model.add_argument("--dropout", type=float, default=s, help=f"MLP dropout (default {D.dropout})")
+    model.add_argument(
+        "--weight-init",
+        default=s,
+        choices=CHOICES["weight_init"],
+        help="deepfm (default): embeddings N(0, 0.01), DeepFM's MLP output layer at zero; fuxictr: "
+        "FuxiCTR's (embeddings N(0, 1e-4), Xavier-normal Linear layers), for published FuxiCTR/BARS "
+        "recipes",
+    )
     opt = p.add_argument_group("training")
     opt.add_argument("--lr", type=float, default=s, help=f"Adam learning rate (default {D.lr})")
     opt.add_argument(

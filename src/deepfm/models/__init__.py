@@ -11,6 +11,7 @@ from deepfm.errors import ConfigError
 from deepfm.models.dcnv2 import DCNv2
 from deepfm.models.deepfm import DeepFM
 from deepfm.models.fm import FM
+from deepfm.models.init import initialize
 from deepfm.models.lr import LR
 from deepfm.models.widedeep import WideDeep
 
@@ -24,17 +25,24 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def build_model(
-    name: str, num_rows: int, num_fields: int, num_dense: int = 0, **options: object
+    name: str,
+    num_rows: int,
+    num_fields: int,
+    num_dense: int = 0,
+    weight_init: str = "deepfm",
+    **options: object,
 ) -> nn.Module:
     """Instantiate model ``name``.
 
     ``num_rows``: rows of the fused embedding table; ``num_fields``: all fields (categorical,
     multi-valued and numeric), i.e. the second dimension of the embeddings; ``num_dense``: numeric
-    fields. Every model's ``forward(ids, bags=None, dense=None)`` returns one logit per row.
+    fields; ``weight_init``: the initialisation scheme (:mod:`deepfm.models.init`). Every model's
+    ``forward(ids, bags=None, dense=None)`` returns one logit per row.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](num_rows=num_rows, num_fields=num_fields, num_dense=num_dense, **options)
+    module = MODELS[name](num_rows=num_rows, num_fields=num_fields, num_dense=num_dense, **options)
+    return initialize(module, weight_init)
 
 
 __all__ = ["MODELS", "build_model"]

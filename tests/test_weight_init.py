@@ -1,0 +1,100 @@
+"""``--weight-init``: FuxiCTR's starting point for published recipes, ours by default.
+
+The cause measured with ``benchmarks/peer_fuxictr.py`` (docs/tuning.md, "Side by side with
+FuxiCTR"): with the BARS DeepFM recipe's strong embedding L2, DeepFM's zero-initialised MLP output
+layer keeps the deep part's gradient away from the embeddings while the L2 shrinks them, and the
+run stalls well below FuxiCTR; started from FuxiCTR's weights (``weight_init: fuxictr``) it reaches
+FuxiCTR's accuracy. These tests pin that starting point and its effect on the first step.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from deepfm.config import TrainConfig, load_yaml
+from deepfm.errors import ConfigError
+from deepfm.models import build_model
+
+BARS_PRESETS = ["frappe-x1", "movielenslatest-x1", "avazu-x1", "criteo-x1"]
+
+
+def _deepfm(weight_init: str, num_dense: int = 0):
+    torch.manual_seed(0)
+    return build_model(
+        "deepfm",
+        num_rows=20_001,
+        num_fields=10,
+        num_dense=num_dense,
+        embed_dim=10,
+        mlp=(400, 400, 400),
+        dropout=0.2,
+        weight_init=weight_init,
+    )
+
+
+def test_fuxictr_init_draws_fuxictrs_distributions():
+    """Embeddings N(0, 1e-4) in every column (the first-order weights too), the padding row zero;
+    every Linear Xavier-normal (std sqrt(2 / (fan_in + fan_out))) with zero bias, the output too."""
+    model = _deepfm("fuxictr", num_dense=2)
+    table = model.features.sparse.table.weight.detach()
+    assert table[0].abs().max() == 0
+    for column in (table[1:, :1], table[1:, 1:]):
+        assert column.std().item() == pytest.approx(1e-4, rel=0.05)
+        assert column.mean().abs().item() < 1e-5
+    linears = [m for m in model.mlp if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4
+    for layer in linears:
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.std().item() == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=0.1)
+        assert layer.bias.abs().max() == 0
+    dense = model.features.dense.weight.detach()  # FuxiCTR: nn.Linear(1, 1) and nn.Linear(1, D)
+    assert dense[:, 1:].std().item() == pytest.approx(math.sqrt(2 / 11), rel=0.5)
+
+
+def test_default_init_is_unchanged():
+    """``deepfm``: embeddings N(0, 0.01), first-order weights and DeepFM's MLP output at zero."""
+    model = _deepfm("deepfm")
+    table = model.features.sparse.table.weight.detach()
+    assert table[1:, 1:].std().item() == pytest.approx(0.01, rel=0.05)
+    assert table[:, 0].abs().max() == 0
+    assert model.mlp.output.weight.abs().max() == 0
+    torch.manual_seed(0)
+    plain = build_model(
+        "deepfm", num_rows=20_001, num_fields=10, embed_dim=10, mlp=(400, 400, 400), dropout=0.2
+    )
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+
+
+def test_first_step_reaches_the_embeddings_through_the_mlp_only_with_fuxictr_init():
+    """The mechanism: the embeddings' first gradient. With the zero output layer the deep part
+    sends the embeddings nothing (only FM and the L2 act on them); from FuxiCTR's weights the deep
+    part's gradient is most of it."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 20_001, (512, 10), generator=g)
+    label = (torch.rand(512, generator=g) < 0.33).float()
+    norms = {}
+    for scheme in ("deepfm", "fuxictr"):
+        model = _deepfm(scheme).train()
+        linear, emb = model.features(ids)
+        to_fm, to_mlp = emb.detach().requires_grad_(), emb.detach().requires_grad_()
+        logits = model.bias + linear + model.fm(to_fm) + model.mlp(to_mlp.flatten(1))
+        grads = torch.autograd.grad(F.binary_cross_entropy_with_logits(logits, label), [to_fm, to_mlp])
+        norms[scheme] = [float(gr.norm()) for gr in grads]
+    assert norms["deepfm"][0] > 0 and norms["deepfm"][1] == 0.0
+    assert norms["fuxictr"][1] > 10 * norms["fuxictr"][0]
+
+
+@pytest.mark.parametrize("name", BARS_PRESETS)
+def test_bars_presets_start_from_fuxictrs_weights(name):
+    """The presets named after BARS recipes train as FuxiCTR does: its initialisation, its lr
+    rule (x0.1 on every epoch without a valid-AUC gain), patience 2, no FM warm-up."""
+    config = TrainConfig.from_dict(load_yaml(name)).validate()
+    assert config.weight_init == "fuxictr"
+    assert (config.lr_decay, config.lr_patience, config.patience, config.fm_warmup_epochs) == (0.1, 1, 2, 0)
+
+
+def test_unknown_weight_init_is_a_config_error():
+    with pytest.raises(ConfigError, match="--weight-init must be one of deepfm, fuxictr"):
+        TrainConfig(weight_init="xavier").validate()
