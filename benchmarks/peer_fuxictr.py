@@ -13,7 +13,7 @@ environment (never a dependency of this package), in a child process of this sam
     PYTHONPATH=src python benchmarks/peer_fuxictr.py --data frappe-like --seeds 0,1,2 \\
         --fuxictr-python /work/venvs/fuxictr/bin/python \\
         --fuxictr-src FuxiCTR/model_zoo/DeepFM/DeepFM_torch/src \\
-        --ours "recipe:" --ours "preset:config=frappe-x1"
+        --ours "recipe:" --ours "bars-deepfm:config=bars-deepfm"
 
 Data sets (``--data``): ``frappe-like`` (generated: 57,722 / 14,430 / 14,430 rows, 10 fields with
 Frappe's shape and cardinalities, one third positives; planted user x app and app x context
@@ -29,7 +29,9 @@ The recipe (``--embed-dim`` ... ``--patience``; the BARS DeepFM recipe by defaul
 400-400-400 with BatchNorm, dropout 0.2, Adam lr 1e-3, batch 4096, embedding L2 0.05, net L2 0,
 patience 2) is given to FuxiCTR as published (its own lr rule: x0.1 at every epoch without a
 valid-AUC gain) and to each ``--ours LABEL:key=value,...`` variant: ``config=NAME`` starts from a
-preset or YAML file, the recipe's options are set on top, then the variant's own options. Batches:
+preset or YAML file, the recipe's options are set on top, then the variant's own options. The
+default variants: ``recipe:`` (the recipe's values on our defaults: what copying the published
+numbers alone gives) and ``bars-deepfm:config=bars-deepfm`` (FuxiCTR's training rules too). Batches:
 FuxiCTR's batches come from an in-memory loader with the semantics of its ``ParquetDataLoader``
 (a fresh random order each epoch, no row dropped); ``--fuxictr-loader ray`` uses the real one.
 
@@ -837,7 +839,7 @@ def main() -> None:
     if args.split_folder:
         args.data = folder.name
     recipe = {k: getattr(args, k) for k in RECIPE}
-    variants = [parse_variant(v) for v in (args.ours or ["recipe:"])]
+    variants = [parse_variant(v) for v in (args.ours or ["recipe:", "bars-deepfm:config=bars-deepfm"])]
     print(f"{args.data}: recipe {recipe}", flush=True)
     if args.trace is not None:
         trace = parse_variant(":" + args.trace)[1]

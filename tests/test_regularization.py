@@ -10,7 +10,7 @@ from deepfm.cli.main import main
 from deepfm.config import TrainConfig
 from deepfm.errors import ConfigError
 from deepfm.models import build_model
-from deepfm.training.optim import make_optimizer
+from deepfm.training.optim import clip_grad_norm, make_optimizer
 
 
 def _model(num_dense: int = 0):
@@ -74,6 +74,62 @@ def test_embedding_and_net_l2_equal_fuxictr_regularizer_loss(name, num_dense):
     assert not torch.allclose(mlp(other.mlp.parameters()), mlp(ours.mlp.parameters()))
 
 
+@pytest.mark.parametrize("name", ["adam", "fused"])
+def test_clip_grad_norm_equals_fuxictrs_clipped_step(name):
+    """``--clip-grad-norm``: FuxiCTR's ``clip_grad_norm_`` on the gradient of its loss (the L2
+    terms inside), then Adam; here the decay stays in the optimizer and is clipped with it."""
+    ours, theirs = _model(), _model()
+    ids, dense, y = _batch()
+    opt = make_optimizer(ours, name, lr=0.01, group_weight_decay={"embedding": 0.05, "dense": 0.002})
+    clip_grad_norm(opt, 0.05)
+    ref = torch.optim.Adam(theirs.parameters(), lr=0.01)
+    ours.eval(), theirs.eval()
+    for _ in range(5):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(ours(ids, None, dense), y).backward()
+        opt.step()
+        ref.zero_grad()
+        _fuxictr_loss(theirs, theirs(ids, None, dense), y, 0.05, 0.002).backward()
+        norm = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.05)
+        assert norm > 0.06  # every step is clipped, by a different factor
+        ref.step()
+    for (n, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.002]  # restored after each step
+    assert not any("unclipped_weight_decay" in g for g in opt.param_groups)
+
+
+def test_clip_grad_norm_on_row_wise_adam_counts_the_rows_present():
+    """``lazy``: sparse table gradient, decay on the batch's rows; the global norm covers both
+    sub-optimizers and every gradient is scaled by the same factor."""
+    model = _model()
+    ids, _, y = _batch()
+    opt = make_optimizer(model, "lazy", lr=0.01, group_weight_decay={"embedding": 0.05, "dense": 0.0})
+    seen = []
+    opt.optimizers[-1].register_step_pre_hook(lambda *_: seen.append(_grad_norm(model, opt)))
+    clip_grad_norm(opt, 0.05)
+    opt.zero_grad()
+    F.binary_cross_entropy_with_logits(model(ids), y).backward()
+    opt.step()
+    assert seen == [pytest.approx(0.05, rel=1e-4)]
+
+
+def _grad_norm(model, opt):
+    """The clipped norm: every gradient, plus the decay of the rows a sparse gradient holds."""
+    total = 0.0
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                rows = p.grad.coalesce().indices()[0]
+                g = p.grad.coalesce().values() + group["weight_decay"] * p.detach()[rows]
+            else:
+                g = p.grad + group["weight_decay"] * p.detach()
+            total += float(g.square().sum())
+    return total**0.5
+
+
 def test_groups_fall_back_to_weight_decay():
     model = _model()
     opt = make_optimizer(copy.deepcopy(model), "fused", weight_decay=3e-4)
@@ -91,6 +147,8 @@ def test_l2_options_validate_and_reach_the_run(tiny_ml, tmp_path):
         TrainConfig(embedding_l2=-1.0).validate()
     with pytest.raises(ConfigError, match="--net-l2 must be"):
         TrainConfig.from_dict({"net_l2": "big"}).validate()
+    with pytest.raises(ConfigError, match="--clip-grad-norm must be a finite number >= 0"):
+        TrainConfig(clip_grad_norm=-1.0).validate()
     out = tmp_path / "run"
     args = ["train", "--data-dir", str(tiny_ml), "--out", str(out), "--epochs", "1", "--threads", "1"]
     assert main([*args, "--embedding-l2", "0.01", "--net-l2", "0", "--no-progress"]) == 0

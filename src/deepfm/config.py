@@ -63,6 +63,7 @@ class TrainConfig:
     # data-parallel ranks: the tables' gradients all-reduced whole (dense) or their touched rows
     # all-gathered (rows); auto: the fewer bytes (deepfm.training.embedding_sync)
     embedding_sync: str = "auto"
+    clip_grad_norm: float = 0.0  # scale each step's gradient (L2 included) to this norm at most (FuxiCTR: 10)
     batch_size: int = 1024
     epochs: int = 40
     patience: int = 3
@@ -133,6 +134,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 problems.append(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if not (self.clip_grad_norm >= 0 and math.isfinite(self.clip_grad_norm)):
+            problems.append(
+                f"--clip-grad-norm must be a finite number >= 0 (0 = off), got {self.clip_grad_norm}"
+            )
         if self.checkpoint_every < 0:
             problems.append(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.min_count < 1:

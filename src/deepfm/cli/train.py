@@ -117,6 +117,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "every step; rows: all-gather only the rows each rank touched (ids + gradient rows); auto "
         "(default): rows when its bytes are at most half the table's",
     )
+    opt.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        default=s,
+        metavar="N",
+        help="scale every step's gradient, its L2 part included, to norm N at most, as FuxiCTR "
+        "(max_gradient_norm 10) does; 0 = off (default)",
+    )
     opt.add_argument("--batch-size", type=int, default=s, help=f"default {D.batch_size}")
     opt.add_argument(
         "--epochs",

@@ -235,4 +235,57 @@ def optimizer_for(
     name = config.optimizer if config.optimizer != "auto" else resolved or DEFAULT_OPTIMIZER
     decay = {"embedding": config.embedding_l2, "dense": config.net_l2}  # None: --weight-decay
     group_decay = {group: value for group, value in decay.items() if value is not None}
-    return make_optimizer(module, name, config.lr, config.weight_decay, group_decay)
+    optimizer = make_optimizer(module, name, config.lr, config.weight_decay, group_decay)
+    if config.clip_grad_norm:
+        clip_grad_norm(optimizer, config.clip_grad_norm)
+    return optimizer
+
+
+def clip_grad_norm(optimizer: torch.optim.Optimizer | CombinedOptimizer, max_norm: float) -> None:
+    """Before every step of ``optimizer``, scale the step's gradient to norm ``max_norm`` at most,
+    as FuxiCTR does (``clip_grad_norm_(model.parameters(), 10)`` in every ``train_step``).
+
+    FuxiCTR clips the gradient of its loss, which holds the L2 terms (``lambda/2 * ||W||^2``, the
+    whole table): here the L2 is the optimizer's coupled weight decay (``grad + lambda * W``), so
+    the norm counts it, ``||g + lambda*W||^2 = ||g||^2 + 2*lambda*<g, W> + lambda^2*||W||^2``
+    (dot products, no table-sized temporary), and a clipped step scales the decay with the
+    gradient: the update is Adam on FuxiCTR's clipped gradient (tests/test_regularization.py).
+    With ``--optimizer lazy`` the decay, and so its part of the norm, covers the batch's rows.
+    """
+    parts = getattr(optimizer, "optimizers", [optimizer])  # CombinedOptimizer: all or none
+
+    def clip(*_: Any) -> None:
+        squares = []
+        for group in optimizer.param_groups:
+            decay = group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad, weight = p.grad, p.detach()
+                if grad.is_sparse:  # row-wise Adam: the rows present, the decay on them only
+                    grad = p.grad = grad.coalesce()
+                    weight = weight.index_select(0, grad.indices()[0])
+                    grad = grad.values()
+                g, w = grad.reshape(-1), weight.reshape(-1)
+                square = torch.dot(g, g)
+                if decay:
+                    square = square + 2 * decay * torch.dot(g, w) + decay * decay * torch.dot(w, w)
+                squares.append(square.float())
+        norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+        scale = max_norm / (norm + 1e-6)  # torch.nn.utils.clip_grad_norm_'s coefficient
+        if scale >= 1.0:
+            return
+        for group in optimizer.param_groups:
+            group["unclipped_weight_decay"] = group["weight_decay"]
+            group["weight_decay"] = group["weight_decay"] * scale
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+
+    def restore(*_: Any) -> None:
+        for group in optimizer.param_groups:
+            if "unclipped_weight_decay" in group:
+                group["weight_decay"] = group.pop("unclipped_weight_decay")
+
+    parts[0].register_step_pre_hook(clip)
+    parts[-1].register_step_post_hook(restore)
