@@ -496,7 +496,7 @@ def fuxictr_trace(
     from sklearn.metrics import log_loss, roc_auc_score
 
     from deepfm.models import build_model
-    from deepfm.training.optim import make_optimizer
+    from deepfm.training.optim import clip_grad_norm, make_optimizer
 
     trace, recipe = job["trace"], job["recipe"]
     fields = list(model.feature_map.features)
@@ -558,6 +558,8 @@ def fuxictr_trace(
                 b.copy_(a)
     decay = {"embedding": recipe["embedding_regularizer"], "dense": recipe["net_regularizer"]}
     optimizer = make_optimizer(ours, trace.get("optimizer", "adam"), recipe["learning_rate"], 0.0, decay)
+    if trace.get("clip"):  # --clip-grad-norm, as FuxiCTR clips (at 10)
+        clip_grad_norm(optimizer, float(trace["clip"]))
     frozen = list(ours.mlp.parameters()) if trace.get("fm_warmup") else []
     net = ours
     if trace.get("fast"):
@@ -592,24 +594,7 @@ def fuxictr_trace(
             loss.backward()
         for p in frozen:
             p.grad = None
-        if trace.get("clip"):  # FuxiCTR's clipping, the L2's gradient included (as in its loss)
-            with torch.no_grad():
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        if p.grad is not None and group["weight_decay"]:
-                            p.grad.add_(p, alpha=group["weight_decay"])
-                decays = [g["weight_decay"] for g in optimizer.param_groups]
-                torch.nn.utils.clip_grad_norm_(ours.parameters(), float(trace["clip"]))
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        if p.grad is not None and group["weight_decay"]:
-                            p.grad.sub_(p, alpha=group["weight_decay"] * 0)  # decay already inside the grad
-                    group["weight_decay"] = 0.0
-            optimizer.step()
-            for group, decay in zip(optimizer.param_groups, decays, strict=True):
-                group["weight_decay"] = decay
-        else:
-            optimizer.step()
+        optimizer.step()
         # a Linear bias right before BatchNorm has no effect on any output (BN removes it): left out
         diff, where = max(
             (float((a.detach() - b.detach()).abs().max()), name)
@@ -819,7 +804,7 @@ def main() -> None:
     parser.add_argument(
         "--trace",
         help="step-by-step first epoch, options key=value,...: steps=N, "
-        "optimizer=adam|fused, fast=1, fm_warmup=1, our_init=1 (all optional; '' = defaults)",
+        "optimizer=adam|fused, fast=1, fm_warmup=1, our_init=1, clip=10 (all optional; '' = defaults)",
     )
     parser.add_argument("--summary", action="store_true", help="summarise WORK/results.jsonl and exit")
     args = parser.parse_args()
