@@ -38,6 +38,8 @@ FuxiCTR's batches come from an in-memory loader with the semantics of its ``Parq
 Prints per-epoch validation AUC / logloss / lr of every run, then one line per run with the test
 AUC, logloss and calibration (mean prediction / positive rate), and appends every run to
 ``WORK/results.jsonl``; ``--summary`` prints mean +- std per tool and variant from that file.
+``--calibration-check RUN`` prints a run's test calibration with its BatchNorm running statistics,
+with exact population statistics, and in training mode on the training split.
 ``--trace`` instead runs the first epoch step by step in both tools from the same initial weights
 and the same batches (no dropout) and prints where their losses part.
 """
@@ -352,6 +354,52 @@ def run_ours(
         "seconds": metrics["train_seconds"],
         "config": {k: v for k, v in config.to_dict().items() if k in values},
     }
+
+
+def calibration_check(run: Path) -> None:
+    """Where a run's miscalibration comes from: its best model's test calibration (mean prediction
+    / positive rate) with the BatchNorm running statistics it was evaluated with, with exact
+    population statistics of the final weights (one pass over the training split, dropout on and
+    off), and in training mode on the training split itself (batch statistics, dropout on)."""
+    import copy
+
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from deepfm import load
+    from deepfm.evaluation.scoring import predict_probs
+    from deepfm.training.run import load_data
+
+    model = load(str(run))
+    model.config.progress = False
+    data = load_data(model.config)
+
+    def line(name: str, split: Any, probs: np.ndarray) -> None:
+        y = split.label.numpy()
+        print(f"{name:58s} AUC {roc_auc_score(y, probs):.4f}  calibration {probs.mean() / y.mean():.3f}")
+
+    def population(dropout: bool) -> torch.nn.Module:
+        module = copy.deepcopy(model.module).train()
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average: the exact population statistics
+            elif isinstance(m, torch.nn.Dropout) and not dropout:
+                m.p = 0.0
+        with torch.no_grad():
+            for batch in data.train.batches(4096):
+                module(*batch.inputs)
+        return module.eval()
+
+    line("test, eval mode, the run's running statistics", data.test, predict_probs(model.module, data.test))
+    for dropout in (True, False):
+        name = f"test, eval mode, population statistics (dropout {'on' if dropout else 'off'})"
+        line(name, data.test, predict_probs(population(dropout), data.test))
+    module = copy.deepcopy(model.module).train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        probs = torch.cat([torch.sigmoid(module(*b.inputs)) for b in data.train.batches(4096)]).numpy()
+    line("train split, training mode (batch statistics, dropout on)", data.train, probs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -806,6 +854,7 @@ def main() -> None:
         help="step-by-step first epoch, options key=value,...: steps=N, "
         "optimizer=adam|fused, fast=1, fm_warmup=1, our_init=1, clip=10 (all optional; '' = defaults)",
     )
+    parser.add_argument("--calibration-check", metavar="RUN", help="diagnose a run's calibration and exit")
     parser.add_argument("--summary", action="store_true", help="summarise WORK/results.jsonl and exit")
     args = parser.parse_args()
 
@@ -816,6 +865,10 @@ def main() -> None:
     work = Path(args.work)
     if args.summary:
         summary(work / "results.jsonl")
+        return
+    if args.calibration_check:
+        os.environ.setdefault("DEEPFM_CACHE", str(work / "deepfm-cache"))
+        calibration_check(Path(args.calibration_check))
         return
     if not args.no_fuxictr and not args.fuxictr_src:
         parser.error("--fuxictr-src (or $FUXICTR_SRC) is needed: FuxiCTR's model_zoo/DeepFM/DeepFM_torch/src")
