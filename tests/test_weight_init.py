@@ -109,3 +109,41 @@ def test_bars_presets_start_from_fuxictrs_weights(name):
 def test_unknown_weight_init_is_a_config_error():
     with pytest.raises(ConfigError, match="--weight-init must be one of deepfm, fuxictr"):
         TrainConfig(weight_init="xavier").validate()
+
+
+def test_weight_init_and_clipping_reach_the_run_and_its_checkpoint(tiny_ml, tmp_path):
+    """``--config bars-deepfm`` trains (FuxiCTR's start and clipping), the planted signal is
+    found, and the checkpoint keeps the setting."""
+    import json
+
+    import deepfm
+    from deepfm.cli.main import main
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--data-dir",
+        str(tiny_ml),
+        "--out",
+        str(out),
+        "--config",
+        "bars-deepfm",
+        "--threads",
+        "1",
+    ]
+    args += [
+        "--epochs",
+        "4",
+        "--batch-size",
+        "512",
+        "--mlp",
+        "32,32",
+        "--embedding-l2",
+        "1e-4",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["config"]["weight_init"], metrics["config"]["clip_grad_norm"]) == ("fuxictr", 10.0)
+    assert metrics["test_auc"] > 0.7, metrics["test_auc"]
+    assert deepfm.load(str(out)).config.weight_init == "fuxictr"
