@@ -248,27 +248,36 @@ def _criteo_frame(path: Path) -> Any:
 
 
 def movielens(folder: Path, side: bool) -> Any:
-    """ml-1m ratings, label rating > 3; with ``side`` the built-in ``--features all`` fields."""
+    """ml-1m ratings, label rating > 3; with ``side`` the fields of ``--features all`` (as
+    ``deepfm datasets --show movielens-1m --features all`` declares them): gender, age, occupation,
+    zip prefix (2 characters), genres (``|``-joined) and the release year's bucket (edges 1940,
+    1950, ..., 1980, 1985, ..., 2000; written as the bucket's first year)."""
     import pandas as pd
 
-    from deepfm.data.builtin import movie_table, user_table
-    from deepfm.data.movielens import read_movies, read_ratings, read_users
+    def table(name: str, columns: list[str]) -> Any:
+        text = (folder / name).read_bytes().decode("latin-1")
+        rows = [line.split("::") for line in text.splitlines() if line]
+        return pd.DataFrame(rows, columns=columns)
 
-    ratings = read_ratings(folder / "ratings.dat")
+    ratings = table("ratings.dat", ["user_id", "movie_id", "rating", "timestamp"])
     frame = pd.DataFrame(
         {
-            "label": (ratings["rating"] > 3).astype(np.int8),
+            "label": (ratings["rating"].astype(int) > 3).astype(np.int8),
             "user_id": ratings["user_id"],
             "movie_id": ratings["movie_id"],
         }
     )
     if side:
-        users = user_table(read_users(folder / "users.dat"))
-        movies = movie_table(read_movies(folder / "movies.dat"))
-        movies["genres"] = movies["genres"].map("|".join)
-        frame = frame.merge(users, on="user_id", how="left").merge(
-            movies[["movie_id", "genres", "year"]], on="movie_id", how="left"
+        users = table("users.dat", ["user_id", "gender", "age", "occupation", "zip"])
+        users["zip_prefix"] = users["zip"].str.strip().str[:2]
+        movies = table("movies.dat", ["movie_id", "title", "genres"])
+        year = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0].astype(float).fillna(0).astype(int)
+        start = np.where(year >= 1980, year // 5 * 5, np.maximum(year // 10 * 10, 1930))
+        movies["year"] = np.where(year > 0, start, 0)
+        frame = frame.merge(
+            users[["user_id", "gender", "age", "occupation", "zip_prefix"]], on="user_id", how="left"
         )
+        frame = frame.merge(movies[["movie_id", "genres", "year"]], on="movie_id", how="left")
     return frame.astype({c: str for c in frame.columns if c != "label"})
 
 
