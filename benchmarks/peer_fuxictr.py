@@ -849,6 +849,7 @@ def main() -> None:
     )
     parser.add_argument("--fuxictr-loader", default="memory", choices=("memory", "ray"))
     parser.add_argument("--no-fuxictr", action="store_true", help="run only our variants")
+    parser.add_argument("--no-ours", action="store_true", help="run only FuxiCTR")
     parser.add_argument(
         "--ours",
         action="append",
@@ -887,6 +888,8 @@ def main() -> None:
         args.data = folder.name
     recipe = {k: getattr(args, k) for k in RECIPE}
     variants = [parse_variant(v) for v in (args.ours or ["recipe:", "bars-deepfm:config=bars-deepfm"])]
+    if args.no_ours:
+        variants = []
     print(f"{args.data}: recipe {recipe}", flush=True)
     if args.trace is not None:
         trace = parse_variant(":" + args.trace)[1]
