@@ -510,6 +510,8 @@ def fuxictr_child(job: dict[str, Any]) -> dict[str, Any]:
                     "lr": self.optimizer.param_groups[0]["lr"],
                 }
             )
+            with open(data_root / "history.jsonl", "a") as sink:  # progress of a long run
+                sink.write(json.dumps(history[-1]) + "\n")
             self._bce, self._rows = 0.0, 0
             self.checkpoint_and_earlystop(logs)
             self.train()
@@ -524,6 +526,7 @@ def fuxictr_child(job: dict[str, Any]) -> dict[str, Any]:
     model = Recorded(feature_map, **params)
     model._bce, model._rows = 0.0, 0
     Path(model.model_dir).mkdir(parents=True, exist_ok=True)
+    (data_root / "history.jsonl").unlink(missing_ok=True)
     t = time.perf_counter()
     model.fit(loaders["train"], epochs=recipe["epochs"], validation_data=loaders["valid"])
     seconds = time.perf_counter() - t
