@@ -240,12 +240,16 @@ def test_fresh_run_removes_the_previous_runs_outputs_and_resume_keeps_them(tmp_p
         TrainConfig(**{**config.to_dict(), "epochs": 3, "resume": True, "mlp": (16, 16)}), echo=print
     )
     assert resumed["run_id"] == first["run_id"] and len(resumed["epochs"]) == 3
-    # a fresh run that dies before writing anything leaves no output of the previous run behind
+    # a fresh run that dies before writing anything leaves the previous run as it was
     bad = TrainConfig(**{**config.to_dict(), "batch_size": 10**6, "mlp": (16, 16)})
     with pytest.raises(Exception, match="batch"):
         train(bad, echo=lambda *_: None)
-    left = sorted(p.name for p in out.iterdir())
-    assert left == [".lock", "notes.txt"]
+    assert json.loads((out / "metrics.json").read_text())["run_id"] == first["run_id"]
+    # a fresh run that completes replaces every output of the previous one
+    again = train(TrainConfig(**{**config.to_dict(), "epochs": 1, "mlp": (16, 16)}), echo=lambda *_: None)
+    assert again["run_id"] != first["run_id"] and len(again["epochs"]) == 1
+    assert torch.load(out / "state.pt", weights_only=True)["run"]["id"] == again["run_id"]
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 ``fit`` goes through exactly the command line's path: a frame or table is written once to a
 content-addressed Parquet file in the cache folder, declared in a dataset spec (``spec.yaml`` in
-the run folder, so ``deepfm train --spec RUN/spec.yaml`` repeats the run), prepared by
+the run folder, so ``deepfm train --spec RUN/spec.yaml`` repeats the run; written with the run's
+first output), prepared by
 :mod:`deepfm.data.prepare` and trained by :func:`deepfm.training.run.train`, which writes the
 same run folder as ``deepfm train``. It returns the :class:`~deepfm.artifact.trained.TrainedModel`
 that ``deepfm.load(out)`` returns, with ``.predict``, ``.evaluate`` and ``.recommend``.
@@ -60,6 +61,7 @@ def fit(
     values.update(options)
     values["out"] = str(out)
     out = Path(out)
+    files: dict[str, bytes] = {}
     if data is None:
         if valid is not None or test is not None or fields is not None:
             raise ConfigError("fit: valid, test and fields need data (a DataFrame, an Arrow table or a spec)")
@@ -72,17 +74,29 @@ def fit(
         values["spec"] = str(data)
     else:
         spec = _spec_of(data, label, fields, valid, test, split, name, roles)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / SPEC_FILE
-        path.write_text(
+        text = (
             "# written by deepfm.fit: `deepfm train --spec THIS_FILE` repeats the run\n"
             + yaml.safe_dump(spec, sort_keys=False, width=100)
-        )
-        values["spec"] = str(path)
+        ).encode()
+        # read from the cache; written into ``out`` only with the run's first output, so a fit
+        # that fails (or finds ``out`` in use) leaves the folder as it was
+        values["spec"] = str(spec_file(text))
+        files[SPEC_FILE] = text
     from deepfm.experiments.tracking import train_tracked
 
-    train_tracked(TrainConfig.from_dict(values), echo=echo)
+    train_tracked(TrainConfig.from_dict(values), echo=echo, files=files)
     return load_model(out)
+
+
+def spec_file(text: bytes) -> Path:
+    """``text`` as ``spec.yaml`` in a content-addressed folder of the cache."""
+    from deepfm.data.download import cache_dir
+    from deepfm.io import write_bytes
+
+    path = cache_dir() / "specs" / hashlib.sha256(text).hexdigest()[:20] / SPEC_FILE
+    if not path.is_file() or path.read_bytes() != text:
+        write_bytes(path, text)
+    return path
 
 
 def _spec_of(

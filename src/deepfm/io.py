@@ -39,6 +39,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+def ensure_folder(path: str | Path, what: str) -> Path:
+    """Create the folder ``path`` (and its parents) and check that files can be written in it;
+    a ``ConfigError`` naming ``what`` (``--out``, ``--tensorboard``, ...) and the reason otherwise:
+    a file in the way, a read-only file system, no permission."""
+    from deepfm.errors import ConfigError
+
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"is under {parent}, which is a file"
+            raise ConfigError(f"{what} {path} {where}; give a folder")
+        if parent.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".deepfm-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Strict JSON (RFC 8259): a NaN or infinity anywhere in ``data`` is a ``ValueError``, never
     ``NaN`` in the file; callers write ``None`` (null) for an undefined number (:func:`finite`)."""
@@ -92,6 +114,10 @@ def pid_alive(pid: int) -> bool:
 
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_bytes(path: str | Path, content: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(content))
 
 
 def _default(value: Any) -> Any:

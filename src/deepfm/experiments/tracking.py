@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from deepfm.config import TrainConfig
-from deepfm.errors import ConfigError
+from deepfm.errors import ConfigError, brief
+from deepfm.io import ensure_folder
 from deepfm.training.distributed import is_main_process
 from deepfm.training.run import train
 from deepfm.training.runfolder import OUTPUTS
@@ -44,10 +45,15 @@ def from_config(config: TrainConfig, main: bool | None = None) -> Tracker:
     trackers: list[Tracker] = []
     if config.tensorboard is not None:
         _need("tensorboard", "--tensorboard")
+        if main:
+            ensure_folder(Path(config.tensorboard).expanduser(), "--tensorboard")
         trackers.append(TensorBoardTracker(config.tensorboard, config.tensorboard_every))
     if config.mlflow is not None:
         _need("mlflow", "--mlflow")
-        trackers.append(MLflowTracker(config.mlflow))
+        tracker = MLflowTracker(config.mlflow)
+        if main:
+            tracker.check()
+        trackers.append(tracker)
     return Trackers(trackers) if main else Tracker()
 
 
@@ -110,7 +116,10 @@ class TensorBoardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.logdir = self.root / f"{out.name}-{run['id']}"
-        self.writer = SummaryWriter(log_dir=str(self.logdir))
+        try:
+            self.writer = SummaryWriter(log_dir=str(self.logdir))
+        except OSError as exc:
+            raise ConfigError(f"--tensorboard {self.root}: cannot write there ({brief(exc)})") from None
         self.hparams = {k: v for k, v in params(config).items() if isinstance(v, (int, float, str, bool))}
         self.writer.add_text("run", f"run id {run['id']}, data fingerprint {run.get('data_fingerprint')}")
 
@@ -140,13 +149,55 @@ def tracking_uri(value: str) -> str:
     return Path(value).expanduser().resolve().as_uri()
 
 
+# the tracking URI schemes MLflow stores runs in (a bare path is a local file store)
+MLFLOW_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "uc")
+PROBE_SECONDS = 5.0  # how long --mlflow http(s)://... may take to answer before the run is refused
+
+
 class MLflowTracker(Tracker):
     def __init__(self, uri: str) -> None:
+        self.given = uri
         self.uri = tracking_uri(uri)
         self.mlflow: Any = None
         self.active = False
 
+    def check(self) -> None:
+        """Refuse, before any work, a URI MLflow cannot store runs in: an unknown scheme, a file
+        store that cannot be written, a server that does not answer within ``PROBE_SECONDS``
+        (MLflow itself retries for minutes before it gives up)."""
+        scheme = self.uri.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in MLFLOW_SCHEMES and not scheme.startswith("databricks"):
+            raise ConfigError(
+                f"--mlflow {self.given}: unknown tracking URI scheme {scheme!r}; give a folder, or a URI "
+                f"starting with {', '.join(s + ':' for s in MLFLOW_SCHEMES)}"
+            )
+        if scheme == "file":
+            from urllib.parse import urlparse
+            from urllib.request import url2pathname
+
+            ensure_folder(url2pathname(urlparse(self.uri).path), "--mlflow")
+        elif scheme in ("http", "https"):
+            import urllib.error
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+            except urllib.error.HTTPError:
+                pass  # it answered: a server is there
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                raise ConfigError(
+                    f"--mlflow {self.given}: the tracking server does not answer ({brief(reason)}); "
+                    "start it, or give a local folder"
+                ) from None
+
     def start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
+        try:
+            self._start(config, run, out, summary)
+        except Exception as exc:  # the tracking backend refused: one line, before training starts
+            raise ConfigError(f"--mlflow {self.given}: {brief(exc)}") from None
+
+    def _start(self, config: TrainConfig, run: dict[str, Any], out: Path, summary: dict[str, Any]) -> None:
         import mlflow  # slow to import (seconds): only when asked for
 
         self.mlflow = mlflow

@@ -100,10 +100,14 @@ def train(
     echo: Any = print,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     tracker: Tracker | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """Train, early-stop, test and write every output; returns the ``metrics.json`` content.
 
-    Holds the run folder's lock throughout; a fresh run first removes the previous run's outputs.
+    Holds the run folder's lock throughout; a fresh run replaces the previous run's outputs once
+    it has written its first own (``state.pt`` or ``model.pt``): a run that fails earlier leaves
+    them as they were. ``files`` (name -> content) are written into the folder at that moment too
+    (``deepfm.fit``'s ``spec.yaml``).
 
     ``on_epoch(record)`` is called after every epoch's validation (``deepfm tune`` prunes there).
     ``tracker`` receives the run's progress (``--tensorboard`` / ``--mlflow``: the caller builds it
@@ -119,9 +123,10 @@ def train(
             )
         tracker = Tracker()
     with RunFolder(config.out, writer=main) as folder:
-        base = load_base(config)  # --init-from: read before clearing (RUN may be --out itself)
-        if not config.resume:
-            folder.clear_outputs()
+        base = load_base(config)  # --init-from: read first (RUN may be --out itself)
+        if config.resume:
+            folder.keep_previous()
+        folder.files = dict(files or {})
         failed = True
         try:
             metrics = _train(config, data, echo, folder, tracker, base, on_epoch)
@@ -253,6 +258,7 @@ def setup(
     state = TrainingState(
         out, config, module, optimizer, generator, stopper, scheduler, ddp.is_main, ranks, ddp.rank
     )
+    state.on_save = folder.replace_previous  # the previous run's outputs go once this run has one
     base_map = {"base_feature_map": base.feature_map.to_dict()} if base is not None else {}
     state.run = {**folder.info, **base_map}  # (a resumed warm start prepares the same vocabulary)
     if config.resume:
@@ -354,8 +360,10 @@ def train_one_epoch(run: Session, epoch: int) -> dict[str, Any]:
             data.facts,
             run=run.folder.info,
         )
+        run.folder.replace_previous(MODEL_FILE)
     if run.ddp.is_main:
         write_text(run.out / "history.csv", _csv(run.epochs))
+        run.folder.replace_previous("history.csv")
     state.end_epoch(epoch)  # (writes on rank 0 only)
     return record
 
@@ -371,6 +379,7 @@ def finish(run: Session) -> dict[str, Any]:
     test = run.evaluator.evaluate(run.module, data.test, test_probs)
     metrics = _metrics(run, test)
     if run.ddp.is_main:  # only rank 0 writes
+        run.folder.replace_previous("")  # (a run always has written by now)
         write_json(out / "metrics.json", finite(metrics))  # strict JSON: an undefined number is null
         run.evaluator.save_predictions(out / evaluation.PREDICTIONS_FILE, data.test, test_probs)
         learning_curve(

@@ -4,9 +4,14 @@
   second process training into the same ``--out`` is refused (``ConfigError``: exit status 2)
   while the first is alive; the kernel drops the lock when its holder dies, so a lock file left
   by a killed run is simply taken over.
-* A fresh run (not ``--resume``) removes every output of the previous run in the folder before
-  it starts, so ``metrics.json``, ``model.pt``, ``history.csv``, ``state.pt`` and
-  ``learning_curve.png`` always describe the same run. ``--resume`` keeps them.
+* A fresh run (not ``--resume``) replaces the previous run's outputs, but only once it has one of
+  its own: the previous ``model.pt``, ``metrics.json``, ``state.pt``, ... stay untouched while the
+  new run reads its data, starts its trackers and trains up to its first saved state or model
+  (:meth:`RunFolder.replace_previous`, called by every write of the run). A run that fails before
+  that (a bad line, a spec typo, a batch too large, NaN in epoch 1, an unreachable tracker) leaves
+  the previous run whole; once it has written, every output in the folder is the new run's, so
+  ``metrics.json``, ``model.pt``, ``history.csv``, ``state.pt`` and ``learning_curve.png`` always
+  describe the same run. ``--resume`` keeps them.
 * Each run gets a run id (kept across ``--resume``), written with the data fingerprint into
   ``metrics.json``, ``model.pt`` and ``state.pt``.
 """
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfm.errors import ConfigError
+from deepfm.io import ensure_folder, write_bytes
 
 LOCK_FILE = ".lock"
 # Every file a run writes into its folder (a fresh run removes the previous run's).
@@ -50,10 +56,12 @@ class RunFolder:
         self.data_fingerprint: str | None = None
         self._fd: int | None = None
         self._created = False
+        self._replaced = False  # the previous run's outputs are gone (or there were none to keep)
+        self.files: dict[str, bytes] = {}  # written with the run's first output (deepfm.fit's spec)
 
     def __enter__(self) -> RunFolder:
         self._created = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.out, "--out")  # a file in the way, read-only: one line, before any work
         if self.writer:
             self._acquire()
         return self
@@ -100,18 +108,25 @@ class RunFolder:
             os.close(self._fd)
             self._fd = None
 
-    def clear_outputs(self, extra: tuple[str, ...] = ()) -> list[str]:
-        """Remove the previous run's outputs (and temporary files of interrupted writes)."""
-        removed = []
-        if not self.writer:
+    def keep_previous(self) -> None:
+        """A resumed run: the outputs in the folder are its own, nothing is replaced."""
+        self._replaced = True
+
+    def replace_previous(self, written: str) -> list[str]:
+        """Called after the run wrote its output ``written`` (atomically, so a kill leaves either
+        file whole): the first time, remove every other output of the previous run and write
+        :attr:`files`. Later calls do nothing. Returns the names removed."""
+        removed: list[str] = []
+        if self._replaced or not self.writer:
             return removed
-        for name in (*OUTPUTS, *extra):
+        self._replaced = True
+        for name in OUTPUTS:
             path = self.out / name
-            if path.is_file():
+            if name != written and path.is_file():
                 path.unlink()
                 removed.append(name)
-        for stale in self.out.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        for name, content in self.files.items():
+            write_bytes(self.out / name, content)
         return removed
 
     def adopt(self, run: dict[str, Any] | None) -> None:

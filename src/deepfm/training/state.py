@@ -86,6 +86,7 @@ class TrainingState:
         self.global_step = 0
         self.saved: str | None = None  # where the last good state stands, for messages
         self.run: dict[str, Any] = {}  # run id and data fingerprint (deepfm.training.runfolder)
+        self.on_save: Callable[[str], Any] | None = None  # called with the file name after a save
         self._resume: EpochPosition | None = None
         self._resume_generator: torch.Tensor | None = None
         self._epoch_generator = generator.get_state()
@@ -220,6 +221,8 @@ class TrainingState:
         }
         atomic_write(self.path, lambda f: torch.save(payload, f))
         self.saved = _where(pos)
+        if self.on_save is not None:
+            self.on_save(self.path.name)
         return self.path
 
 
