@@ -6,14 +6,19 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from test_retraining import day_spec, write_days
 
+from deepfm.artifact.checkpoint import model_from_config
+from deepfm.artifact.trained import TrainedModel, load_model
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
-from deepfm.training.run import train
+from deepfm.training.run import load_data, train
+from deepfm.training.warmstart import Carried, load_base, warm_start
 
 RUN_FILES = ("model.pt", "metrics.json", "state.pt", "history.csv")
 
@@ -99,3 +104,61 @@ def test_a_run_that_has_written_replaces_every_output_of_the_previous_one(days, 
     assert all(digests(out)[n] != before[n] for n in ("model.pt", "state.pt", "history.csv"))
     run = torch.load(out / "model.pt", weights_only=True)["run"]["id"]
     assert run == torch.load(out / "state.pt", weights_only=True)["run"]["id"]
+
+
+def reordered_spec(days: Path, day: int, fields: list[dict]) -> Path:
+    spec = yaml.safe_load(day_spec(days, day).read_text())
+    spec["fields"] = fields
+    path = days / f"day{day}-{'-'.join(f['name'] for f in fields)}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def warm_started(config: TrainConfig) -> tuple[TrainedModel, Carried]:
+    base = load_base(config)
+    data = load_data(config, base.feature_map)
+    module = model_from_config(config, data.feature_map)
+    report = warm_start(base, module, data.feature_map)
+    return TrainedModel(module.eval(), data.feature_map, config, data.tables, data.facts), report
+
+
+@pytest.mark.parametrize("model", ["deepfm", "dcnv2"])
+def test_warm_start_with_the_fields_in_another_order_carries_them_by_name(days, tmp_path, model):
+    base_out = tmp_path / "base"
+    common = dict(batch_size=256, progress=False, threads=1, model=model, fm_warmup_epochs=0)
+    first = [{"name": "user"}, {"name": "item"}]
+    train(TrainConfig(spec=str(reordered_spec(days, 1, first)), out=str(base_out), epochs=2, **common))
+    swapped = reordered_spec(days, 1, first[::-1])  # same data and fields, listed item first
+    config = TrainConfig(spec=str(swapped), out=str(tmp_path / "next"), init_from=str(base_out), **common)
+    model_now, report = warm_started(config)
+    assert report.fresh == [] and report.rows_new == 0
+    records = pd.read_csv(days / "day1-valid.csv")
+    base_probs = load_model(base_out).predict(records)
+    assert np.allclose(model_now.predict(records), base_probs, atol=1e-6)  # the same model
+
+
+def test_warm_start_with_other_fields_leaves_the_field_laid_out_tensors_fresh(days, tmp_path):
+    base_out = tmp_path / "base"
+    common = dict(batch_size=256, progress=False, threads=1, fm_warmup_epochs=0)
+    train(
+        TrainConfig(
+            spec=str(reordered_spec(days, 1, [{"name": "user"}, {"name": "item"}])),
+            out=str(base_out),
+            epochs=1,
+            **common,
+        )
+    )
+    other = reordered_spec(days, 1, [{"name": "user"}, {"name": "product", "column": "item"}])
+    config = TrainConfig(spec=str(other), out=str(tmp_path / "next"), init_from=str(base_out), **common)
+    _, report = warm_started(config)
+    assert "mlp.linear0.weight" in report.fresh  # its input blocks were the user's and the item's
+    assert "mlp.linear1.weight" not in report.fresh and report.tables  # the rest is carried
+
+
+def test_warm_start_log_says_no_rows_carried_when_the_table_starts_fresh(days, tmp_path, capsys):
+    out = tmp_path / "base"
+    assert main(train_args(out, "--spec", str(day_spec(days, 1)))) == 0
+    argv = train_args(tmp_path / "next", "--spec", str(day_spec(days, 2)), "--init-from", str(out))
+    assert main([*argv, "--embed-dim", "8"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("warm start"))
+    assert "no table rows carried" in line and "features.sparse.table.weight" in line, line

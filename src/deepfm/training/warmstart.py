@@ -13,6 +13,14 @@ value keeps an embedding row. Weights are carried over generically, by ``state_d
   BatchNorm statistics); a tensor whose shape changed (e.g. another ``--mlp``) stays fresh and
   is reported.
 
+The model's per-field input blocks (the MLP's and cross network's input columns, the numeric
+fields' vectors) follow the feature map's field order. The prepare stage keeps the base's fields
+in the base's order (new fields after them), so the same fields listed in another order line up
+by name. When the fields themselves changed (one dropped and another added, a rename) but the
+field count did not, a tensor shaped by the field layout (a dimension of fields x embedding
+size, or the numeric fields' ``[K, 1 + D]`` vectors) would line up by position only: it stays
+fresh and is reported.
+
 With ``--init-optimizer`` the optimizer state of ``RUN/state.pt`` (Adam moments and step counts)
 is carried over the same way, table rows remapped, new rows' moments zero.
 """
@@ -51,12 +59,15 @@ class Carried:
     optimizer: bool = False
 
     def describe(self) -> str:
-        fresh = f"; left fresh (new or reshaped): {', '.join(self.fresh)}" if self.fresh else ""
+        fresh = f"; left fresh (new, reshaped or laid out by other fields): {', '.join(self.fresh)}"
+        fresh = fresh if self.fresh else ""
         opt = "; optimizer state carried" if self.optimizer else ""
-        return (
-            f"warm start from {self.source}: {self.tensors} tensors carried, table rows: "
-            f"{self.rows_carried:,} carried, {self.rows_new:,} new, {self.rows_dropped:,} dropped{opt}{fresh}"
+        rows = (
+            f"table rows: {self.rows_carried:,} carried, {self.rows_new:,} new, {self.rows_dropped:,} dropped"
+            if self.tables
+            else "no table rows carried (the embedding table has another shape: it starts fresh)"
         )
+        return f"warm start from {self.source}: {self.tensors} tensors carried, {rows}{opt}{fresh}"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -151,6 +162,26 @@ def _is_table(
     return new.dim() == 2 and old.dim() == 2 and (new.shape[0], old.shape[0]) == rows and same_width
 
 
+def slots(feature_map: FeatureMap) -> list[str]:
+    """Field names in the order of the model's input blocks (categorical, multi, numeric)."""
+    return [f.name for f in (*feature_map.categorical, *feature_map.multi, *feature_map.numerics)]
+
+
+def layout_shapes(old: FeatureMap, new: FeatureMap, embed_dim: int) -> tuple[set[int], set[tuple[int, ...]]]:
+    """What marks a tensor shaped by the field layout when the fields changed but their count did
+    not: ``(dimensions, shapes)`` (fields x ``embed_dim``; the numeric vectors ``[K, 1 + D]``);
+    empty when the layouts are the same field by field (carrying by position is by name then)."""
+    dims: set[int] = set()
+    shapes: set[tuple[int, ...]] = set()
+    if slots(old) != slots(new) and len(slots(old)) == len(slots(new)):
+        dims.add(len(slots(new)) * embed_dim)
+    old_numeric = [f.name for f in old.numerics]
+    new_numeric = [f.name for f in new.numerics]
+    if old_numeric != new_numeric and len(old_numeric) == len(new_numeric):
+        shapes.add((len(new_numeric), 1 + embed_dim))
+    return dims, shapes
+
+
 def carry_state(
     new_state: dict[str, torch.Tensor],
     old_state: dict[str, torch.Tensor],
@@ -158,17 +189,25 @@ def carry_state(
     rows: tuple[int, int],
     pairs: tuple[torch.Tensor, torch.Tensor],
     report: Carried | None = None,
+    layout: tuple[set[int], set[tuple[int, ...]]] = (set(), set()),
 ) -> dict[str, torch.Tensor]:
-    """``new_state`` with every compatible tensor of ``old_state`` carried over (tables row by row)."""
+    """``new_state`` with every compatible tensor of ``old_state`` carried over (tables row by row;
+    tensors marked by ``layout`` (:func:`layout_shapes`) stay fresh)."""
     out = dict(new_state)
     new_rows, old_rows = pairs
+    dims, shapes = layout
     for key, fresh in new_state.items():
         old = old_state.get(key)
         if old is None or not isinstance(old, torch.Tensor):
             if report is not None:
                 report.fresh.append(key)
             continue
-        if _is_table(key, fresh, old, tables, rows) and old.shape[1:] == fresh.shape[1:]:
+        table = _is_table(key, fresh, old, tables, rows)
+        if not table and (tuple(fresh.shape) in shapes or dims.intersection(fresh.shape)):
+            if report is not None:
+                report.fresh.append(key)
+            continue
+        if table and old.shape[1:] == fresh.shape[1:]:
             value = fresh.detach().clone()
             value[new_rows.to(value.device)] = old[old_rows].to(value)
             out[key] = value
@@ -194,13 +233,14 @@ def warm_start(base: Base, module: nn.Module, feature_map: FeatureMap, optimizer
     rows = (feature_map.num_rows, base.feature_map.num_rows)
     tables = table_keys(module, feature_map.num_rows)
     old_state = {k: v.detach().cpu() for k, v in base.model.module.state_dict().items()}
-    merged = carry_state(module.state_dict(), old_state, tables, rows, pairs, report)
+    layout = layout_shapes(base.feature_map, feature_map, base.model.config.embed_dim)
+    merged = carry_state(module.state_dict(), old_state, tables, rows, pairs, report, layout)
     module.load_state_dict(merged)
-    report.rows_carried = int(len(pairs[0]))
+    report.rows_carried = int(len(pairs[0])) if report.tables else 0  # a fresh table carried no row
     report.rows_new = feature_map.num_rows - 1 - report.rows_carried
     report.rows_dropped = base.feature_map.num_rows - 1 - report.rows_carried
     if optimizer is not None and base.optimizer_state is not None:
-        carry_optimizer(base.model, base.optimizer_state, module, optimizer, tables, rows, pairs)
+        carry_optimizer(base.model, base.optimizer_state, module, optimizer, tables, rows, pairs, layout)
         report.optimizer = True
     return report
 
@@ -213,6 +253,7 @@ def carry_optimizer(
     tables: set[str],
     rows: tuple[int, int],
     pairs: tuple[torch.Tensor, torch.Tensor],
+    layout: tuple[set[int], set[tuple[int, ...]]] = (set(), set()),
 ) -> None:
     """Carry the base run's optimizer state ``saved`` onto ``optimizer``, by parameter name."""
 
@@ -242,7 +283,7 @@ def carry_optimizer(
                 name = new_names.get(id(p))
                 old = by_name.get(name) if name else None
                 if old:
-                    sd["state"][index] = _carry_param_state(name, p, old, tables, rows, pairs)
+                    sd["state"][index] = _carry_param_state(name, p, old, tables, rows, pairs, layout)
                 index += 1
         sub.load_state_dict(sd)
 
@@ -254,16 +295,19 @@ def _carry_param_state(
     tables: set[str],
     rows: tuple[int, int],
     pairs: tuple[torch.Tensor, torch.Tensor],
+    layout: tuple[set[int], set[tuple[int, ...]]] = (set(), set()),
 ) -> dict[str, Any]:
     state: dict[str, Any] = {}
+    dims, shapes = layout
     for key, value in old.items():
         if isinstance(value, torch.Tensor) and value.dim() >= 1:
             table = value.dim() == 2 and (name in tables or (param.shape[0], value.shape[0]) == rows)
+            moved = tuple(param.shape) in shapes or bool(dims.intersection(param.shape))
             if table and value.shape[1:] == param.shape[1:]:  # row by row, new rows' moments zero
                 fresh = torch.zeros(param.shape, dtype=value.dtype)
                 fresh[pairs[0]] = value[pairs[1]]
                 state[key] = fresh
-            elif value.shape == param.shape:
+            elif value.shape == param.shape and not moved:
                 state[key] = value.detach().clone()
             else:
                 state[key] = torch.zeros(param.shape, dtype=value.dtype)

@@ -205,6 +205,10 @@ def feature_map(
                 transform["time_format"] = f.time_format
             vocab = stats.counts[f.name].vocab(min_count, max_vocab, old, options.prune_below)
             fields.append(Field(f.name, "categorical", vocab, transform=transform))
+    if base is not None:  # a warm start: the base's fields keep their places (the model's input
+        # blocks line up by field name whatever the spec's order), new fields come after them
+        place = {g.name: i for i, g in enumerate(base.fields)}
+        fields.sort(key=lambda f: place.get(f.name, len(place)))
     return FeatureMap(fields).with_offsets()
 
 
