@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,10 @@ def frame_file(data: Any) -> Path:
     elif hasattr(data, "to_arrow"):  # polars
         table = data.to_arrow()
     elif hasattr(data, "to_parquet") or hasattr(data, "columns"):
-        table = pa.Table.from_pandas(data, preserve_index=False)
+        with warnings.catch_warnings():  # pyarrow reads time-zone columns by a deprecated pandas path
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            table = pa.Table.from_pandas(data, preserve_index=False)
     else:
         raise ConfigError(f"fit: expected a DataFrame or an Arrow table, got {type(data).__name__}")
     folder = cache_dir() / "frames"

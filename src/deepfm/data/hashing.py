@@ -7,8 +7,9 @@ out-of-vocabulary row, which a hashed field never uses), and the global row adds
 implementation (C ``XXH64(text, len, 0)``, Java ``net.openhft.hashing.LongHashFunction.xx(0)``,
 Go ``github.com/cespare/xxhash/v2.Sum64String``), taking the 64-bit result as unsigned.
 
-The text is the value as the data files hold it (``"a1b2"``, ``"42"``); a missing value is the
-empty string, as for counted string fields. Values are hashed once per distinct value.
+The text is the value's token, as for counted fields (:data:`deepfm.data.transforms.TOKEN_RULE`:
+text as the data files hold it, ``"a1b2"``, ``"42"``; ``true`` / ``false``; a missing value is the
+empty string). Values are hashed once per distinct value.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deepfm.data.transforms import series_text
 from deepfm.errors import ConfigError
 
 HASH_NAME = "xxh64-utf8-seed0"  # written into feature_map.json beside each hashed field
@@ -34,10 +36,11 @@ def _xxh64() -> Any:
 
 
 def hashes(values: Any) -> np.ndarray:
-    """uint64 xxHash64 of each value's text (``None``/NaN -> ``""``), one call per distinct value."""
-    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
-    text = series.astype(object).where(series.notna(), "").astype(str)
-    codes, uniques = pd.factorize(text, sort=False)
+    """uint64 xxHash64 of each value's token text (the one value-to-token rule,
+    :func:`deepfm.data.transforms.token_text`: ``None``/NaN -> ``""``, ``True`` -> ``"true"``,
+    ``6.0`` -> ``"6"``), one call per distinct value."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    codes, uniques = pd.factorize(series_text(series), sort=False)
     digest = _xxh64()
     table = np.fromiter((digest(u.encode("utf-8")) for u in uniques), dtype=np.uint64, count=len(uniques))
     return table[codes] if len(codes) else np.zeros(0, dtype=np.uint64)

@@ -27,6 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from deepfm.data.spec import RANGE, FieldSpec, InputSpec
+from deepfm.data.transforms import polars_text
 from deepfm.errors import ConfigError, DataError, brief
 
 BLOCK_BYTES = 16 << 20  # csv text parsed per chunk
@@ -372,6 +373,8 @@ def _read_parquet(
             dtype = frame.schema[c]
             if c in numeric and dtype.is_numeric():
                 casts.append(pl.col(c).cast(pl.Float64))
+            elif c not in numeric and dtype != pl.String and not isinstance(dtype, pl.List):
+                casts.append(polars_text(frame[c]))  # the one value-to-token rule, by dtype
             elif c not in numeric and dtype != pl.String:
                 casts.append(pl.col(c).cast(pl.String))
         if casts:

@@ -11,6 +11,8 @@ wrong shape (a list where one value belongs, an object, ...) with the record num
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import pandas as pd
 
 from deepfm.data.features import FeatureMap, Field, FieldKind
 from deepfm.data.tables import Tables, join_tables
-from deepfm.data.transforms import token_text
+from deepfm.data.transforms import series_text, token_text
 from deepfm.errors import DataError
 
 ValueType = Literal["int", "float", "str", "any"]
@@ -87,10 +89,8 @@ def coerce(values: pd.Series, dtype: ValueType) -> pd.Series:
         if pd.api.types.is_numeric_dtype(values):
             return values
         return values.map(lambda v: id_value(v, dtype)).astype(float)
-    if dtype == "str":
-        if pd.api.types.is_string_dtype(values) and not pd.api.types.is_object_dtype(values):
-            return values
-        return values.map(lambda v: id_value(v, dtype)).astype(object)
+    if dtype == "str":  # every dtype by the one value-to-token rule (nulls -> "")
+        return pd.Series(series_text(values), index=values.index, dtype=object)
     return values
 
 
@@ -247,7 +247,21 @@ def _series_type(values: pd.Series) -> ValueType:
     return INFERRED.get(pd.api.types.infer_dtype(values, skipna=True), "any")
 
 
-SCALARS = (str, bytes, int, float, bool, np.generic, type(None))
+SCALARS = (
+    str,
+    bytes,
+    int,
+    float,
+    bool,
+    np.generic,
+    decimal.Decimal,
+    datetime.date,  # (datetime.datetime, pandas.Timestamp too)
+    datetime.time,
+    datetime.timedelta,
+    type(pd.NA),
+    type(pd.NaT),
+    type(None),
+)
 
 
 def records_frame(records: pd.DataFrame | list[Any], feature_map: FeatureMap) -> pd.DataFrame:

@@ -20,11 +20,14 @@ Missing numeric inputs become the token :data:`MISSING`, a category of its own.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
 MISSING = -(2**62)  # token of a missing numeric input (JSON-safe, never a real bucket)
 
@@ -91,33 +94,185 @@ def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return era * 146097 + doe - 719468
 
 
+TOKEN_RULE = (
+    "a categorical value's token is its text: missing (null, NaN, NaT) -> ''; a boolean -> 'true' / "
+    "'false'; an integer, or a float holding one (below 2^63), -> its digits ('6.0' -> '6'); any "
+    "other float -> its shortest text in its own precision (float32: 0.1 -> '0.1'; exponent "
+    "without leading zeros: '2.5e-7'); a decimal -> as a float; a date -> 'YYYY-MM-DD'; a "
+    "date-time -> 'YYYY-MM-DDTHH:MM:SS', then '.' and the fraction of a second without trailing "
+    "zeros when it has one, and for a time-zone-aware value converted to UTC, '+00:00'; a time of "
+    "day -> 'HH:MM:SS' (fraction as for date-times); a duration -> its seconds as a float; "
+    "a category -> its value's token; text -> itself"
+)
+
+
 def token_text(value: Any) -> str:
-    """The one value-to-token rule of text-valued categorical fields, in training (the prepare
-    stage's Polars casts give the same text), ``predict``, the server and evaluation: missing
-    (None, NaN) -> ``""``; booleans -> ``"true"`` / ``"false"``; integers, and floats holding an
-    integer, -> its digits (``6.0`` is ``"6"``); other floats -> their shortest text; else ``str``."""
-    if value is None:
+    """The one value-to-token rule of categorical fields (:data:`TOKEN_RULE`), in training (the
+    prepare stage reads every column through :func:`polars_text`), ``predict`` and evaluation
+    (:func:`series_text`), the server (JSON values) and hashed fields (the text hashed)."""
+    if value is None or value is pd.NA or value is pd.NaT:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
-        x = float(value)
-        if x != x:
+        return _float_text(value)
+    if isinstance(value, decimal.Decimal):
+        return "" if value.is_nan() else _float_text(float(value))
+    if isinstance(value, (datetime.datetime, np.datetime64)):
+        return _datetime_text(value)
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, datetime.time):
+        return value.replace(microsecond=0).isoformat() + _fraction(value.microsecond * 1000)
+    if isinstance(value, (datetime.timedelta, np.timedelta64)):
+        td = pd.Timedelta(value)
+        return "" if td is pd.NaT else _float_text(td.value / 1e9)
+    return str(value)
+
+
+def _float_text(value: float | np.floating) -> str:
+    x = float(value)
+    if x != x:
+        return ""
+    if x.is_integer() and abs(x) < 2**63:
+        return str(int(x))
+    text = str(value) if isinstance(value, np.float32) else repr(x)  # shortest in its precision
+    return re.sub(r"e([+-])0+(\d)", r"e\1\2", text)  # 2.5e-07 -> 2.5e-7
+
+
+def _fraction(nanoseconds: int) -> str:
+    return "." + f"{nanoseconds:09d}".rstrip("0") if nanoseconds else ""
+
+
+def _datetime_text(value: datetime.datetime | np.datetime64) -> str:
+    if isinstance(value, np.datetime64):
+        if np.isnat(value):
             return ""
-        if x.is_integer() and abs(x) < 2**63:
-            return str(int(x))
-        return re.sub(r"e([+-])0+(\d)", r"e\1\2", repr(x))  # 2.5e-07 -> 2.5e-7, as Polars writes it
-    return value if isinstance(value, str) else str(value)
+        value = pd.Timestamp(value)
+    suffix = ""
+    if value.tzinfo is not None:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        suffix = "+00:00"
+    nanoseconds = value.microsecond * 1000 + (value.nanosecond if isinstance(value, pd.Timestamp) else 0)
+    return value.replace(microsecond=0).isoformat(timespec="seconds") + _fraction(nanoseconds) + suffix
+
+
+def series_text(values: Any) -> np.ndarray:
+    """:func:`token_text` of every value of a pandas Series (any dtype: numpy, nullable, pyarrow,
+    categorical, object) as an object array; each distinct value is converted once."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if series.dtype == object:
+        if pd.api.types.infer_dtype(series, skipna=False) == "string":
+            return series.to_numpy(dtype=object)
+        seen: dict[tuple[type, Any], str] = {}
+        out = []
+        for v in series.tolist():
+            try:
+                key = (type(v), v)
+                text = seen.get(key)
+                if text is None:
+                    text = seen[key] = token_text(v)
+            except TypeError:  # unhashable: a list where one value belongs (records check it first)
+                text = token_text(v)
+            out.append(text)
+        return np.asarray(out, dtype=object)
+    dtype = series.dtype
+    if isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in ("float", "halffloat"):
+        series = series.astype(np.float32)  # keep its precision: float32 text is float32's shortest
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    if getattr(uniques, "dtype", None) == np.float32:  # iterated as numpy float32, not float
+        uniques = np.asarray(uniques, dtype=np.float32)
+    texts = np.asarray([token_text(v) for v in uniques] + [""], dtype=object)
+    return texts[codes]
+
+
+def polars_text(s: pl.Series) -> pl.Series:
+    """The Polars twin of :func:`series_text`: a column as the tokens :func:`token_text` gives, by
+    dtype (vectorised; floats that hold no integer go through :func:`token_text` once per
+    distinct value). ``tests/test_token_rule.py`` holds the two together for every dtype."""
+    dtype = s.dtype
+    name = s.name
+    if dtype == pl.String:
+        return s.fill_null("")
+    if dtype == pl.Null:
+        return pl.Series(name, [""] * len(s), dtype=pl.String)
+    if dtype == pl.Boolean:
+        return _select(
+            s,
+            pl.when(pl.col(name).is_null())
+            .then(pl.lit(""))
+            .when(pl.col(name))
+            .then(pl.lit("true"))
+            .otherwise(pl.lit("false")),
+        )
+    if dtype.is_integer():
+        return s.cast(pl.String).fill_null("")
+    if dtype.is_float() or dtype == pl.Decimal:
+        return _float_series(s if dtype.is_float() else s.cast(pl.Float64))
+    if dtype == pl.Date:
+        return s.dt.strftime("%Y-%m-%d").fill_null("")
+    if dtype == pl.Datetime:
+        suffix = ""
+        if getattr(dtype, "time_zone", None):
+            s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            suffix = "+00:00"
+        return _with_fraction(s, "%Y-%m-%dT%H:%M:%S", suffix)
+    if dtype == pl.Time:
+        return _with_fraction(s, "%H:%M:%S", "")
+    if dtype == pl.Duration:
+        return _float_series(s.dt.total_nanoseconds().cast(pl.Float64) / 1e9).alias(name)
+    if dtype in (pl.Categorical, pl.Enum):
+        return s.cast(pl.String).fill_null("")
+    if dtype == pl.Object:
+        return pl.Series(name, [token_text(v) for v in s.to_list()], dtype=pl.String)
+    return s.cast(pl.String, strict=False).fill_null("")
+
+
+def _select(s: pl.Series, expr: pl.Expr) -> pl.Series:
+    return s.to_frame().select(expr.alias(s.name)).to_series()
+
+
+def _with_fraction(s: pl.Series, fmt: str, suffix: str) -> pl.Series:
+    col = pl.col(s.name)
+    nanos = col.dt.nanosecond()
+    fraction = (
+        pl.when(nanos != 0)
+        .then(pl.lit(".") + nanos.cast(pl.String).str.zfill(9).str.strip_chars_end("0"))
+        .otherwise(pl.lit(""))
+    )
+    text = col.dt.strftime(fmt) + fraction + pl.lit(suffix)
+    return _select(s, pl.when(col.is_null()).then(pl.lit("")).otherwise(text))
+
+
+def _float_series(s: pl.Series) -> pl.Series:
+    col = pl.col(s.name)
+    whole = col.is_finite() & (col == col.round(0)) & (col.abs() < 2.0**63)
+    missing = col.is_null() | col.is_nan()
+    other = s.filter(~(s.is_null() | s.is_nan()) & ~(s.is_finite() & (s == s.round(0)) & (s.abs() < 2.0**63)))
+    other = other.unique()
+    values = other.to_list()
+    if s.dtype == pl.Float32:
+        texts = [token_text(np.float32(v)) for v in values]
+    else:
+        texts = [token_text(float(v)) for v in values]
+    rest = (
+        col.replace_strict(values, texts, default=None, return_dtype=pl.String)
+        if values
+        else pl.lit(None, pl.String)
+    )
+    expr = (
+        pl.when(missing).then(pl.lit("")).when(whole).then(col.cast(pl.Int64, strict=False).cast(pl.String))
+    )
+    return _select(s, expr.otherwise(rest))
 
 
 def strings(values: Any) -> np.ndarray:
     """Categorical values as text by :func:`token_text` (object array); missing -> ``""``."""
-    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
-    if pd.api.types.is_string_dtype(series) and not series.isna().any():
-        return series.astype(str).to_numpy(dtype=object)
-    return np.asarray([token_text(v) if v is not pd.NA else "" for v in series.tolist()], dtype=object)
+    return series_text(values)
 
 
 def split_lists(values: Any, sep: str) -> pd.Series:

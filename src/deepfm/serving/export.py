@@ -26,6 +26,7 @@ from torch import nn
 
 from deepfm.artifact.trained import TrainedModel
 from deepfm.data.features import FeatureMap
+from deepfm.data.transforms import TOKEN_RULE
 from deepfm.errors import ConfigError
 from deepfm.io import atomic_write
 
@@ -176,9 +177,11 @@ def write_feature_map(model: TrainedModel, path: Path) -> Path:
             for name in input_names(fmap)
         ],
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch"]},
-        "encoding": "global row = field offset + 1 + position in vocab; unseen value = field offset "
-        "(OOV row); hashed field (hash_buckets B, hash xxh64-utf8-seed0): field offset + 1 + "
-        "xxh64(value text as UTF-8, seed 0) % B; 0 pads bags; dense = raw float (missing -> 0)",
+        "encoding": "global row = field offset + 1 + position of the value's token in vocab; unseen "
+        "value = field offset (OOV row); hashed field (hash_buckets B, hash xxh64-utf8-seed0): field "
+        "offset + 1 + xxh64(the value's token as UTF-8, seed 0) % B; 0 pads bags; dense = the "
+        "field's transform of the raw float (missing -> 0)",
+        "token_rule": TOKEN_RULE,
         "feature_map": fmap.to_dict(),
     }
     text = json.dumps(doc, indent=1) + "\n"

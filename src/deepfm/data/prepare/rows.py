@@ -21,6 +21,7 @@ from deepfm.data.prepare.tokens import derive
 from deepfm.data.readers import BadLines, Chunk, read_chunks
 from deepfm.data.spec import PARTS, TIME_TRANSFORMS, DatasetSpec, FieldSpec, TableSpec
 from deepfm.data.split import leave_last_parts, random_parts, row_uniforms
+from deepfm.data.transforms import polars_text
 from deepfm.data.validate import check_label_values
 from deepfm.errors import DataError
 
@@ -61,7 +62,7 @@ class SideTable:
         if not frames:
             raise DataError(f"side table keyed by {table.key!r} has no rows", paths[0] if paths else None)
         frame = pl.concat(frames, how="vertical_relaxed")
-        frame = frame.with_columns(pl.col(table.key).cast(pl.String)).unique(
+        frame = frame.with_columns(polars_text(frame[table.key])).unique(
             table.key, keep="first", maintain_order=True
         )
         return cls(table, frame)
@@ -71,7 +72,7 @@ class SideTable:
         side = [c for c in self.frame.columns if c != self.spec.key and c not in frame.columns]
         if not side or self.spec.key not in frame.columns:
             return frame
-        joined = frame.with_columns(pl.col(self.spec.key).cast(pl.String).alias("__key__")).join(
+        joined = frame.with_columns(polars_text(frame[self.spec.key]).alias("__key__")).join(
             self.frame.select(pl.col(self.spec.key).alias("__key__"), *side),
             on="__key__",
             how="left",

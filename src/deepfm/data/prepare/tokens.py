@@ -18,17 +18,10 @@ from deepfm.data.spec import FieldSpec
 
 
 def text(frame: pl.DataFrame, column: str) -> pl.Series:
-    """A column as the text its values are counted by (:func:`deepfm.data.transforms.token_text`:
-    a float holding an integer is its digits, missing is ``""``)."""
-    s = frame[column]
-    if s.dtype == pl.String:
-        return s
-    if s.dtype.is_float():
-        whole = s.is_finite() & (s == s.round(0)) & (s.abs() < 2.0**63)
-        as_int = pl.when(whole).then(s.cast(pl.Int64, strict=False).cast(pl.String))
-        s = frame.select(as_int.otherwise(s.cast(pl.String)).alias(column)).to_series()
-        return s.fill_null("").replace("NaN", "")
-    return s.cast(pl.String).fill_null("")
+    """A column as the text its values are counted by: the one value-to-token rule
+    (:func:`deepfm.data.transforms.polars_text`; a float holding an integer is its digits, a
+    boolean ``true`` / ``false``, missing is ``""``)."""
+    return tf.polars_text(frame[column])
 
 
 def extracted(frame: pl.DataFrame, f: FieldSpec) -> pl.Series:
