@@ -22,7 +22,7 @@ import yaml
 
 from deepfm.artifact.trained import TrainedModel, load_model
 from deepfm.config import TrainConfig, load_yaml
-from deepfm.errors import ConfigError
+from deepfm.errors import ConfigError, DataError, DeepFMError, brief
 
 SPEC_FILE = "spec.yaml"
 FRAME_MTIME = 946684800  # frames are content-addressed: a fixed mtime keeps their cache key stable
@@ -63,6 +63,7 @@ def fit(
     values["out"] = str(out)
     out = Path(out)
     files: dict[str, bytes] = {}
+    frames: dict[str, tuple[str, Any]] = {}  # cached Parquet file -> (argument name, frame)
     if data is None:
         if valid is not None or test is not None or fields is not None:
             raise ConfigError("fit: valid, test and fields need data (a DataFrame, an Arrow table or a spec)")
@@ -74,7 +75,7 @@ def fit(
             )
         values["spec"] = str(data)
     else:
-        spec = _spec_of(data, label, fields, valid, test, split, name, roles)
+        spec = _spec_of(data, label, fields, valid, test, split, name, roles, frames)
         text = (
             "# written by deepfm.fit: `deepfm train --spec THIS_FILE` repeats the run\n"
             + yaml.safe_dump(spec, sort_keys=False, width=100)
@@ -85,7 +86,10 @@ def fit(
         files[SPEC_FILE] = text
     from deepfm.experiments.tracking import train_tracked
 
-    train_tracked(TrainConfig.from_dict(values), echo=echo, files=files)
+    try:
+        train_tracked(TrainConfig.from_dict(values), echo=echo, files=files)
+    except DeepFMError as exc:  # name the caller's frame, row and column, not our cached file
+        raise in_frames(exc, frames) from None
     return load_model(out)
 
 
@@ -109,6 +113,7 @@ def _spec_of(
     split: str | dict[str, Any] | None,
     name: str | None,
     roles: dict[str, str] | None = None,
+    frames: dict[str, tuple[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A spec mapping for ``data`` (frames written to Parquet; relative spec paths made absolute)."""
     from deepfm.data.spec import DatasetSpec, spec_from_dict
@@ -119,10 +124,16 @@ def _spec_of(
         data = {**data, **({"roles": roles} if roles else {})}
         spec = spec_from_dict(data, source=name or "<fit spec>", base_dir=Path.cwd())
     else:
-        files = {"train": frame_file(data)}
+        files = {"train": frame_file(data, "data")}
         if valid is not None:
-            files["valid"] = frame_file(valid)
-            files["test"] = frame_file(test) if test is not None else files["valid"]
+            files["valid"] = frame_file(valid, "valid")
+            files["test"] = frame_file(test, "test") if test is not None else files["valid"]
+        if frames is not None:  # which cached file holds which frame, for error messages
+            given = {"train": ("data", data), "valid": ("valid", valid), "test": ("test", test)}
+            for part in ("test", "valid", "train"):  # (valid doubles as test when no test is given)
+                if part in files and given[part][1] is not None:
+                    frames[str(files[part].resolve())] = given[part]
+                    frames[str(files[part])] = given[part]
         elif test is not None:
             raise ConfigError("fit: test data needs valid data too (or leave both out and give a split)")
         columns = _columns(data)
@@ -173,24 +184,14 @@ def _columns(data: Any) -> list[str]:
     return [str(c) for c in (names if names is not None else data.columns)]
 
 
-def frame_file(data: Any) -> Path:
-    """``data`` (pandas, Arrow or Polars) as a Parquet file in the cache, named by its content hash."""
-    import pyarrow as pa
+def frame_file(data: Any, what: str = "data") -> Path:
+    """``data`` (pandas, Arrow or Polars) as a Parquet file in the cache, named by its content hash;
+    ``what`` names it in errors (``data``, ``valid``, ``test``)."""
     import pyarrow.parquet as pq
 
     from deepfm.data.download import cache_dir
 
-    if isinstance(data, pa.Table):
-        table = data
-    elif hasattr(data, "to_arrow"):  # polars
-        table = data.to_arrow()
-    elif hasattr(data, "to_parquet") or hasattr(data, "columns"):
-        with warnings.catch_warnings():  # pyarrow reads time-zone columns by a deprecated pandas path
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            table = pa.Table.from_pandas(data, preserve_index=False)
-    else:
-        raise ConfigError(f"fit: expected a DataFrame or an Arrow table, got {type(data).__name__}")
+    table = arrow_table(data, what)
     folder = cache_dir() / "frames"
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".frame-", suffix=".parquet", dir=folder)
@@ -208,6 +209,96 @@ def frame_file(data: Any) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def arrow_table(data: Any, what: str = "data") -> Any:
+    """``data`` as an Arrow table; duplicate column names are refused, and an object column whose
+    values Arrow cannot hold in one type (ints and text, text among numbers) is stored as the
+    values' tokens (:data:`deepfm.data.transforms.TOKEN_RULE`: a numeric field then reads numeric
+    text as its number, and names the row of any other text)."""
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table) or hasattr(data, "to_arrow"):
+        table = data if isinstance(data, pa.Table) else data.to_arrow()  # polars
+        _check_names(list(table.column_names), what)
+        return table
+    if not hasattr(data, "columns"):
+        raise ConfigError(f"fit: expected a DataFrame or an Arrow table, got {type(data).__name__}")
+    _check_names(list(data.columns), what)
+    try:
+        return _from_pandas(data)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
+        pass
+    import pandas as pd
+
+    from deepfm.data.records import SCALARS
+    from deepfm.data.transforms import series_text
+
+    unstorable = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError)
+    data = data.copy(deep=False)
+    for column in data.columns:
+        values = data[column]
+        if values.dtype != object:
+            continue
+        try:
+            pa.array(values, from_pandas=True)
+        except unstorable as exc:
+            if not values.map(lambda v: isinstance(v, SCALARS)).all():
+                raise ConfigError(
+                    f"fit: {what} column {column!r} holds values of types Arrow cannot store together "
+                    f"({brief(exc)}); give it one type"
+                ) from None
+            data[column] = pd.Series(series_text(values), index=data.index, dtype=object)
+    try:
+        return _from_pandas(data)
+    except unstorable as exc:
+        raise ConfigError(f"fit: {what} cannot be stored as an Arrow table ({brief(exc)})") from None
+
+
+def _from_pandas(data: Any) -> Any:
+    import pyarrow as pa
+
+    with warnings.catch_warnings():  # pyarrow reads time-zone columns by a deprecated pandas path
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pa.Table.from_pandas(data, preserve_index=False)
+
+
+def _check_names(columns: list[Any], what: str) -> None:
+    names = [str(c) for c in columns]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"fit: {what} has duplicate column names {duplicated}; rename them")
+
+
+def in_frames(exc: DeepFMError, frames: dict[str, tuple[str, Any]]) -> DeepFMError:
+    """``exc`` located in the caller's frames instead of their cached Parquet files: ``data, row 7
+    (position), column 'click': ...`` (the file's line N is the frame's row N - 1)."""
+    import pandas as pd
+
+    if isinstance(exc, DataError) and exc.path in frames:
+        what, frame = frames[exc.path]
+        where = what
+        if exc.line is not None:
+            row = exc.line - 1
+            where += f", row {row}"
+            index = getattr(frame, "index", None)
+            if index is not None and not isinstance(index, pd.RangeIndex) and 0 <= row < len(index):
+                where += f" (index {index[row]!r})"
+        if exc.field is not None:
+            where += f", column {exc.field!r}"
+        reason = exc.reason
+        if "declare the rule" in reason:  # the spec's syntax: say how fit takes it
+            column = exc.field or "label"
+            reason = reason.split("; declare")[0] + f"; give the rule that makes it 0/1: label='{column} > 0'"
+        reason = reason.replace("--on-bad-lines skip", "on_bad_lines='skip'")
+        return DataError(f"{where}: {reason}")
+    text = str(exc)
+    for path, (what, _) in frames.items():
+        text = text.replace(path, f"the DataFrame {what!r}")
+    if text == str(exc):
+        return exc
+    return type(exc)(text) if type(exc) in (ConfigError, DataError, DeepFMError) else exc
 
 
 def _plain(value: Any) -> Any:

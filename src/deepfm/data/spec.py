@@ -205,7 +205,7 @@ class DatasetSpec:
     def to_yaml_dict(self) -> dict[str, Any]:
         """A mapping :func:`spec_from_dict` reads back into this spec (unset keys left out)."""
         data = self.to_dict()
-        data["label"] = self.label.rule
+        data["label"] = self.label.rule if self.label.declared else self.label.column  # 0/1, checked
         data["split"] = {k: v for k, v in data["split"].items() if v not in (None, {})}
         data["input"] = _input_yaml(data["input"])
         data["input"]["files"] = list(self.input.files)
