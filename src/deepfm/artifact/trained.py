@@ -24,7 +24,7 @@ from deepfm.data.prepared import DataFacts
 from deepfm.data.records import prepare_records, records_frame
 from deepfm.data.tables import Tables
 from deepfm.evaluation.files import evaluate_model
-from deepfm.evaluation.scoring import predict_probs
+from deepfm.evaluation.scoring import predict_probs, refuse_non_finite
 
 
 @dataclass
@@ -56,7 +56,9 @@ class TrainedModel:
         frame = records_frame(records, self.feature_map)  # bad values -> DataError
         frame = prepare_records(frame, self.feature_map, self.tables)
         arrays = self.feature_map.encode(frame)
-        return self.predict_split(Split.from_arrays(arrays, np.zeros(len(frame), np.float32)))
+        probs = self.predict_split(Split.from_arrays(arrays, np.zeros(len(frame), np.float32)))
+        refuse_non_finite(probs, arrays.get("dense"), self.feature_map, lambda i, c: _raw(frame, i, c))
+        return probs
 
     def evaluate(
         self,
@@ -80,6 +82,11 @@ class TrainedModel:
 
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(path, self.module, self.feature_map, self.config, self.tables, self.facts)
+
+
+def _raw(frame: pd.DataFrame, row: int, column: str) -> Any:
+    value = frame[column].iloc[row] if column in frame.columns else None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:

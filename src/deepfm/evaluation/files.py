@@ -20,6 +20,7 @@ from deepfm.data.layouts import filtered, label_rule, labels_of, parse_label, re
 from deepfm.data.records import prepare_records, records_frame
 from deepfm.errors import ConfigError
 from deepfm.evaluation.evaluator import for_model
+from deepfm.evaluation.scoring import refuse_non_finite
 
 
 def evaluate_model(
@@ -42,8 +43,15 @@ def evaluate_model(
         rule = parse_label(label) if label else label_rule(model)
         labels = labels_of(frame, rule)
     frame = prepare_records(records_frame(frame, model.feature_map), model.feature_map, model.tables)
-    split = Split.from_arrays(model.feature_map.encode(frame), labels)
+    arrays = model.feature_map.encode(frame)
+    split = Split.from_arrays(arrays, labels)
     probs = model.predict_split(split, model.config.eval_batch_size)
+
+    def raw(row: int, column: str) -> Any:
+        value = frame[column].iloc[row] if column in frame.columns else None
+        return value.item() if hasattr(value, "item") else value
+
+    refuse_non_finite(probs, arrays.get("dense"), model.feature_map, raw)
     evaluator = for_model(model, metrics, group_by, negatives)
     values = evaluator.evaluate(model.module, split, probs)
     return {

@@ -30,6 +30,7 @@ from deepfm.artifact.recommend import can_recommend, recommend
 from deepfm.artifact.trained import TrainedModel
 from deepfm.data.records import RawColumn, raw_columns
 from deepfm.errors import DeepFMError
+from deepfm.evaluation.scoring import non_finite
 from deepfm.serving import MAX_BATCH
 from deepfm.serving.encoder import RecordEncoder, RecordError
 from deepfm.serving.graph import serving_forward
@@ -280,6 +281,11 @@ class Predictor:
                 return 422, orjson.dumps({"detail": _finite(str(exc))})
         else:
             probs = self.forward(arrays)
+        # a numeric value so far out that the model overflows: 422 naming it, never a null
+        found = non_finite(probs, arrays.get("dense"), self.model.feature_map, lambda i, c: records[i].get(c))
+        if found is not None:
+            record, column, reason = found
+            return _invalid("value_error", ["body", record] + ([column] if column else []), reason)
         return 200, orjson.dumps({"probabilities": probs.tolist()})
 
 
