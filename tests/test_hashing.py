@@ -132,7 +132,8 @@ def test_max_vocab_keeps_the_most_frequent_values():
     values, counts = ["a", "b", "c", "d", "e"], np.array([5, 9, 1, 9, 3])
     assert choose_vocab(values, counts, max_vocab=3) == ["a", "b", "d"]
     assert choose_vocab(values, counts, min_count=4, max_vocab=10) == ["a", "b", "d"]
-    assert choose_vocab(values, counts, max_vocab=3, base=["c", "z"]) == ["c", "z", "b"]  # cap on the total
+    # a warm start: the cap holds on base + new values, the most frequent in the new data kept
+    assert choose_vocab(values, counts, max_vocab=3, base=["c", "z"]) == ["a", "b", "d"]
     frame = pd.DataFrame({"site": list("aabbbbc"), "label": [0] * 7})
     assert fit_map(frame, ["site"], max_vocab=2).field("site").vocab == ["a", "b"]
 

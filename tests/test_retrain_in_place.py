@@ -162,3 +162,47 @@ def test_warm_start_log_says_no_rows_carried_when_the_table_starts_fresh(days, t
     assert main([*argv, "--embed-dim", "8"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("warm start"))
     assert "no table rows carried" in line and "features.sparse.table.weight" in line, line
+
+
+def test_max_vocab_with_init_from_keeps_the_most_frequent_of_base_and_new_values():
+    from deepfm.data.features import choose_vocab
+
+    base = ["u1", "u2", "u3", "u4"]  # yesterday's vocabulary
+    values, counts = ["u2", "u4", "n1", "n2", "n3"], np.array([5, 1, 9, 2, 1])  # today's counts
+    assert choose_vocab(values, counts, max_vocab=3, base=base) == ["u2", "n1", "n2"]  # the cap holds
+    assert choose_vocab(values, counts, max_vocab=2, base=base) == ["u2", "n1"]  # below the base's size
+    assert choose_vocab(values, counts, max_vocab=10, base=base) == [*base, "n1", "n2", "n3"]  # room: all
+    # equal counts: a base value wins, then base order, then new values by value
+    assert choose_vocab(["u4", "n0", "u3"], np.array([2, 2, 2]), max_vocab=2, base=base) == ["u3", "u4"]
+
+
+def test_max_vocab_with_init_from_on_real_runs(days, tmp_path):
+    base_out = tmp_path / "base"
+    train(
+        TrainConfig(
+            spec=str(day_spec(days, 1)),
+            out=str(base_out),
+            epochs=1,
+            progress=False,
+            threads=1,
+            batch_size=256,
+        )
+    )
+    config = TrainConfig(
+        spec=str(day_spec(days, 2)),
+        out=str(tmp_path / "next"),
+        init_from=str(base_out),
+        max_vocab=10,
+        progress=False,
+    )
+    base = load_base(config)
+    assert len(base.feature_map.field("user").vocab) > 10
+    data = load_data(config, base.feature_map)
+    user = data.feature_map.field("user")
+    assert len(user.vocab) == 10  # the cap holds below the base's vocabulary
+    day2 = pd.read_csv(days / "day2.csv")["user"].value_counts()
+    assert day2[user.vocab].min() >= day2.iloc[10]  # the ten most frequent of today's users
+    assert set(user.vocab) - set(base.feature_map.field("user").vocab)  # new users entered
+    module = model_from_config(config, data.feature_map)
+    report = warm_start(base, module, data.feature_map)  # the users kept from the base keep their rows
+    assert report.rows_carried >= len(set(user.vocab) & set(base.feature_map.field("user").vocab))

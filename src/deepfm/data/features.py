@@ -214,25 +214,31 @@ def choose_vocab(
     Values seen at least ``min_count`` times; with ``max_vocab`` only the most frequent of them
     (ties by value); sorted for stability. With ``base`` (a warm start): the base values first, in
     their order (those seen fewer than ``prune_below`` times dropped when ``prune_below`` > 0),
-    then the new values, so ``max_vocab`` caps the total.
+    then the new values. ``max_vocab`` caps the total: when base and new values together are
+    more, the ``max_vocab`` most frequent in the new training data are kept (a base value absent
+    from it counts 0; on equal counts a base value wins, then base order, then the new values by
+    value), so the cap holds and a frequent new value takes the place of a vanished old one.
     """
     counts = np.asarray(counts)
     keep = counts >= min_count
     kept = [v for v, k in zip(values, keep) if k]
     kept_counts = counts[keep]
-    old: list[Any] = []
-    if base is not None:
-        seen = dict(zip(values, counts.tolist()))
-        old = [v for v in base if not prune_below or seen.get(v, 0) >= prune_below]
-        known = set(base)
-        fresh = [i for i, v in enumerate(kept) if v not in known]
-        kept, kept_counts = [kept[i] for i in fresh], kept_counts[fresh]
-    if max_vocab:
-        room = max(max_vocab - len(old), 0)
-        if len(kept) > room:
+    if base is None:
+        if max_vocab and len(kept) > max_vocab:
             order = sorted(range(len(kept)), key=lambda i: (-int(kept_counts[i]), _sort_key(kept[i])))
-            kept = [kept[i] for i in order[:room]]
-    return old + sorted(kept, key=_sort_key)
+            kept = [kept[i] for i in order[:max_vocab]]
+        return sorted(kept, key=_sort_key)
+    seen = dict(zip(values, counts.tolist()))
+    old = [v for v in base if not prune_below or seen.get(v, 0) >= prune_below]
+    known = set(base)
+    fresh = [(v, int(c)) for v, c in zip(kept, kept_counts) if v not in known]
+    if max_vocab and len(old) + len(fresh) > max_vocab:
+        ranked = [(-int(seen.get(v, 0)), 0, i, (0, 0), v) for i, v in enumerate(old)]
+        ranked += [(-c, 1, 0, _sort_key(v), v) for v, c in fresh]
+        chosen = {r[-1] for r in sorted(ranked, key=lambda r: r[:4])[:max_vocab]}
+        old = [v for v in old if v in chosen]
+        fresh = [(v, c) for v, c in fresh if v in chosen]
+    return old + sorted((v for v, _ in fresh), key=_sort_key)
 
 
 def _encode_lists(f: Field, column: pd.Series, width: int) -> np.ndarray:

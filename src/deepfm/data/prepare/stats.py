@@ -54,7 +54,8 @@ class Counts:
         if self.merged is None:
             return choose_vocab([], np.zeros(0, np.int64), min_count, max_vocab, base, prune)
         merged = self.merged
-        if base is None or not prune:  # only values that can be kept matter
+        if base is None or not (prune or max_vocab):  # only values that can be kept matter (a warm
+            # start with a cap or a pruning rule also needs the counts of the base's values)
             merged = merged.filter(pl.col("count") >= min_count)
         values, counts = merged["value"].to_list(), merged["count"].to_numpy()
         return choose_vocab(values, counts, min_count, max_vocab, base, prune)
