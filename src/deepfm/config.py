@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from deepfm.data import yamltext
 from deepfm.data.options import CHOICES as DATA_CHOICES
 from deepfm.data.options import PrepareOptions
 from deepfm.errors import ConfigError
@@ -301,7 +302,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Options from a YAML file or a preset name (see :func:`resolve_config`)."""
     path = resolve_config(path)
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yamltext.load(path.read_bytes().decode("utf-8"))  # (lr: 1e-3 is a number)
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"config file {path} not found") from None
     except OSError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 import tomllib
 import yaml
 
+from deepfm.data import yamltext
 from deepfm.data.rules import RULE, Rule, parse_rule
 from deepfm.errors import ConfigError
 
@@ -258,7 +259,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}, line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if path.suffix == ".toml" else yamltext.load(text)
     except yaml.YAMLError as exc:  # one line: where and what, not PyYAML's multi-line report
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

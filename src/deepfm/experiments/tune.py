@@ -7,29 +7,40 @@
   ``--prune-after`` on (``--no-prune``: none; for lr schedules whose gain comes late).
 - The study lives in ``OUT/study.db`` (SQLite): running the same command again resumes it. Trials
   a killed search left running are marked failed and queued again with the same parameters, and
-  only the trials still missing are run.
+  only the trials still missing are run. Exactly ``--trials`` trials finish: each process claims
+  a trial under a file lock (``OUT/.trials.lock``) only while fewer are finished or running.
+- A trial whose training diverges (NaN) is recorded as failed and the search goes on; an option
+  the space allows but that cannot run (``dropout: 1.5``) stops it with one line.
 - Every trial trains on the same split (``--seed``) and is scored by its best validation AUC;
   the test split plays no part. Outputs: ``trials.csv``, ``best.yaml`` (the base options plus the
   best trial's, usable as ``--config``), ``search.png`` and each trial's run folder
-  ``trials/NUMBER``. ``--n-jobs N`` runs N trial processes sharing the study.
+  ``trials/NUMBER``. ``--n-jobs N`` runs N trial processes sharing the study; they end with the
+  search process, even when it is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from deepfm.config import TrainConfig, load_yaml
-from deepfm.errors import ConfigError
-from deepfm.io import atomic_write, write_text
+from deepfm.errors import ConfigError, DeepFMError, NumericalError, brief
+from deepfm.io import atomic_write, ensure_folder, write_text
 
 STUDY_NAME = "deepfm-tune"
 DB_FILE = "study.db"
@@ -72,6 +83,12 @@ def load_space(path: str | Path) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"{where}: 'low' must be below 'high', got {low} and {high}")
             if spec.get("log") and low <= 0:
                 raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+            if "step" in spec:
+                step = spec["step"]
+                if not isinstance(step, (int, float)) or isinstance(step, bool) or not step > 0:
+                    raise ConfigError(f"{where}: 'step' must be a number > 0, got {step!r}")
+                if spec.get("log"):
+                    raise ConfigError(f"{where}: a range takes 'log' or 'step', not both")
         space[name] = spec
     return space
 
@@ -120,8 +137,7 @@ def tune(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(Path(out), "--out")
     storage = f"sqlite:///{(out / DB_FILE).resolve()}"
     study = _study(storage, base.seed, prune_after=prune_after)
     requeued = _requeue_stale(study)
@@ -129,14 +145,18 @@ def tune(
         echo(f"resuming {out / DB_FILE}: {requeued} trial(s) left running by a killed search queued again")
     done = _finished(study)
     missing = max(0, n_trials - done)
-    echo(f"tune: {done} of {n_trials} trials done, {missing} to run ({n_jobs} process(es)) -> {out}")
+    shown = f"{done} of {n_trials}" if done <= n_trials else f"{done} ({n_trials} asked for)"
+    echo(f"tune: {shown} trials done, {missing} to run ({n_jobs} process(es)) -> {out}")
     if missing:
         jobs = [base.to_dict(), space, str(out), storage, n_trials, prune_after]
         if n_jobs <= 1:
             _worker(*jobs, worker=1, echo=echo)
         else:
             context = multiprocessing.get_context("spawn")
-            procs = [context.Process(target=_worker, args=[*jobs, i + 1]) for i in range(n_jobs)]
+            parent = os.getpid()
+            procs = [
+                context.Process(target=_worker_process, args=[*jobs, i + 1, parent]) for i in range(n_jobs)
+            ]
             try:
                 for p in procs:
                     p.start()
@@ -151,6 +171,9 @@ def tune(
                         p.join()
             failed = [p.exitcode for p in procs if p.exitcode != 0]
             if failed:
+                stopped = _stopping_error(_study(storage, base.seed, prune_after=prune_after))
+                if stopped:
+                    raise ConfigError(stopped)
                 raise ConfigError(f"{len(failed)} tune worker process(es) failed (exit codes {failed})")
     study = _study(storage, base.seed, prune_after=prune_after)
     return write_outputs(study, base, space, out, echo)
@@ -183,10 +206,83 @@ def _study(storage: str, seed: int, worker: int = 0, prune_after: int | None = P
     )
 
 
+DIVERGED = "diverged"  # the ``failed`` user attribute of a trial whose training diverged (NaN/inf)
+
+
 def _finished(study: Any) -> int:
+    """Trials that count towards ``--trials``: completed, pruned, and failed by diverging (a
+    result of their parameters); a trial failed by a kill is queued again and does not count."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    trials = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    )
+    return sum(t.state != TrialState.FAIL or t.user_attrs.get("failed") == DIVERGED for t in trials)
+
+
+def _claimed(study: Any) -> int:
+    """Finished trials plus those running now (each a claimed place among ``--trials``)."""
+    from optuna.trial import TrialState
+
+    return _finished(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _stopping_error(study: Any) -> str | None:
+    """The message of a trial that stopped the search (an option error of the space), if any."""
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("failed") == "error" and t.user_attrs.get("error"):
+            return str(t.user_attrs["error"])
+    return None
+
+
+@contextlib.contextmanager
+def _slot_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (``flock``) while a worker counts the trials and claims one,
+    so N processes never start more than ``--trials`` between them."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): best effort
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A trial process ends when the search process does, even when that one is killed (SIGKILL):
+    Linux's parent-death signal, and elsewhere a thread that watches the parent pid."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="deepfm-tune-parent").start()
+
+
+def _worker_process(*args: Any) -> None:
+    """A spawned trial process: dies with the search; a stopping error is stored on its trial
+    (the search process reports it as one line), never printed as a traceback."""
+    *jobs, worker, parent = args
+    _die_with_parent(parent)
+    try:
+        _worker(*jobs, worker=worker)
+    except DeepFMError:
+        sys.exit(2)
 
 
 def _requeue_stale(study: Any) -> int:
@@ -210,9 +306,12 @@ def _worker(
     worker: int = 1,
     echo: Any = print,
 ) -> None:
-    """One trial process: optimize until the study holds ``n_trials`` finished trials."""
+    """One trial process: claims and runs trials until ``n_trials`` are finished or running.
+
+    A trial whose training diverges (NaN/inf) is recorded as failed (it counts, with its
+    parameters) and the search goes on; an option error of the space stops the search with one
+    line naming the trial and its options."""
     import optuna
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     from deepfm.experiments.tracking import train_tracked
@@ -223,41 +322,58 @@ def _worker(
     configure_threads(base.threads)
     study = _study(storage, base.seed, worker, prune_after)
     cache: dict[tuple, Any] = {}
+    lock = Path(out) / ".trials.lock"
 
-    def objective(trial: optuna.Trial) -> float:
+    while True:
+        with _slot_lock(lock):
+            if _claimed(study) >= n_trials:
+                return
+            trial = study.ask()
         params = suggest(trial, space)
-        config = dataclasses.replace(
-            base, **params, out=str(Path(out) / "trials" / str(trial.number)), progress=False, resume=False
-        )
-        if "mlp" in params:
-            config.mlp = tuple(params["mlp"])
-        config.validate()
-        key = config.prepare_options()  # every option that changes the prepared data
-        if key not in cache:
-            cache.clear()
-            cache[key] = load_data(config)
+        shown = decode(space, trial.params)
+        try:
+            config = dataclasses.replace(
+                base,
+                **params,
+                out=str(Path(out) / "trials" / str(trial.number)),
+                progress=False,
+                resume=False,
+            )
+            if "mlp" in params:
+                config.mlp = tuple(params["mlp"])
+            config.validate()
+            key = config.prepare_options()  # every option that changes the prepared data
+            if key not in cache:
+                cache.clear()
+                cache[key] = load_data(config)
 
-        def report(record: dict[str, Any]) -> None:
-            trial.report(record["valid_auc"], record["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned()
+            def report(record: dict[str, Any], trial: optuna.Trial = trial) -> None:
+                trial.report(record["valid_auc"], record["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
 
-        metrics = train_tracked(config, data=cache[key], echo=lambda *_: None, on_epoch=report)
+            metrics = train_tracked(config, data=cache[key], echo=lambda *_: None, on_epoch=report)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            echo(f"trial {trial.number:3d} pruned  {shown}")
+            continue
+        except NumericalError as exc:  # these options diverge: a result, the search goes on
+            trial.set_user_attr("failed", DIVERGED)
+            trial.set_user_attr("error", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            echo(f"trial {trial.number:3d} failed (diverged: {brief(exc, 100)})  {shown}")
+            continue
+        except DeepFMError as exc:  # an option the space allows that cannot run: stop, one line
+            message = f"trial {trial.number} ({shown}): {exc}"
+            trial.set_user_attr("failed", "error")
+            trial.set_user_attr("error", message)
+            study.tell(trial, state=TrialState.FAIL)
+            raise ConfigError(message) from None
         trial.set_user_attr("best_epoch", metrics["best_epoch"])
         trial.set_user_attr("epochs_run", metrics["epochs_run"])
-        return float(metrics["best_valid_auc"])
-
-    def log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = "" if trial.value is None else f" valid AUC {trial.value:.4f}"
-        shown = decode(space, trial.params)
-        echo(f"trial {trial.number:3d} {trial.state.name.lower()}{value}  {shown}")
-
-    study.optimize(
-        objective,
-        callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), log],
-        n_trials=n_trials,
-        catch=(),
-    )
+        value = float(metrics["best_valid_auc"])
+        study.tell(trial, value)
+        echo(f"trial {trial.number:3d} complete valid AUC {value:.4f}  {shown}")
 
 
 def write_outputs(
