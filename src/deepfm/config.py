@@ -115,6 +115,8 @@ class TrainConfig:
         for name in ("embed_dim", "batch_size", "epochs", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size == 1:  # BatchNorm has no statistics of one row; training goes NaN
+            problems.append("--batch-size must be >= 2, got 1")
         if self.patience < 1:
             problems.append(f"--patience must be >= 1, got {self.patience}")
         if any(w < 1 for w in self.mlp):

@@ -126,3 +126,13 @@ def _default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def is_torch_archive(path: str | Path) -> bool:
+    """Whether ``path`` starts like a file ``torch.save`` writes (a zip archive), so that another
+    file is named as such instead of by torch's long message about ``weights_only``."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return True  # let torch.load report it

@@ -19,7 +19,7 @@ from deepfm.data.features import FeatureMap
 from deepfm.data.prepared import DataFacts
 from deepfm.data.tables import Tables, tables_from_payload, tables_to_payload
 from deepfm.errors import CheckpointError, DeepFMError, brief
-from deepfm.io import atomic_write
+from deepfm.io import atomic_write, is_torch_archive
 from deepfm.models import build_model
 
 FORMAT = "deepfm-checkpoint"
@@ -92,6 +92,8 @@ class Checkpoint:
 def read_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     """Read a run folder's or a file's ``model.pt`` (older formats migrated); one-line errors."""
     file = resolve(path)
+    if not is_torch_archive(file):
+        raise CheckpointError(f"{file} is not a deepfm checkpoint (not a PyTorch file)")
     try:
         payload = torch.load(file, map_location=device, weights_only=True)
     except Exception as exc:  # a truncated or foreign file

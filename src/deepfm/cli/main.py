@@ -15,7 +15,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 
-from deepfm.errors import DeepFMError
+from deepfm.errors import DeepFMError, brief
 from deepfm.version import __version__
 
 # One module per command in deepfm.cli, each with ``add_parser(subparsers)``; listed in help order.
@@ -68,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment (a full disk, a read-only folder): one line too
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or brief(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

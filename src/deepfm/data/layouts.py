@@ -76,11 +76,17 @@ def choose_layout(model: Any, path: Path, layout: str = "auto") -> str:
     spec = model_spec(model)
     if spec is not None and spec.input.separator and len(spec.input.separator) > 1 and suffix == ".csv":
         return "records"  # a ratings.dat-style model and a .csv of records: it reports missing columns
-    return "records" if _header_has(path, model) else own
+    names = _header_names(path)
+    if all(c.name in names for c in raw_columns(model.feature_map, model.tables)):
+        return "records"
+    joined = len(names) == 1 and any(sep in name for name in names for sep in ",;|\t")
+    if spec is not None and spec.input.header and not joined and spec.label.column not in names:
+        return "records"  # a headed file without labels: it reports the feature columns missing
+    return own
 
 
-def _header_has(path: Path, model: Any) -> bool:
-    """Whether the first line of a text file names every raw column ``model`` needs."""
+def _header_names(path: Path) -> set[str]:
+    """The names on the first line of a text file (split at a tab, else at commas)."""
     try:
         if path.suffix == ".gz":
             import gzip
@@ -93,8 +99,7 @@ def _header_has(path: Path, model: Any) -> bool:
     except OSError as exc:
         raise DataError(f"cannot be read ({exc.strerror or exc})", path) from None
     sep = "\t" if "\t" in first else ","
-    names = {n.strip().strip('"') for n in first.rstrip("\r\n").split(sep)}
-    return all(c.name in names for c in raw_columns(model.feature_map, model.tables))
+    return {n.strip().strip('"') for n in first.rstrip("\r\n").split(sep)}
 
 
 def layout_spec(model: Any, layout: str) -> DatasetSpec:
@@ -108,13 +113,23 @@ def layout_spec(model: Any, layout: str) -> DatasetSpec:
 
 def read_layout(model: Any, path: str | Path, layout: str = "auto") -> pd.DataFrame:
     """The raw records of ``path`` (every column the layout has, labels included when present)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", path)
+    path = checked_file(path)
     chosen = choose_layout(model, path, layout)
     if chosen == "records":
         return read_records(path, model)
     return read_spec_file(layout_spec(model, chosen), path)
+
+
+def checked_file(path: str | Path) -> Path:
+    """``path`` if it is a regular file, else a one-line error saying what it is."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError("is a folder, not a file", path)
+    if path.exists() and not path.is_file():
+        raise DataError("is not a regular file (a FIFO, socket or device); give a data file", path)
+    if not path.is_file():
+        raise DataError("file not found", path)
+    return path
 
 
 def read_spec_file(spec: DatasetSpec, path: Path) -> pd.DataFrame:
@@ -151,9 +166,7 @@ FORMATS = "CSV (.csv/.tsv), Parquet (.parquet) or JSON Lines (.jsonl/.ndjson)"
 
 def read_records(path: str | Path, model: Any = None) -> pd.DataFrame:
     """Raw records from ``path``; string-typed columns of ``model`` are read as strings."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", path)
+    path = checked_file(path)
     suffix = path.suffix.lower()
     strings = {}
     if model is not None:

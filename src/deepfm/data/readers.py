@@ -179,6 +179,16 @@ def _read_text_table(
         names = list(spec.columns)
         first_line = 1
     missing = [c for c in columns if c not in names]
+    if missing and spec.header and names == [""]:
+        raise DataError("the file is empty (no header line naming the columns)", path)
+    if missing and spec.header and len(names) == 1:
+        other = next((s for s in (",", "\t", ";", "|") if s != sep and s in names[0]), None)
+        if other is not None:
+            raise DataError(
+                f"the header is one column {names[0]!r}: the columns look separated by {other!r}, "
+                f"not {sep!r}; set input.separator in the spec (or convert the file)",
+                path,
+            )
     if missing:
         raise ConfigError(
             f"{source}: column(s) {missing} not in {path} (its columns are {names}); "

@@ -40,6 +40,9 @@ PARTS = ("train", "valid", "test")
 _LABEL_RULE = RULE  # a label rule, as filters and checks: column <op> number
 
 
+MAX_HASH_BUCKETS = 2**31  # the most rows a hashed field's table may have
+
+
 @dataclass
 class InputSpec:
     """Where the rows are and how to read them."""
@@ -647,6 +650,8 @@ def _field(r: _Reader, raw: Any, key: str, fmt: str = "csv") -> FieldSpec:
     if f.hash_buckets is not None:
         if f.hash_buckets < 1:
             r.fail(f"{key}.hash_buckets", f"must be >= 1, got {f.hash_buckets}")
+        if f.hash_buckets > MAX_HASH_BUCKETS:  # one embedding row per bucket: 2^31 x 16 floats = 128 GiB
+            r.fail(f"{key}.hash_buckets", f"must be <= 2^31 ({MAX_HASH_BUCKETS:,}), got {f.hash_buckets:,}")
         if f.kind != "categorical" or f.transform is not None:
             r.fail(f"{key}.hash_buckets", "only a categorical field without a transform can be hashed")
         for other in ("min_count", "max_vocab"):

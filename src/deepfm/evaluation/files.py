@@ -18,7 +18,7 @@ import pandas as pd
 from deepfm.data.batching import Split
 from deepfm.data.layouts import filtered, label_rule, labels_of, parse_label, read_labelled, row_filter
 from deepfm.data.records import prepare_records, records_frame
-from deepfm.errors import ConfigError
+from deepfm.errors import ConfigError, DataError
 from deepfm.evaluation.evaluator import for_model
 from deepfm.evaluation.scoring import refuse_non_finite
 
@@ -38,10 +38,14 @@ def evaluate_model(
     ):
         paths = [data] if isinstance(data, (str, Path)) else list(data)
         frame, labels = read_labelled(model, paths, layout, label)
+        if not len(frame):  # a header-only file: no metric is defined
+            raise DataError("holds no rows to evaluate", ", ".join(map(str, paths)))
     else:
         frame = filtered(_frame_of(data), row_filter(model))
         rule = parse_label(label) if label else label_rule(model)
         labels = labels_of(frame, rule)
+        if not len(frame):
+            raise DataError("the data holds no rows to evaluate")
     frame = prepare_records(records_frame(frame, model.feature_map), model.feature_map, model.tables)
     arrays = model.feature_map.encode(frame)
     split = Split.from_arrays(arrays, labels)

@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -136,7 +137,13 @@ class BodyLimit:
         parts.clear()
         handler = self.fast.get(scope["path"]) if scope.get("method") == "POST" else None
         if handler is not None:  # the hot path: no routing or dependency solving per request
-            status, content = handler(body)
+            ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            if not is_json(ctype):
+                status, content = unsupported(ctype)
+            elif len(body) > OFF_LOOP_BYTES:  # a large batch: score it in a worker thread
+                status, content = await run_in_threadpool(handler, body)
+            else:  # a small one is quicker on the loop than a thread hop
+                status, content = handler(body)
             await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
             await send({"type": "http.response.body", "body": content})
             return
@@ -150,6 +157,22 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are scored off the event loop (/health stays live)
+
+
+def is_json(content_type: str) -> bool:
+    """Whether a Content-Type declares JSON (``application/json``, ``application/*+json``)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def unsupported(content_type: str) -> tuple[int, bytes]:
+    """415 for a body not declared as JSON (a form, text/plain, no Content-Type)."""
+    shown = content_type or "none"
+    detail = f"Content-Type {shown!r} is not JSON; send the records as application/json"
+    return 415, orjson.dumps({"detail": detail})
 
 
 async def _too_large(scope: Any, receive: Any, send: Any, what: str, limit: int) -> None:
@@ -207,13 +230,18 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
         },
         responses={
             413: {"description": f"more than {max_batch} records, or a body over {max_bytes:,} bytes"},
+            415: {"description": "the body is not declared as JSON (Content-Type)"},
             422: {"description": "bad record: detail[].loc names the record and field"},
         },
     )
     async def predict(request: Request) -> Response:
         # BodyLimit answers POST /predict itself (the same Predictor); this route documents it and
         # serves it when the app is mounted without that middleware
-        status, content = predictor(await request.body())
+        ctype = request.headers.get("content-type", "")
+        if not is_json(ctype):
+            status, content = unsupported(ctype)
+        else:
+            status, content = await run_in_threadpool(predictor, await request.body())
         return Response(content, status_code=status, media_type="application/json")
 
     @app.get(

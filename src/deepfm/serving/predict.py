@@ -56,6 +56,8 @@ def check_output(output: str | Path) -> None:
     path = Path(output)
     if str(output).endswith(("/", "\\")) or path.is_dir():
         raise DataError(f"is a folder; give a file name such as {path / 'scores.csv'}", output)
+    if path.exists() and not path.is_file():  # a device or FIFO: never replaced by the scores file
+        raise DataError("is not a regular file; give a file name such as scores.csv", output)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

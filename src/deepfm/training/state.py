@@ -31,9 +31,10 @@ from torch import nn
 
 from deepfm.config import TrainConfig
 from deepfm.errors import CheckpointError, ConfigError, NumericalError, brief
-from deepfm.io import atomic_write
+from deepfm.io import atomic_write, is_torch_archive
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.loop import EpochPosition, check_weights
+from deepfm.version import __version__
 
 T = TypeVar("T")
 STATE_FILE = "state.pt"
@@ -132,7 +133,7 @@ class TrainingState:
             IndexError,
             OverflowError,
         ) as exc:
-            raise CheckpointError(f"{self.path} is damaged or not from this run ({brief(exc)})") from None
+            raise CheckpointError(unreadable_state(self.path, payload, exc)) from None
         self.saved = _where(self._resume)
         _remove_stale_temp_files(self.path)
         return self
@@ -196,6 +197,7 @@ class TrainingState:
         payload = {
             "format": FORMAT,
             "version": VERSION,
+            "deepfm": __version__,  # the package that wrote it, named when another cannot resume it
             "config": self.config.to_dict(),
             "position": {
                 "epoch": pos.epoch,
@@ -234,15 +236,33 @@ def read_state(path: str | Path) -> dict[str, Any]:
             f"no training state to resume in {path.parent} (expected {path.name}, written at the end of "
             "every epoch and every --checkpoint-every steps); start the run without --resume"
         )
+    if not is_torch_archive(path):
+        raise CheckpointError(f"{path} is not a deepfm training state (not a PyTorch file)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign or corrupt file
         raise CheckpointError(f"{path} is not a readable deepfm training state ({brief(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a deepfm training state")
-    if not isinstance(payload.get("version"), int) or payload["version"] > VERSION:
-        raise CheckpointError(f"{path} was written by a newer deepfm (format {payload.get('version')})")
+    version = payload.get("version")
+    if type(version) is not int or version < 1:  # bool is an int in Python: refuse True as 1
+        raise CheckpointError(f"{path} is damaged (state format {version!r}, expected 1 to {VERSION})")
+    if version > VERSION:
+        raise CheckpointError(f"{path} was written by a newer deepfm (state format {version})")
     return payload
+
+
+def unreadable_state(path: Path, payload: dict[str, Any], exc: BaseException) -> str:
+    """Why a ``state.pt`` that loaded cannot be resumed: written by another deepfm (named, with
+    what to do), else damaged."""
+    writer = payload.get("deepfm")
+    if writer == __version__:
+        return f"{path} is damaged or not from this run ({brief(exc)})"
+    by = f"deepfm {writer}" if isinstance(writer, str) else "an older deepfm (one that kept no version)"
+    return (
+        f"{path} was written by {by}; deepfm {__version__} cannot resume it ({brief(exc, 80)}): "
+        f"finish it with that version, or start a new run from its model with --init-from {path.parent}"
+    )
 
 
 def option_flag(name: str) -> str:
@@ -260,6 +280,8 @@ def resume_config(out: str | Path, given: dict[str, Any]) -> TrainConfig:
     try:
         stored = TrainConfig.from_dict(payload["config"]).validate()
     except (KeyError, TypeError, AttributeError, ConfigError) as exc:
+        if payload.get("deepfm") != __version__:
+            raise CheckpointError(unreadable_state(Path(out) / STATE_FILE, payload, exc)) from None
         raise CheckpointError(f"{Path(out) / STATE_FILE} holds no valid config ({brief(exc)})") from None
     values = stored.to_dict()
     check = TrainConfig.from_dict({k: v for k, v in given.items() if k not in ("out", "resume")})
