@@ -206,3 +206,29 @@ def test_a_large_batch_is_scored_off_the_event_loop(run, monkeypatch):
             release.set()
             big.join(60)
     assert replies == [200]
+
+
+@pytest.mark.parametrize(
+    "option, where",
+    [
+        ("--out", "afile"),
+        ("--out", "afile/run"),
+        ("--tensorboard", "afile/tb"),
+        ("--mlflow", "afile/mlruns"),
+        ("--mlflow", "foo://bar"),
+        ("--mlflow", "http://127.0.0.1:9"),  # nothing listens: refused quickly, not after minutes
+    ],
+)
+def test_output_and_tracking_paths_are_checked_before_training(run, tmp_path, capsys, option, where):
+    pytest.importorskip(
+        "tensorboard" if option == "--tensorboard" else "mlflow"
+    ) if option != "--out" else None
+    (tmp_path / "afile").write_text("a file in the way")
+    value = where if "://" in where else str(tmp_path / where)
+    args = ["train", "--spec", str(run.parent / "day1.yaml"), "--epochs", "1", "--no-progress"]
+    if option != "--out":
+        args += ["--out", str(tmp_path / "run")]
+    err = one_line_error(capsys, [*args, option, value])
+    assert option in err or "afile" in err, err
+    assert (tmp_path / "afile").read_text() == "a file in the way"
+    assert not (tmp_path / "run" / "model.pt").exists()
