@@ -232,3 +232,11 @@ def test_output_and_tracking_paths_are_checked_before_training(run, tmp_path, ca
     assert option in err or "afile" in err, err
     assert (tmp_path / "afile").read_text() == "a file in the way"
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("version", [0, -1, True, "1"])
+def test_a_checkpoint_format_version_that_is_not_1_or_more_is_refused(run, tmp_path, capsys, version):
+    payload = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**payload, "version": version}, tmp_path / "model.pt")
+    err = one_line_error(capsys, ["evaluate", "--model", str(tmp_path / "model.pt"), "--input", "x.csv"])
+    assert f"model.pt is damaged (format version {version!r}, expected 1 to 1)" in err, err
