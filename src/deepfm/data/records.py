@@ -232,6 +232,8 @@ def _field_type(f: Field) -> ValueType:
         return "float"
     if f.hash_buckets:  # hashed as text: read "007" as "007", not 7
         return "str"
+    if (f.transform or {}).get("pattern"):  # its pattern searches the value's text ("Up (2009)")
+        return "str"
     return INFERRED.get(f.index().inferred_type, "any")  # the cached vocabulary index: no scan
 
 

@@ -3,8 +3,10 @@
 The exported graph maps encoded index tensors to click probabilities: ``ids`` [batch, F] int64
 (always), ``bags`` [batch, S, L] int64 (when the model has multi-valued fields) and ``dense``
 [batch, K] float32 (when it has numeric fields) -> ``probability`` [batch]. The batch axis is
-dynamic. ``feature_map.json`` beside the file lists the inputs and every field's vocabulary and
-offset, so another runtime can encode raw values exactly as :meth:`FeatureMap.encode` does.
+dynamic. ``feature_map.json`` beside the file states every field's exact rule from a raw value to
+its column of those inputs (:mod:`deepfm.serving.rules`) with the vocabularies, and the model's
+side tables are written beside it as CSV, so another runtime scores raw records exactly as
+``deepfm predict`` does.
 ONNX uses PyTorch's ``torch.export``-based exporter (needs ``onnxscript``) and falls back to the
 TorchScript-based one when ``onnxscript`` is missing; TorchScript uses ``torch.jit.trace``.
 """
@@ -26,12 +28,15 @@ from torch import nn
 
 from deepfm.artifact.trained import TrainedModel
 from deepfm.data.features import FeatureMap
-from deepfm.data.transforms import TOKEN_RULE
+from deepfm.data.transforms import TOKEN_RULE, token_text
 from deepfm.errors import ConfigError
 from deepfm.io import atomic_write
+from deepfm.serving.rules import READ, field_rule
 
 FORMATS = ("onnx", "torchscript")
 FEATURE_MAP_FILE = "feature_map.json"
+TABLE_FILE = "table_{key}.csv"  # a side table, written beside the exported file
+EXPORT_VERSION = 2  # 2: per-field rules ("fields"), side tables, "read"
 OUTPUT = "probability"
 EXAMPLE_BATCH = 64
 
@@ -157,31 +162,46 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def write_feature_map(model: TrainedModel, path: Path) -> Path:
+    """``feature_map.json``: the graph's inputs, each field's exact encoding rule (``fields``), the
+    side tables written beside it (``tables``) and the feature map itself (``feature_map``)."""
     fmap = model.feature_map
     shapes = {
         "ids": ["batch", len(fmap.categorical)],
         "bags": ["batch", len(fmap.multi), max((f.max_len for f in fmap.multi), default=0)],
         "dense": ["batch", len(fmap.numerics)],
     }
-    fields = {"ids": fmap.categorical, "bags": fmap.multi, "dense": fmap.numerics}
+    slots = {"ids": fmap.categorical, "bags": fmap.multi, "dense": fmap.numerics}
+    where = {f.name: (name, j) for name, fields in slots.items() for j, f in enumerate(fields)}
+    supplied = {c: key for key, t in model.tables.items() for c in t.columns if c != key}
+    rules = []
+    for f in fmap.fields:
+        name, j = where[f.name]
+        rules.append({**field_rule(f, supplied.get(f.source)), "input": name, "position": j})
+    tables = []
+    for key, table in model.tables.items():
+        file = TABLE_FILE.format(key=key)
+        cells = table.drop_duplicates(key).astype(object).map(token_text)  # 35.0 -> "35", as trained
+        text = cells.to_csv(index=False)
+        atomic_write(path.parent / file, lambda f, text=text: f.write(text.encode()))
+        tables.append({"key": key, "file": file, "columns": [str(c) for c in table.columns]})
     doc = {
         "format": "deepfm-export",
+        "version": EXPORT_VERSION,
         "model": model.config.model,
         "inputs": [
             {
                 "name": name,
                 "dtype": "float32" if name == "dense" else "int64",
                 "shape": shapes[name],
-                "fields": [f.name for f in fields[name]],
+                "fields": [f.name for f in slots[name]],
             }
             for name in input_names(fmap)
         ],
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch"]},
-        "encoding": "global row = field offset + 1 + position of the value's token in vocab; unseen "
-        "value = field offset (OOV row); hashed field (hash_buckets B, hash xxh64-utf8-seed0): field "
-        "offset + 1 + xxh64(the value's token as UTF-8, seed 0) % B; 0 pads bags; dense = the "
-        "field's transform of the raw float (missing -> 0)",
         "token_rule": TOKEN_RULE,
+        "read": READ,
+        "fields": rules,
+        "tables": tables,
         "feature_map": fmap.to_dict(),
     }
     text = json.dumps(doc, indent=1) + "\n"
