@@ -17,7 +17,7 @@ def learning_curve_figure(
     from matplotlib.ticker import MaxNLocator
 
     xs = [e["epoch"] for e in epochs]
-    fig, ax_loss = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax_loss = plt.subplots(figsize=(6.4, 4.3))
     ax_loss.plot(xs, [e["train_loss"] for e in epochs], "o-", color="tab:blue", label="train loss")
     if epochs and "valid_logloss" in epochs[0]:
         ax_loss.plot(xs, [e["valid_logloss"] for e in epochs], "^--", color="tab:green", label="valid loss")
@@ -30,10 +30,11 @@ def learning_curve_figure(
     if best_epoch is not None and best_epoch in xs:
         ax_loss.axvline(best_epoch, color="tab:red", linestyle=":", label=f"best epoch ({best_epoch})")
     handles = ax_loss.get_legend_handles_labels()[0] + ax_auc.get_legend_handles_labels()[0]
-    ax_loss.legend(handles=handles, loc="best", fontsize="small")
+    # below the axes, outside them: a legend inside covers a curve whatever corner it takes
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize="small", frameon=False)
     if title:
         ax_loss.set_title(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 

@@ -227,47 +227,67 @@ def write_report(
     plot(rows, runs, out / "comparison.png", f"{base.dataset}, features {base.features}")
 
 
-def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Bars of test AUC and logloss (error bars = std over seeds) and valid AUC per epoch."""
-    import matplotlib
+# Bars start from a floor that means something (AUC 0.5 = chance, logloss 0), so their heights
+# compare honestly; the value is written on each bar for the digits.
+FLOORS = {"test_auc": 0.5, "test_logloss": 0.0}
+SEED_STYLES = ("-", "--", ":", "-.")
 
-    matplotlib.use("Agg")
+
+def plot(rows: list[dict[str, Any]], runs: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Write :func:`figure` as a PNG."""
+    fig = figure(rows, runs, title)
     import matplotlib.pyplot as plt
 
     from deepfm.io import atomic_write
 
+    path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def figure(rows: list[dict[str, Any]], runs: list[dict[str, Any]], title: str) -> Any:
+    """Bars of test AUC and logloss (error bars = std over seeds) and valid AUC per epoch, one
+    line per run: the model's colour, the seed's line style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
     names = [r["model"] for r in rows]
     colours = {name: f"C{i}" for i, name in enumerate(names)}
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     x = np.arange(len(names))
     for ax, metric, label in ((axes[0], "test_auc", "test AUC"), (axes[1], "test_logloss", "test logloss")):
         means = np.array([r[f"{metric}_mean"] for r in rows])
-        stds = np.array([r[f"{metric}_std"] for r in rows])
-        ax.bar(x, means, yerr=stds, capsize=4, color=[colours[n] for n in names])
-        low, high = float((means - stds).min()), float((means + stds).max())
-        pad = max(high - low, 1e-3) * 0.6
-        ax.set_ylim(low - pad, high + pad)
+        stds = np.nan_to_num(np.array([r[f"{metric}_std"] for r in rows]))
+        floor = FLOORS[metric]
+        bars = ax.bar(x, means - floor, bottom=floor, yerr=stds, capsize=4, color=[colours[n] for n in names])
+        ax.bar_label(bars, labels=[f"{m:.4f}" for m in means], label_type="center", color="white")
+        finite = means[np.isfinite(means)]
+        top = float((finite + stds[np.isfinite(means)]).max()) if len(finite) else floor + 1
+        ax.set_ylim(floor, top + (top - floor) * 0.05)
         ax.set_xticks(x, names)
-        ax.set_ylabel(label)
+        ax.set_ylabel(f"{label} (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
     ax = axes[2]
+    seeds = sorted({run["seed"] for run in runs})
+    style = {seed: SEED_STYLES[i % len(SEED_STYLES)] for i, seed in enumerate(seeds)}
     for run in runs:
         curve = run["valid_auc"]
-        seed_label = run["model"] if run["seed"] == min(r["seed"] for r in runs) else None
-        ax.plot(
-            range(1, len(curve) + 1), curve, "-", color=colours[run["model"]], alpha=0.8, label=seed_label
-        )
+        ax.plot(range(1, len(curve) + 1), curve, style[run["seed"]], color=colours[run["model"]], alpha=0.85)
     finite = [v for run in runs for v in run["valid_auc"] if not math.isnan(v)]
     if finite:
         top = max(finite)
         ax.set_ylim(max(min(finite), top - 0.05), top + 0.005)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation AUC (one line per seed)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("validation AUC")
+    handles = [Line2D([], [], color=colours[n], label=n) for n in names]
+    handles += [Line2D([], [], color="0.3", linestyle=style[s], label=f"seed {s}") for s in seeds]
+    # below the axes: inside, it would cover curves
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(handles))
     ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    path = atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    return fig

@@ -427,48 +427,94 @@ def write_outputs(
     return {"number": best.number, "valid_auc": best.value, "params": params, "trials": len(trials)}
 
 
+def _label_ends(ax: Any, ends: list[tuple[int, float, Any]], colour: Any, gap: float) -> None:
+    """``#N`` at the end of each trial's curve, nudged apart where curves end close together."""
+    last = max((x for x, _, _ in ends), default=0)
+    ax.set_xlim(right=last + 0.06 * max(last, 1) + 0.4)  # room for the labels
+    low, high = ax.get_ylim()
+    for x in sorted({x for x, _, _ in ends}):
+        column = sorted((e for e in ends if e[0] == x), key=lambda e: -e[1])
+        y_prev = math.inf
+        for _, y, t in column:
+            y_text = min(max(min(y, y_prev - gap), low), high)
+            ax.annotate(f"#{t.number}", (x, y), xytext=(x + 0.08, y_text), textcoords="data", fontsize=7,
+                        color=colour(t), va="center", ha="left")  # fmt: skip
+            y_prev = y_text
+
+
 def plot(trials: list[Any], path: Path) -> Path:
-    """Validation AUC per trial (completed and pruned) with the running best."""
+    """Write :func:`figure` as a PNG."""
+    fig = figure(trials)
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def figure(trials: list[Any]) -> Any:
+    """Validation AUC per trial (completed and pruned) with the running best, and each trial's
+    curve per epoch; a trial has one colour in both panels, and its curve ends in its number."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    numbers = [t.number for t in trials] or [0]
+    cmap = plt.get_cmap("viridis")
+    span = max(max(numbers) - min(numbers), 1)
+
+    def colour(t: Any) -> Any:
+        return cmap(0.9 * (t.number - min(numbers)) / span)
+
     ax = axes[0]
     best, xs, ys = -math.inf, [], []
+    pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
     for t in trials:
         if t.state.name == "COMPLETE":
-            ax.plot(t.number, t.value, "o", color="C0")
+            ax.plot(t.number, t.value, "o", color=colour(t))
             best = max(best, t.value)
-        elif t.state.name == "PRUNED" and t.intermediate_values:
-            ax.plot(t.number, max(t.intermediate_values.values()), "x", color="C3")
+        elif t in pruned:
+            ax.plot(t.number, max(t.intermediate_values.values()), "x", color=colour(t), markersize=8)
         if best > -math.inf:
             xs.append(t.number)
             ys.append(best)
-    ax.step(xs, ys, where="post", color="C2", label="best so far")
-    ax.plot([], [], "o", color="C0", label="completed")
-    ax.plot([], [], "x", color="C3", label="pruned (best epoch seen)")
+    ax.step(xs, ys, where="post", color="0.2", linewidth=1, label="best so far")
+    handles = [Line2D([], [], color="0.2", linewidth=1, label="best so far")]
+    handles.append(Line2D([], [], marker="o", linestyle="", color="0.5", label="completed"))
+    if pruned:  # no legend entry for a kind of trial the study does not have
+        handles.append(
+            Line2D([], [], marker="x", linestyle="", color="0.5", label="pruned (best epoch seen)")
+        )
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation AUC")
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     ax = axes[1]
+    ends = []
     for t in trials:
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)
-            colour = "C3" if t.state.name == "PRUNED" else "C0"
-            ax.plot(steps, [t.intermediate_values[s] for s in steps], "-", color=colour, alpha=0.6)
+            values = [t.intermediate_values[s] for s in steps]
+            dashes = "--" if t.state.name == "PRUNED" else "-"
+            ax.plot(steps, values, dashes, color=colour(t), alpha=0.85)
+            ends.append((steps[-1], values[-1], t))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation AUC (one line per trial)")
     ax.grid(alpha=0.3)
+    for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     values = [v for t in trials for v in t.intermediate_values.values()]
     if values:
         top = max(values)
+        low = max(min(values), top - 0.05)
+        margin = (top - low) * 0.04 + 1e-4
         for a in axes:
-            a.set_ylim(max(min(values), top - 0.05), top + 0.005)
-    fig.suptitle("deepfm tune: validation AUC (red: pruned)")
+            a.set_ylim(low - margin, top + margin)
+        _label_ends(ax, ends, colour, gap=(top - low + 2 * margin) * 0.045)
+    fig.suptitle("deepfm tune: validation AUC" + (" (x and dashed: pruned trials)" if pruned else ""))
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    return fig
