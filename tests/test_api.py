@@ -119,7 +119,7 @@ def test_fit_takes_an_arrow_table_with_given_valid_and_test_frames(tmp_path, mon
         batch_size=256,
         model="fm",
         threads=1,
-        progress=False,
+        no_progress=True,  # deepfm train --no-progress
         echo=lambda *a: None,
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -174,3 +174,33 @@ def test_fit_on_a_spec_mapping_with_leave_last_split_reports_ranking(tmp_path, m
     # 59 candidates, a third of them clicks too: chance is 10/60, a perfect model about 10/20
     assert metrics["test_hitrate@10"] > 0.3
     assert len(test_ts) == 100 and model.recommend(5, k=3).items.shape[0] == 3
+
+
+def test_every_deepfm_train_flag_is_a_fit_keyword():
+    """Read from the command line's parser: each ``--flag`` of ``deepfm train`` as a keyword of
+    ``fit`` lands on the config key the flag sets (``--config`` is fit's own argument,
+    ``--debug`` the command line's tracebacks)."""
+    import dataclasses
+
+    from deepfm.api import config_options
+    from deepfm.cli.main import build_parser
+    from deepfm.config import TrainConfig
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    checked = 0
+    for action in commands["train"]._actions:
+        for flag in (o for o in action.option_strings if o.startswith("--")):
+            keyword = flag[2:].replace("-", "_")
+            if keyword in ("help", "config", "debug"):
+                continue
+            value = action.const if action.nargs == 0 else action.default
+            translated = config_options({keyword: True if action.nargs == 0 else value})
+            assert list(translated) == [action.dest] and action.dest in known, flag
+            if action.nargs == 0:
+                assert translated[action.dest] == action.const, flag
+            checked += 1
+    assert checked > 30
+    assert config_options({"no_progress": True}) == {"progress": False}
+    with pytest.raises(ConfigError, match="not both"):
+        config_options({"no_progress": True, "progress": True})

@@ -11,6 +11,7 @@ that ``deepfm.load(out)`` returns, with ``.predict``, ``.evaluate`` and ``.recom
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -56,10 +57,11 @@ def fit(
     parts are given. ``roles``: which fields are the user and the item (``{"user": "user_id",
     "item": "movie_id"}``), for ``recommend``, ranking metrics and the default gAUC group.
     ``config``: a YAML file or preset name; ``options``: any ``deepfm train`` option by its
-    Python name (``model="fm"``, ``epochs=10``, ``seed=1``, ...).
+    Python name (``model="fm"``, ``epochs=10``, ``seed=1``, ``no_progress=True``, ...);
+    ``deepfm train --debug`` (tracebacks) is the command line's own.
     """
     values: dict[str, Any] = load_yaml(config) if config else {}
-    values.update(options)
+    values.update(config_options(options))
     values["out"] = str(out)
     out = Path(out)
     files: dict[str, bytes] = {}
@@ -102,6 +104,22 @@ def spec_file(text: bytes) -> Path:
     if not path.is_file() or path.read_bytes() != text:
         write_bytes(path, text)
     return path
+
+
+def config_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``deepfm train``'s flags as config keys: ``no_progress=True`` (``--no-progress``) is
+    ``progress=False``, as for every ``--no-X`` flag of a yes/no option ``X``."""
+    flags = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool)}
+    values = {}
+    for key, value in options.items():
+        if key.startswith("no_") and key[3:] in flags and key not in flags:
+            if not isinstance(value, bool):
+                raise ConfigError(f"fit: {key} must be True or False, got {value!r}")
+            key, value = key[3:], not value
+            if key in options:
+                raise ConfigError(f"fit: give {key}= or no_{key}=, not both")
+        values[key] = value
+    return values
 
 
 def _spec_of(
