@@ -109,6 +109,8 @@ def test_compare_cli_writes_csv_markdown_png_and_prints_the_table(tiny_ml, tmp_p
     md = (out / "comparison.md").read_text()
     assert "| fm |" in md and "±" in md and "minus fm's, paired by seed" in md
     assert "| deepfm − fm |" in md and "p-value" in md
+    # the epoch cap is stated, and that every run hit it (patience 3 cannot stop a 2-epoch run)
+    assert "at most 2 epochs with early stopping (patience 3); 4 of 4 runs used all 2." in md
     printed = capsys.readouterr().out
     assert "| deepfm |" in printed and "comparison.csv" in printed
     runs = json.loads((out / "comparison.json").read_text())["runs"]

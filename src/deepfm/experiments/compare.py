@@ -123,12 +123,14 @@ def to_markdown(
     labelling: str = "",
 ) -> str:
     """The table (mean ± std over seeds) with a header naming data, features and seeds."""
+    capped = sum(len(run["valid_auc"]) >= base.epochs for run in runs)
+    cap = f"; {capped} of {len(runs)} runs used all {base.epochs}" if capped else ""
     lines = [
         f"Dataset `{base.dataset}`, features `{base.features}`, label {labelling}, "
         f"seeds {', '.join(map(str, seeds))}; embed {base.embed_dim}, MLP "
         f"{','.join(map(str, base.mlp)) or 'none'}, dropout {base.dropout}, lr {base.lr}, "
-        f"weight decay {base.weight_decay}, batch {base.batch_size}, early stopping (patience "
-        f"{base.patience}).",
+        f"weight decay {base.weight_decay}, batch {base.batch_size}, at most {base.epochs} epochs with "
+        f"early stopping (patience {base.patience}){cap}.",
         "",
         "| model | test AUC | test logloss | train s | params |",
         "|---|---|---|---|---|",
