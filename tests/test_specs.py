@@ -432,6 +432,17 @@ def test_criteo_reads_every_file_in_the_folder_and_learns(tmp_path):
     record["I3"] = None
     probs = model.predict([record, record | {"C1": "unseen"}])
     assert probs.shape == (2,) and np.isfinite(probs).all()
+    # predict on the headerless file writes its integer columns as integers, blanks kept blank
+    from deepfm.cli.main import main
+
+    scored = tmp_path / "scored.csv"
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(folder / "part1.txt"),
+                 "--output", str(scored), "--format", "spec"]) == 0  # fmt: skip
+    source = [line.split("\t") for line in (folder / "part1.txt").read_text().splitlines()]
+    written = [line.split(",") for line in scored.read_text().splitlines()]
+    i_columns = slice(1, 14)  # label, I1..I13
+    assert written[0][i_columns] == [f"I{i}" for i in range(1, 14)]
+    assert [row[i_columns] for row in written[1:]] == [row[i_columns] for row in source]
     assert data.facts.cache in {str(p) for p in Path(data.facts.cache).parent.iterdir()}
 
 

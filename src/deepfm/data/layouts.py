@@ -155,7 +155,24 @@ def read_spec_file(spec: DatasetSpec, path: Path) -> pd.DataFrame:
     ]
     if not chunks:
         raise DataError("file holds no rows", path)
-    return pl.concat(chunks).to_pandas()
+    return whole_numbers_as_integers(pl.concat(chunks).to_pandas())
+
+
+def whole_numbers_as_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numeric columns whose values are all whole numbers as integers with gaps (pandas
+    ``Int64``), so that rows written back out read ``1,,0,55`` as in the file, not ``1.0,,0.0,55.0``
+    (numbers read from text become floats to hold the blanks); the model scores them the same."""
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype.kind == "f":
+            values = column.dropna().to_numpy()
+            if (
+                np.isfinite(values).all()
+                and (values == np.round(values)).all()
+                and (abs(values) < 2**53).all()
+            ):
+                frame[name] = column.astype("Int64")
+    return frame
 
 
 CSV = (".csv", ".tsv", ".txt")
