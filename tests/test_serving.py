@@ -13,7 +13,7 @@ from conftest import fit_map, prepared, write_movielens
 
 import deepfm
 from deepfm.artifact.checkpoint import model_from_config
-from deepfm.artifact.recommend import recommend
+from deepfm.artifact.recommend import default_min_item_count, recommend
 from deepfm.artifact.trained import TrainedModel
 from deepfm.cli.main import main
 from deepfm.config import TrainConfig
@@ -138,7 +138,7 @@ def test_rated_index_matches_the_training_pairs(run_dir, model):
 
 def test_recommend_skips_rated_movies_and_ranks_by_the_model_score(run_dir, model):
     pairs = train_pairs(run_dir)
-    result = recommend(model, "7", k=10)
+    result = recommend(model, "7", k=10, min_item_count=1)  # every item a candidate
     seen = set(pairs.loc[pairs.user_id == "7", "movie_id"])
     assert result.known_user and result.excluded == len(seen) > 0
     assert result.candidates == len(model.feature_map.field("movie_id").vocab) - len(seen)
@@ -151,8 +151,31 @@ def test_recommend_skips_rated_movies_and_ranks_by_the_model_score(run_dir, mode
     best = np.argsort(-scores, kind="stable")[:10]
     assert list(top.movie_id) == [unseen[i] for i in best]
     np.testing.assert_allclose(top.score, scores[best], rtol=1e-6)
-    included = recommend(model, 7, k=len(seen) + result.candidates, exclude_rated=False)
+    included = recommend(model, 7, k=len(seen) + result.candidates, exclude_rated=False, min_item_count=1)
     assert included.excluded == 0 and set(included.items.movie_id) >= seen
+
+
+def test_recommend_candidates_are_items_enough_users_rated(run_dir, model, capsys):
+    pairs = train_pairs(run_dir).drop_duplicates()
+    raters = pairs.groupby("movie_id").user_id.nunique()
+    seen = set(pairs.loc[pairs.user_id == "7", "movie_id"])
+    vocab = model.feature_map.field("movie_id").vocab
+    users = len(model.feature_map.field("user_id").vocab)
+    default = recommend(model, "7", k=len(vocab))
+    median = int(raters.median())  # about half the items are rarer than this
+    assert default_min_item_count(model) == max(1, -(-users * 2 // 100))  # 2% of the users, rounded up
+    for n, result in (
+        (default_min_item_count(model), default),
+        (median, recommend(model, "7", k=len(vocab), min_item_count=median)),
+    ):
+        allowed = {m for m in vocab if raters.get(m, 0) >= n}
+        assert set(result.items.movie_id) == allowed - seen
+        assert result.rare == len(vocab) - len(allowed)
+        assert result.excluded == len(seen & allowed) and result.candidates == len(allowed - seen)
+    args = ["recommend", "--model", str(run_dir), "--user", "7", "--k", "3", "--min-item-count", str(median)]
+    assert main(args) == 0
+    rare = recommend(model, "7", k=3, min_item_count=median).rare
+    assert rare > len(vocab) // 4 and f"{rare:,} rated by too few users" in capsys.readouterr().out
 
 
 def test_recommend_cli_prints_titles_when_the_model_has_a_title_table(run_dir, model, tmp_path, capsys):

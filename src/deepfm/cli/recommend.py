@@ -18,6 +18,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--user", required=True, help="user id as in the data (e.g. 42)")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--include-rated", action="store_true", help="also rank items the user rated in training")
+    p.add_argument(
+        "--min-item-count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="recommend only items that at least N users rated in training (default: 2%% of the "
+        "training users; 1: every item)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
 
@@ -27,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from deepfm.artifact.recommend import recommend
 
     model = deepfm.load(args.model)
-    result = recommend(model, args.user, args.k, exclude_rated=not args.include_rated)
+    result = recommend(
+        model, args.user, args.k, exclude_rated=not args.include_rated, min_item_count=args.min_item_count
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
         return 0
@@ -36,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         note += " (this checkpoint has no record of training ratings: none skipped)"
     print(
         f"user {result.user}{note}: top {len(result.items)} of {result.candidates:,} items "
-        f"({result.excluded:,} rated in training skipped)"
+        f"({result.excluded:,} rated in training skipped, {result.rare:,} rated by too few users)"
     )
     print(format_table(result.items))
     return 0

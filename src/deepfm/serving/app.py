@@ -52,6 +52,7 @@ class RecommendResponse(BaseModel):
     known_user: bool = Field(description="false: the user was not in training (scored as OOV)")
     excluded: int = Field(description="items skipped because the user rated them in training")
     candidates: int = Field(description="items scored")
+    rare: int = Field(description="items skipped because fewer than min_item_count users rated them")
     items: list[dict[str, Any]] = Field(
         description="best first: the item id (e.g. movie_id), its title when the model has one, score"
     )
@@ -254,10 +255,17 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
         user: Annotated[str, Query(description="user id, as in the training data")],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="how many items")] = 10,
         exclude_rated: Annotated[bool, Query(description="skip items rated in training")] = True,
+        min_item_count: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                description="only items at least this many users rated in training (default: 2% of them)",
+            ),
+        ] = None,
     ) -> RecommendResponse:
         if not can_recommend(model):
             raise HTTPException(404, "this model has no user and item fields to recommend from")
-        result = _run(lambda: recommend(model, user, k, exclude_rated))
+        result = _run(lambda: recommend(model, user, k, exclude_rated, min_item_count))
         return RecommendResponse(**result.to_dict())
 
     return app
