@@ -7,7 +7,7 @@ For each seed and each variant (a set of ``deepfm train`` options), trains on Mo
   ``--rank-negatives`` sampled items the user did not rate; ``metrics.json``);
 * ``full_hr@10`` / ``full_ndcg@10``: the same held-out items ranked in the user's actual top-10
   from ``model.recommend(user, 10)`` (every candidate item, rated ones excluded);
-* ``coverage``: distinct items in all users' top-10 / items that can be recommended;
+* ``coverage``: distinct items in all users' top-10 / items in the catalogue (seen in training);
 * ``overlap``: mean over all pairs of users of |top-10 A and top-10 B| / 10;
 * ``median_count``: median number of training ratings of the recommended items;
 * ``test_auc`` and the best epoch.
