@@ -68,7 +68,8 @@ def cell(values: list[float]) -> str:
 def table(results: dict[str, list[dict[str, Any]]], data_dir: str, seeds: list[int]) -> str:
     name = Path(data_dir).name
     lines = [
-        f"`deepfm train --data-dir {name} --seed S OPTIONS`, seeds {', '.join(map(str, seeds))}; "
+        f"`deepfm train --data-dir {name} --seed S OPTIONS`, seed{'s' * (len(seeds) > 1)} "
+        f"{', '.join(map(str, seeds))}; "
         f"{cpu()}; {datetime.date.today().isoformat()} (`python benchmarks/results.py`).",
         "",
         "| model | options | test AUC | test logloss | best epoch | train s |",
