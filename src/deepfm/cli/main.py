@@ -30,6 +30,7 @@ COMMANDS = (
     "export",
     "serve",
     "datasets",
+    "cache",
     "models",
 )
 

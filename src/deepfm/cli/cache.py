@@ -1,0 +1,52 @@
+"""``deepfm cache``: list the cache folder's entries with sizes and ages, or clear them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "cache",
+        help="list or clear the cache folder (prepared data, fit's frames, downloads)",
+        description="List what the cache folder ($DEEPFM_CACHE, default ~/.cache/deepfm) holds: "
+        "prepared data sets, frames written by deepfm.fit and downloads, with sizes and ages. "
+        "Anything removed is rebuilt (or downloaded) by the next run that needs it; do not clear "
+        "while a run is preparing or training.",
+    )
+    p.add_argument("--clear", action="store_true", help="remove the listed entries")
+    p.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="only entries last written more than DAYS days ago",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepfm.data.cache_contents import entries, remove
+    from deepfm.data.download import cache_dir
+    from deepfm.errors import ConfigError
+
+    if args.older_than is not None and args.older_than < 0:
+        raise ConfigError(f"--older-than must be >= 0 days, got {args.older_than:g}")
+    chosen = [e for e in entries() if args.older_than is None or e.age_days() > args.older_than]
+    total = sum(e.size for e in chosen)
+    for e in chosen:
+        print(f"{e.kind:9} {size(e.size):>9}  {e.age_days():6.1f} days  {e.path}")
+        if args.clear:
+            remove(e)
+    verb = "removed" if args.clear else "in"
+    print(f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'}, {size(total)} {verb} {cache_dir()}")
+    return 0
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
