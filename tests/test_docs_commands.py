@@ -4,6 +4,7 @@ names is an option of a ``deepfm`` command (read from the argparse parsers, not 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -88,3 +89,42 @@ def test_readme_results_table_is_benchmarks_results_output():
     """``benchmarks/results.py`` writes docs/results.md; the README shows its table as is."""
     written = (ROOT / "docs" / "results.md").read_text().split("\n", 2)[2].strip()
     assert written.count("\n| ") >= 3 and written in (ROOT / "README.md").read_text()
+
+
+def test_readme_five_minute_path_runs_as_written(tmp_path, monkeypatch):
+    """The README's spec and commands, on a small click log with the columns it names."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from deepfm.cli.main import main
+
+    section = (ROOT / "README.md").read_text().split("\n## Five minutes", 1)[1].split("\n## ", 1)[0]
+    spec = re.search(r"```yaml\n(.*?)```", section, flags=re.S).group(1)
+    assert yaml.safe_load(spec)["input"]["files"] == ["clicks.csv"]
+    rng = np.random.default_rng(0)
+    n = 3000  # the default batch (1,024) fits the training split
+    users, ads = rng.integers(0, 40, n), rng.integers(0, 30, n)
+    price = rng.normal(50, 10, n)
+    logit = (users % 2) * 1.5 - (ads % 3 == 0) * 1.5 + (price - 50) / 10
+    frame = pd.DataFrame({
+        "user_id": users, "ad_id": ads, "price": price.round(2),
+        "tags": ["|".join(sorted({f"t{a % 4}", f"t{u % 3}"})) for u, a in zip(users, ads)],
+        "clicked": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int),
+    })  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEEPFM_CACHE", str(tmp_path / "cache"))
+    frame.to_csv("clicks.csv", index=False)
+    frame.tail(200).to_csv("new_clicks.csv", index=False)
+    (tmp_path / "clicks.yaml").write_text(spec)
+    ran = []
+    for _, argv in commands(ROOT / "README.md"):
+        if argv[0] == "serve" or "runs/clicks" not in argv and "clicks.yaml" not in argv:
+            continue  # serve blocks; the other commands are the built-in data set's
+        extra = ["--threads", "1", "--no-progress"] if argv[0] == "train" else []
+        assert main(argv + extra) == 0, argv
+        ran.append(argv[0])
+    assert ran == ["train", "evaluate", "predict", "export"]
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["auc"] > 0.65  # the planted signal is learnt
+    assert len(pd.read_csv("scores.csv")) == 200 and (tmp_path / "feature_map.json").exists()
