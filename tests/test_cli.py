@@ -95,6 +95,7 @@ def test_malformed_file_gives_one_line_error_without_traceback(tmp_path):
         (["--embed-dim", "-2"], "--embed-dim must be >= 1"),
         (["--model", "nope"], "--model must be one of"),
         (["--fm-warmup-epochs", "-1"], "--fm-warmup-epochs must be >= 0"),
+        (["--fm-warmup-steps", "-1"], "--fm-warmup-steps must be >= 0"),
     ],
 )
 def test_impossible_options_are_refused_up_front(tmp_path, capsys, args, needle):
@@ -153,7 +154,7 @@ def test_deepfm_fm_warmup_epoch_trains_only_the_fm_part(tiny_ml):
 
     from deepfm.artifact.checkpoint import model_from_config
     from deepfm.config import TrainConfig
-    from deepfm.training.loop import train_epoch
+    from deepfm.training.loop import epoch_steps, train_epoch
     from deepfm.training.optim import optimizer_for
     from deepfm.training.run import frozen_parameters, load_data
 
@@ -167,16 +168,125 @@ def test_deepfm_fm_warmup_epoch_trains_only_the_fm_part(tiny_ml):
     def mlp_weights():
         return torch.cat([p.detach().flatten() for p in model.mlp.parameters()])
 
+    def epoch(number: int) -> None:
+        frozen, steps = frozen_parameters(model, config, number, epoch_steps(data.train, 256), 0)
+        train_epoch(model, data.train, optimizer, 256, generator, frozen=frozen, frozen_steps=steps)
+
     mlp, table = mlp_weights(), model.features.sparse.table.weight.detach().clone()
-    train_epoch(model, data.train, optimizer, 256, generator, frozen=frozen_parameters(model, config, 1))
+    epoch(1)
     assert torch.equal(mlp_weights(), mlp)  # frozen: no update, no weight decay
     assert not torch.equal(model.features.sparse.table.weight, table)  # the FM part learns
     assert model.mlp.norm0.running_var.ne(1).all()  # the MLP still runs forward (BatchNorm statistics)
-    train_epoch(model, data.train, optimizer, 256, generator, frozen=frozen_parameters(model, config, 2))
+    epoch(2)
     assert not torch.equal(mlp_weights(), mlp)  # epoch 2: everything trains
-    assert frozen_parameters(model, TrainConfig(model="deepfm", fm_warmup_epochs=0), 1) == []
+    no_warmup = TrainConfig(model="deepfm", fm_warmup_epochs=0, fm_warmup_steps=0)
+    assert frozen_parameters(model, no_warmup, 1, 10, 0) == ([], 0)
     fm = model_from_config(TrainConfig(model="fm"), data.feature_map)
-    assert frozen_parameters(fm, TrainConfig(model="fm"), 1) == []  # FM declares no warm-up
+    assert frozen_parameters(fm, TrainConfig(model="fm"), 1, 10, 5) == ([], 0)  # FM declares no warm-up
+
+
+def test_fm_warmup_steps_stay_in_the_first_epoch_and_half_a_one_pass_run(tiny_ml):
+    """--fm-warmup-steps counts optimizer steps from the start of the run, within the first epoch
+    and at most half of the planned steps, so a one-epoch run trains the MLP for at least half of
+    it; --fm-warmup-epochs, when set, freezes whole epochs instead."""
+    from deepfm.config import TrainConfig
+    from deepfm.models import DeepFM
+    from deepfm.training.run import frozen_parameters, warmup_steps
+
+    model = DeepFM(num_rows=20, num_fields=2)
+    mlp = list(model.mlp.parameters())
+
+    def steps(epoch: int, per_epoch: int, **options) -> int:
+        config = TrainConfig(**options)
+        warmup = warmup_steps(config, per_epoch)
+        frozen, count = frozen_parameters(model, config, epoch, per_epoch, warmup)
+        assert frozen == (mlp if count else [])
+        return count
+
+    assert steps(1, 381, fm_warmup_steps=100) == 100
+    assert steps(2, 381, fm_warmup_steps=100) == 0
+    assert steps(1, 381, fm_warmup_steps=1000) == 381  # the whole first epoch, not more
+    assert steps(2, 381, fm_warmup_steps=1000) == 0
+    assert steps(1, 195, fm_warmup_steps=1000, epochs=1) == 97  # half of a one-epoch run
+    assert steps(1, 195, fm_warmup_steps=50, epochs=1) == 50
+    assert steps(1, 195, fm_warmup_steps=1000, epochs=2) == 195
+    assert steps(1, 1, fm_warmup_steps=100, epochs=1) == 0  # a one-step run trains everything
+    assert steps(1, 381, fm_warmup_steps=0) == 0
+    assert steps(2, 381, fm_warmup_epochs=2) == 381  # whole epochs instead of steps
+    assert steps(3, 381, fm_warmup_epochs=2) == 0
+    assert steps(1, 195, fm_warmup_epochs=1, epochs=1) == 195  # as asked, even a one-epoch run
+    assert steps(1, 381, fm_warmup_epochs=0) == 0  # no warm-up (what 0 always meant)
+    assert steps(1, 381, fm_warmup_steps=100, init_from="runs/day1") == 0  # a warm start is trained
+
+
+def test_step_warmup_thaws_the_mlp_mid_epoch(tiny_ml):
+    """The MLP is frozen for exactly the epoch's first ``frozen_steps`` steps: the same weights as
+    a run that trains those steps frozen and the rest in a second call with nothing frozen."""
+    import torch
+
+    from deepfm.artifact.checkpoint import model_from_config
+    from deepfm.config import TrainConfig
+    from deepfm.data.batching import Split
+    from deepfm.training.loop import EpochPosition, train_epoch
+    from deepfm.training.optim import optimizer_for
+    from deepfm.training.run import load_data
+
+    config = TrainConfig(data_dir=str(tiny_ml), batch_size=64, progress=False)
+    data = load_data(config)
+    assert isinstance(data.train, Split)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = model_from_config(config, data.feature_map)
+        return model, optimizer_for(model, config), torch.Generator().manual_seed(0)
+
+    model, optimizer, generator = fresh()
+    mlp = [p.detach().clone() for p in model.mlp.parameters()]
+    stats = train_epoch(
+        model, data.train, optimizer, 64, generator, frozen=list(model.mlp.parameters()), frozen_steps=3
+    )
+    assert stats.warmup_samples == 3 * 64 and 0 < stats.warmup_seconds < stats.seconds
+    assert not all(torch.equal(a, b) for a, b in zip(model.mlp.parameters(), mlp, strict=True))
+
+    # the same epoch in two parts: steps 1-3 frozen (a crash after step 3), then resumed unfrozen
+    twin, optimizer, generator = fresh()
+    state = generator.get_state()
+
+    class Stop(Exception):
+        pass
+
+    def stop(pos: EpochPosition) -> None:
+        if pos.step == 3:
+            raise Stop
+
+    frozen = list(twin.mlp.parameters())
+    with pytest.raises(Stop):
+        train_epoch(
+            twin,
+            data.train,
+            optimizer,
+            64,
+            generator,
+            frozen=frozen,
+            frozen_steps=3,
+            on_step=stop,
+            step_every=1,
+        )
+    assert all(torch.equal(a, b) for a, b in zip(twin.mlp.parameters(), mlp, strict=True))
+    assert all(p.requires_grad for p in twin.parameters())  # restored on the way out
+    generator.set_state(state)
+    train_epoch(
+        twin,
+        data.train,
+        optimizer,
+        64,
+        generator,
+        start=EpochPosition(1, 3, None, 0),
+        frozen=frozen,
+        frozen_steps=3,
+    )
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -203,8 +313,8 @@ def test_cutting_the_frozen_mlp_out_of_the_backward_changes_no_update(tiny_ml, m
         net = fast_layer.trainable(model, data.train, enabled=fast)
         optimizer = optimizer_for(model, config)
         generator = torch.Generator().manual_seed(0)
-        frozen = frozen_parameters(model, config, 1)
-        loop.train_epoch(net, data.train, optimizer, 256, generator, frozen=frozen)
+        frozen, steps = frozen_parameters(model, config, 1, loop.epoch_steps(data.train, 256), 0)
+        loop.train_epoch(net, data.train, optimizer, 256, generator, frozen=frozen, frozen_steps=steps)
         return model, [p.requires_grad for p in model.parameters()]
 
     cut, flags = one_epoch()

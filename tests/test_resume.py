@@ -66,16 +66,23 @@ def steps_per_epoch(data: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    ("where", "when"),
-    [("step", "4"), ("step", "end"), ("step", "mid2"), ("epoch", "1"), ("epoch", "2")],
-    ids=["epoch1-step4", "epoch1-end-lost-steps", "epoch2-mid", "after-epoch1", "after-epoch2"],
+    ("where", "when", "warmup"),
+    [("step", "4", 1000), ("step", "end", 1000), ("step", "mid2", 1000), ("epoch", "1", 1000)]
+    + [("epoch", "2", 1000), ("step", "8", 10), ("step", "12", 10)],
+    ids=["epoch1-step4", "epoch1-end-lost-steps", "epoch2-mid", "after-epoch1", "after-epoch2"]
+    + ["resumed-in-warmup-thaws-at-step10", "resumed-after-warmup"],
 )
-def test_crash_then_resume_gives_identical_metrics(small_ml, tmp_path, monkeypatch, where, when):
-    reference = train(config(small_ml, tmp_path / "ref", checkpoint_every=0), echo=lambda *_: None)
+def test_crash_then_resume_gives_identical_metrics(small_ml, tmp_path, monkeypatch, where, when, warmup):
+    """Also with the FM warm-up ending mid-epoch (``fm_warmup_steps`` 10): a run resumed before
+    step 10 freezes the MLP until then, one resumed after it does not."""
+    reference = train(
+        config(small_ml, tmp_path / "ref", checkpoint_every=0, fm_warmup_steps=warmup), echo=lambda *_: None
+    )
     steps = steps_per_epoch(small_ml)
     # a save (every 4 steps of an epoch) and a crash 3 steps later: at the start of epoch 1, near
     # its end, in the middle of epoch 2; or right after an epoch's end
-    at = {"4": 4, "end": (steps - 4) // 4 * 4, "mid2": steps + 16}[when] if where == "step" else int(when)
+    named = {"end": (steps - 4) // 4 * 4, "mid2": steps + 16}
+    at = named[when] if when in named else int(when)
 
     original_step, original_end = TrainingState._on_step, TrainingState.end_epoch
 
@@ -94,7 +101,7 @@ def test_crash_then_resume_gives_identical_metrics(small_ml, tmp_path, monkeypat
     monkeypatch.setattr(TrainingState, "end_epoch", end_epoch)
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        train(config(small_ml, out), echo=lambda *_: None)
+        train(config(small_ml, out, fm_warmup_steps=warmup), echo=lambda *_: None)
     assert not (out / "metrics.json").exists()
     saved = read_state(out / STATE_FILE)
     assert saved["global_step"] == at if where == "step" else saved["position"]["step"] == 0
@@ -175,6 +182,25 @@ def test_resume_extends_a_finished_run_with_more_epochs(small_ml, tmp_path):
     train(config(small_ml, tmp_path / "short", epochs=2, patience=5), echo=lambda *_: None)
     extended = train(resume_config(tmp_path / "short", {"epochs": 3}), echo=lambda *_: None)
     same_run(full, extended)
+
+
+def test_resume_with_more_epochs_keeps_the_warmup_it_started_with(small_ml, tmp_path):
+    """A one-epoch run's FM warm-up is half of it; extended to 2 epochs, it does not freeze the
+    MLP again (a fresh 2-epoch run would warm up for the whole first epoch)."""
+    from conftest import prepared
+
+    from deepfm.training.loop import epoch_steps
+
+    half = epoch_steps(prepared(small_ml).train, 64) // 2
+    one = train(config(small_ml, tmp_path / "one", epochs=1), echo=lambda *_: None)
+    assert one["epochs"][0]["warmup_samples"] == half * 64
+    assert read_state(tmp_path / "one" / STATE_FILE)["warmup_steps"] == half
+    extended = train(resume_config(tmp_path / "one", {"epochs": 2}), echo=lambda *_: None)
+    assert extended["epochs"][1]["warmup_samples"] == 0
+    reference = train(
+        config(small_ml, tmp_path / "ref", epochs=2, fm_warmup_steps=half), echo=lambda *_: None
+    )
+    same_run(reference, extended)
 
 
 def test_resume_refuses_changed_options_and_missing_state(small_ml, tmp_path, capsys):

@@ -70,7 +70,11 @@ class TrainConfig:
     patience: int = 3
     lr_decay: float = 1.0  # multiply lr by this when valid AUC stalls (1.0 = constant lr)
     lr_patience: int = 1  # epochs without a valid-AUC gain before the lr is decayed
-    fm_warmup_epochs: int = 1  # DeepFM: train the FM part alone (MLP frozen) for the first N epochs
+    # DeepFM's FM warm-up (MLP frozen): the first N optimizer steps of the first epoch, at most
+    # half of a one-epoch run (so a one-pass run trains the MLP); or, when fm_warmup_epochs is
+    # set, exactly the first N whole epochs (0: none) instead
+    fm_warmup_steps: int = 1000
+    fm_warmup_epochs: int | None = None
     seed: int = _DATA.seed  # seeds the split, the initialisation and the shuffling
     eval_batch_size: int = 65536
     threads: int = 0  # 0 = automatic from the step's work (deepfm.training.auto)
@@ -129,8 +133,9 @@ class TrainConfig:
             problems.append(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.lr_patience < 1:
             problems.append(f"--lr-patience must be >= 1, got {self.lr_patience}")
-        if self.fm_warmup_epochs < 0:
-            problems.append(f"--fm-warmup-epochs must be >= 0, got {self.fm_warmup_epochs}")
+        for name in ("fm_warmup_steps", "fm_warmup_epochs"):
+            if (getattr(self, name) or 0) < 0:
+                problems.append(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             problems.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         for name in ("embedding_l2", "net_l2"):
@@ -229,6 +234,8 @@ def _type_problems(config: TrainConfig) -> list[str]:
             allowed = (str, type(None))
         elif hint == (float | None):
             allowed = (int, float, type(None))
+        elif hint == (int | None):
+            allowed = (int, type(None))
         elif hint == tuple[int, ...]:
             ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
             if not (isinstance(value, tuple) and ints):

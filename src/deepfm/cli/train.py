@@ -151,11 +151,19 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         help=f"epochs without a valid-AUC gain before the lr decays (default {D.lr_patience})",
     )
     opt.add_argument(
+        "--fm-warmup-steps",
+        type=int,
+        default=s,
+        help="DeepFM: train only the FM part (MLP frozen) for the first N optimizer steps of the "
+        "first epoch, at most half of a one-epoch run (a one-pass run always trains the MLP); 0 "
+        f"trains everything from the start (default {D.fm_warmup_steps})",
+    )
+    opt.add_argument(
         "--fm-warmup-epochs",
         type=int,
         default=s,
-        help="DeepFM: train only the FM part (MLP frozen) for the first N epochs, then the whole "
-        f"model; 0 trains everything from the start (default {D.fm_warmup_epochs})",
+        help="DeepFM: train only the FM part (MLP frozen) for the first N whole epochs instead of "
+        "--fm-warmup-steps (0: no warm-up; default: unset, the warm-up is --fm-warmup-steps)",
     )
     opt.add_argument("--seed", type=int, default=s, help="seed of split, init and shuffling (default 0)")
     opt.add_argument(

@@ -2,7 +2,8 @@
 
 The trainer reads these declarations instead of knowing model internals: the optimizer builds
 its parameter groups (and per-group weight decay) from :meth:`CTRModel.parameter_groups`, and
-the training run drops the gradients of :meth:`CTRModel.warmup_frozen` for an epoch.
+the training run holds :meth:`CTRModel.warmup_frozen` still during the warm-up (``--fm-warmup-steps``,
+``--fm-warmup-epochs``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class CTRModel(nn.Module):
         ids = {id(p) for p in embedding}
         return {"embedding": embedding, "dense": [p for p in self.parameters() if id(p) not in ids]}
 
-    def warmup_frozen(self, epoch: int, warmup_epochs: int) -> list[nn.Parameter]:
-        """Parameters held still in ``epoch`` (1-based) of a run with ``warmup_epochs`` warm-up
-        epochs; none by default."""
+    def warmup_frozen(self) -> list[nn.Parameter]:
+        """Parameters held still during the warm-up at the start of training; none by default."""
         return []

@@ -240,9 +240,16 @@ class DistContext:
         """An epoch's ``EpochStats`` over all ranks: mean loss, total samples, slowest rank's time."""
         if not self.enabled:
             return stats
-        total, samples = self.all_sum([stats.loss * stats.samples, stats.samples])
+        total, samples, warmup = self.all_sum(
+            [stats.loss * stats.samples, stats.samples, stats.warmup_samples]
+        )
         return dataclasses.replace(
-            stats, loss=total / max(samples, 1), samples=int(samples), seconds=self.all_max(stats.seconds)
+            stats,
+            loss=total / max(samples, 1),
+            samples=int(samples),
+            seconds=self.all_max(stats.seconds),
+            warmup_samples=int(warmup),
+            warmup_seconds=self.all_max(stats.warmup_seconds),
         )
 
     def all_max(self, value: float) -> float:

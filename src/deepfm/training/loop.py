@@ -53,9 +53,13 @@ class EpochPosition:
 
 @dataclass
 class EpochStats:
+    """An epoch's mean loss, samples and seconds; of which ``warmup_*`` with parameters frozen."""
+
     loss: float
     samples: int
     seconds: float
+    warmup_samples: int = 0
+    warmup_seconds: float = 0.0
 
     @property
     def samples_per_s(self) -> float:
@@ -76,15 +80,18 @@ def train_epoch(
     step_every: int = 0,
     frozen: list[torch.Tensor] | None = None,
     sync: Callable[[], None] | None = None,
+    frozen_steps: int | None = None,
 ) -> EpochStats:
     """One pass over ``split`` in a fresh random order drawn from ``generator``.
 
     Per step: ``zero_grad``, forward, loss, backward (or the fused step of ``deepfm.fast``, which
     does those three without autograd), optimizer step. Returns the mean loss.
-    Parameters in ``frozen`` have their gradients dropped before the step, so the optimizer
-    leaves them (and their moments, and their weight decay) alone this epoch; dropping them after
-    ``backward`` rather than switching ``requires_grad`` also works under DDP. In one process the
-    frozen parts are also cut out of the backward pass (:func:`skip_frozen_backward`).
+    Parameters in ``frozen`` have their gradients dropped before the step in the epoch's first
+    ``frozen_steps`` steps (``None``: all), so the optimizer leaves them (and their moments, and
+    their weight decay) alone then; dropping them after ``backward`` rather than switching
+    ``requires_grad`` also works under DDP. In one process the frozen parts are also cut out of
+    the backward pass (:func:`skip_frozen_backward`). The steps are counted from the start of
+    the epoch, so a run resumed mid-epoch thaws them at the same step.
     """
     t0 = time.perf_counter()
     module.train()
@@ -94,9 +101,15 @@ def train_epoch(
     mask_seed = int(torch.randint(0, 2**62, (), generator=generator))
     if shard is not None and shard.rank:
         mask_seed = hash((mask_seed, shard.rank)) & (2**62 - 1)
-    cut = skip_frozen_backward(module, frozen or []) if shard is None else contextlib.nullcontext()
-    with masks.epoch_stream(mask_seed, pos.step) as stream, cut:
-        sizes, batches = _epoch_batches(split, batch_size, generator, shard, module_device(module))
+    device = module_device(module)
+    with masks.epoch_stream(mask_seed, pos.step) as stream, contextlib.ExitStack() as cut:
+        sizes, batches = _epoch_batches(split, batch_size, generator, shard, device)
+        frozen = frozen or []
+        thaw_after = len(sizes) if frozen_steps is None else min(frozen_steps, len(sizes))
+        warm = bool(frozen) and pos.step < thaw_after  # the frozen parameters are still frozen
+        if warm and shard is None:
+            cut.enter_context(skip_frozen_backward(module, frozen))
+        warmup_samples, warmup_seconds = (sum(sizes[pos.step : thaw_after]), 0.0) if warm else (0, 0.0)
         forward_loss = _forward_loss(module)
         # the speed layer's forward + loss + gradients without autograd, where it has one
         # (deepfm.fast.FastModel; a DDP-wrapped module has none: its reducer needs autograd)
@@ -120,14 +133,19 @@ def train_epoch(
         for steps, (ids, bags, dense, label) in enumerate(
             itertools.islice(batches, pos.step, None), pos.step + 1
         ):
+            if warm and steps > thaw_after:  # the warm-up ends: every part trains from here
+                warm = False
+                cut.close()
+                warmup_seconds = _elapsed(t0, device)
             stream.at(steps - 1)
             optimizer.zero_grad(set_to_none=True)
             loss = fused_step(ids, bags, dense, label) if fused_step is not None else None
             if loss is None:
                 loss = forward_loss(ids, bags, dense, label)
                 loss.backward()
-            for p in frozen or ():
-                p.grad = None
+            if warm:
+                for p in frozen:
+                    p.grad = None
             if sync is not None:
                 sync()
             optimizer.step()
@@ -145,7 +163,28 @@ def train_epoch(
     bar.update(steps - bar.n)
     bar.close()
     seconds = time.perf_counter() - t0
-    return EpochStats(float(total) / max(samples, 1), samples, seconds)
+    if warm:  # frozen to the end
+        warmup_seconds = seconds
+    return EpochStats(float(total) / max(samples, 1), samples, seconds, warmup_samples, warmup_seconds)
+
+
+def _elapsed(t0: float, device: torch.device) -> float:
+    """Seconds since ``t0``, after the device's queued work (timing a part of an epoch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def epoch_steps(split: Split, batch_size: int, shard: Shard | None = None) -> int:
+    """Optimizer steps in one epoch of :func:`train_epoch` (the same in every epoch)."""
+    rows = len(split) if shard is None or not isinstance(split, Split) else shard.rows(len(split))
+    return len(_batch_sizes(rows, batch_size))
+
+
+def _batch_sizes(rows: int, batch_size: int) -> list[int]:
+    """Batch sizes of an epoch of ``rows`` rows; a trailing batch of one row is dropped."""
+    full, rest = divmod(rows, batch_size)
+    return [batch_size] * full + ([rest] if rest >= 2 else [])
 
 
 def _epoch_batches(
@@ -163,16 +202,14 @@ def _epoch_batches(
     if not isinstance(split, Split):
         if shard is not None and not isinstance(split, StreamedRows):
             raise ConfigError("data-parallel training streams each rank's own rows: PreparedData.for_rank")
-        full, rest = divmod(len(split), batch_size)
-        sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
+        sizes = _batch_sizes(len(split), batch_size)
         batches = split.batches(batch_size, generator=generator, shuffle=True)
         return sizes, ((b.ids, b.bags, b.dense, b.label) for b in batches)
     if shard is not None:
         perm = shard.permutation(len(split), generator)
     else:
         perm = torch.randperm(len(split), generator=generator)
-    full, rest = divmod(len(perm), batch_size)
-    sizes = [batch_size] * full + ([rest] if rest >= 2 else [])
+    sizes = _batch_sizes(len(perm), batch_size)
     data = on_device(split, device)
     row_bytes = sum(
         t[:1].numel() * t.element_size()

@@ -40,7 +40,7 @@ from deepfm.io import clean_temporary_files, finite, write_json, write_text
 from deepfm.training import auto, optim
 from deepfm.training.distributed import DistContext, init_distributed, is_main_process
 from deepfm.training.early_stopping import EarlyStopping
-from deepfm.training.loop import train_epoch
+from deepfm.training.loop import epoch_steps, train_epoch
 from deepfm.training.precision import Autocast
 from deepfm.training.runfolder import RunFolder, data_fingerprint
 from deepfm.training.state import TrainingState
@@ -72,13 +72,41 @@ def make_scheduler(optimizer: Any, config: TrainConfig) -> Any | None:
     )
 
 
-def frozen_parameters(module: torch.nn.Module, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
-    """Parameters not updated in ``epoch``, as the model declares them (``warmup_frozen``, e.g.
-    DeepFM's MLP during its ``fm_warmup_epochs``); none for a model that declares nothing."""
-    if config.init_from:
-        return []  # a warm start's parts are trained already
+def frozen_parameters(
+    module: torch.nn.Module, config: TrainConfig, epoch: int, steps_per_epoch: int, warmup: int
+) -> tuple[list[torch.Tensor], int]:
+    """``(parameters, steps)``: what the FM warm-up holds still in ``epoch`` (the model's
+    ``warmup_frozen``, e.g. DeepFM's MLP), for its first ``steps`` optimizer steps: the run's
+    first ``warmup`` steps (see :func:`warmup_steps`), or with ``fm_warmup_epochs`` set every
+    step of the first ``fm_warmup_epochs`` epochs. Nothing for a model that declares nothing, or
+    a warm start (its parts are trained already)."""
     declared = getattr(module, "warmup_frozen", None)
-    return list(declared(epoch, config.fm_warmup_epochs)) if declared is not None else []
+    if config.init_from or declared is None:
+        return [], 0
+    if config.fm_warmup_epochs is not None:
+        steps = steps_per_epoch if epoch <= config.fm_warmup_epochs else 0
+    else:
+        steps = min(steps_per_epoch, max(0, warmup - (epoch - 1) * steps_per_epoch))
+    params = list(declared()) if steps else []
+    return params, steps if params else 0
+
+
+def warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The step-counted FM warm-up of a run: the first ``fm_warmup_steps`` optimizer steps, at
+    most the first epoch (longer warm-ups are ``fm_warmup_epochs``) and at most half of the run's
+    planned steps (``epochs`` x ``steps_per_epoch``, which binds for a one-epoch run only): a
+    one-pass run trains the whole model for at least half of its steps. None (0) when the
+    warm-up is counted in epochs (``fm_warmup_epochs`` set)."""
+    if config.fm_warmup_epochs is not None:
+        return 0
+    return min(config.fm_warmup_steps, steps_per_epoch, config.epochs * steps_per_epoch // 2)
+
+
+def warmup_description(config: TrainConfig, steps_per_epoch: int, warmup: int) -> str:
+    """``MLP frozen for the first 97 of the 195 optimizer steps of epoch 1`` (or N epochs)."""
+    if config.fm_warmup_epochs is not None:
+        return f"MLP frozen for the first {config.fm_warmup_epochs} epoch(s)"
+    return f"MLP frozen for the first {warmup:,} of the {steps_per_epoch:,} optimizer steps of epoch 1"
 
 
 def load_data(
@@ -159,6 +187,7 @@ class Session:
     choices: auto.Choices
     eval_rows: int
     params: int
+    steps_per_epoch: int
     carried: Carried | None = None
 
     @property
@@ -259,16 +288,20 @@ def setup(
         out, config, module, optimizer, generator, stopper, scheduler, ddp.is_main, ranks, ddp.rank
     )
     state.on_save = folder.replace_previous  # the previous run's outputs go once this run has one
+    steps_per_epoch = epoch_steps(data.train, config.batch_size, ddp.shard if ddp.enabled else None)
+    state.warmup_steps = warmup_steps(config, steps_per_epoch)  # a resumed run keeps its own
     base_map = {"base_feature_map": base.feature_map.to_dict()} if base is not None else {}
     state.run = {**folder.info, **base_map}  # (a resumed warm start prepares the same vocabulary)
     if config.resume:
         echo(f"resuming from {state.restore().path} ({state.saved})")
         folder.adopt(state.run)  # a resumed run keeps its run id
         state.run = {**folder.info, **base_map}
+    if frozen_parameters(module, config, 1, steps_per_epoch, state.warmup_steps)[0]:
+        echo(f"FM warm-up: {warmup_description(config, steps_per_epoch, state.warmup_steps)}")
     tracker.start(config, folder.info, out, summary)
     return Session(
         config, echo, folder, tracker, ddp, started, data, summary, evaluator, module, net, optimizer,
-        scheduler, generator, stopper, state, choices, eval_rows, params, carried,
+        scheduler, generator, stopper, state, choices, eval_rows, params, steps_per_epoch, carried,
     )  # fmt: skip
 
 
@@ -311,6 +344,7 @@ def _data(
 def train_one_epoch(run: Session, epoch: int) -> dict[str, Any]:
     """Train one epoch, validate, keep the best model and the history; the epoch's record."""
     config, state, module = run.config, run.state, run.module
+    frozen, frozen_steps = frozen_parameters(module, config, epoch, run.steps_per_epoch, state.warmup_steps)
     # state.guard: a NaN/inf error also says where the last good state is
     stats = state.guard(train_epoch)(
         run.net,
@@ -321,7 +355,8 @@ def train_one_epoch(run: Session, epoch: int) -> dict[str, Any]:
         progress=config.progress and run.ddp.is_main,
         desc=f"epoch {epoch}/{config.epochs}",
         shard=run.ddp.shard if run.ddp.enabled else None,
-        frozen=frozen_parameters(module, config, epoch),
+        frozen=frozen,
+        frozen_steps=frozen_steps,
         sync=run.ddp.sync,
         **with_step_logging(state.loop_options(epoch), run.tracker, lambda: state.global_step),
     )
@@ -336,6 +371,8 @@ def train_one_epoch(run: Session, epoch: int) -> dict[str, Any]:
         "valid_logloss": valid["logloss"],
         "train_seconds": stats.seconds,
         "train_samples_per_s": stats.samples_per_s,
+        "warmup_samples": stats.warmup_samples,  # of which trained with the MLP frozen
+        "warmup_seconds": stats.warmup_seconds,
         "lr": run.optimizer.param_groups[0]["lr"],
         **evaluation.prefixed("valid", valid),  # gAUC, calibration, HitRate@K, ... (--metrics)
     }
@@ -399,6 +436,8 @@ def _metrics(run: Session, test: dict[str, Any]) -> dict[str, Any]:
     epochs = run.epochs
     train_seconds = sum(e["train_seconds"] for e in epochs)
     train_samples = sum(e["train_samples_per_s"] * e["train_seconds"] for e in epochs)
+    warmup_seconds = sum(e.get("warmup_seconds", 0.0) for e in epochs)
+    warmup_samples = sum(e.get("warmup_samples", 0) for e in epochs)
     return {
         "run_id": run.folder.run_id,
         "data_fingerprint": run.folder.data_fingerprint,
@@ -411,6 +450,9 @@ def _metrics(run: Session, test: dict[str, Any]) -> dict[str, Any]:
         "epochs_run": len(epochs),
         "train_samples_per_s": train_samples / train_seconds if train_seconds else float("nan"),
         "train_seconds": train_seconds,
+        # speeds apart: the steps with the MLP frozen (FM warm-up), and those training every part
+        "warmup_samples_per_s": _rate(warmup_samples, warmup_seconds),
+        "after_warmup_samples_per_s": _rate(train_samples - warmup_samples, train_seconds - warmup_seconds),
         "wall_seconds": time.perf_counter() - run.started,
         "params": run.params,
         "data": run.summary,
@@ -433,6 +475,10 @@ def curve_title(config: TrainConfig, name: str) -> str:
     """``fm on my-clicks (my.yaml)``: the data's own name, and the spec or folder it came from."""
     source = Path(config.spec).name if config.spec else Path(config.data_dir).name if config.data_dir else ""
     return f"{config.model} on {name}" + (f" ({source})" if source and source != name else "")
+
+
+def _rate(samples: float, seconds: float) -> float:
+    return samples / seconds if samples > 0 and seconds > 0 else float("nan")
 
 
 def _silent(*_: Any, **__: Any) -> None:

@@ -4,7 +4,7 @@
 run exactly where it stopped: model and optimizer (and LR scheduler, when one is used), the
 early-stopping state with its best weights, the RNG states (torch global and CUDA, the shuffling
 generator, NumPy and Python), the epoch and the optimizer steps done in it, the running loss of
-the unfinished epoch, the per-epoch history so far and the run's config.
+the unfinished epoch, the per-epoch history so far, the run's config and its FM warm-up length.
 
 It is written at the end of every epoch and every ``--checkpoint-every`` steps. A mid-epoch
 resume re-derives the epoch's permutation from the shuffling generator's state at the start of
@@ -88,6 +88,9 @@ class TrainingState:
         self.saved: str | None = None  # where the last good state stands, for messages
         self.run: dict[str, Any] = {}  # run id and data fingerprint (deepfm.training.runfolder)
         self.on_save: Callable[[str], Any] | None = None  # called with the file name after a save
+        # the run's step-counted FM warm-up, fixed when it starts (a resume may change --epochs,
+        # which bounds it); a state written before warm-ups were counted in steps had none
+        self.warmup_steps = 0
         self._resume: EpochPosition | None = None
         self._resume_generator: torch.Tensor | None = None
         self._epoch_generator = generator.get_state()
@@ -124,6 +127,7 @@ class TrainingState:
             self._resume_generator = payload["epoch_generator"]
             _set_rng(payload["rng"])
             self.run = dict(payload.get("run") or self.run)
+            self.warmup_steps = int(payload.get("warmup_steps", 0))
         except (
             KeyError,
             TypeError,
@@ -220,6 +224,7 @@ class TrainingState:
             "rng": _get_rng(),
             "history": self.history,
             "run": self.run,
+            "warmup_steps": self.warmup_steps,
         }
         atomic_write(self.path, lambda f: torch.save(payload, f))
         self.saved = _where(pos)
