@@ -111,9 +111,15 @@ def gather(table: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.
     return table.index_select(0, flat_ids).view(ids.shape[0], -1), flat_ids
 
 
-def scatter(grad_rows: torch.Tensor, flat_ids: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
+def scatter(
+    grad_rows: torch.Tensor,
+    flat_ids: torch.Tensor,
+    embedding: nn.Embedding,
+    reuse: TableGrad | None = None,
+) -> torch.Tensor:
     """The table gradient: one ``index_add_`` (dense) or a sparse row gradient
-    (``nn.Embedding(sparse=True)``, for row-wise optimizers); the padding row gets none."""
+    (``nn.Embedding(sparse=True)``, for row-wise optimizers); the padding row gets none. With
+    ``reuse``, a dense gradient is built in its tensor (see :class:`TableGrad`)."""
     num_rows, width = embedding.weight.shape
     padding_idx = embedding.padding_idx
     if embedding.sparse:
@@ -122,10 +128,35 @@ def scatter(grad_rows: torch.Tensor, flat_ids: torch.Tensor, embedding: nn.Embed
         return torch.sparse_coo_tensor(
             flat_ids.unsqueeze(0), grad_rows, (num_rows, width), check_invariants=False
         )
-    grad_table = grad_rows.new_zeros(num_rows, width).index_add_(0, flat_ids, grad_rows)
+    zeros = reuse.zeros(embedding.weight) if reuse is not None else grad_rows.new_zeros(num_rows, width)
+    grad_table = zeros.index_add_(0, flat_ids, grad_rows)
     if padding_idx is not None:
         grad_table[padding_idx] = 0.0
     return grad_table
+
+
+class TableGrad:
+    """One table-sized gradient tensor, zeroed in place and refilled by every training step
+    without autograd (:func:`scatter` with ``reuse``); it is the table's ``.grad`` after a step
+    and is overwritten by the next one.
+
+    Why: a fresh zero tensor per step is a new allocation of the table's size, which the C
+    allocator maps afresh above its threshold (32 MiB: the Criteo-like table is 42 MB), so every
+    step paid ~10k page faults, ~17 ms of a ~530 ms step at 1 thread; zeroing the kept tensor
+    costs ~5 ms (``benchmarks/README.md``). Not used under autograd, whose gradient accumulation
+    takes ownership of the tensor it is given.
+    """
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+
+    def zeros(self, like: torch.Tensor) -> torch.Tensor:
+        """A zero tensor shaped as ``like`` (the table): the kept one, zeroed."""
+        t = self.tensor
+        if t is None or t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+            self.tensor = t = torch.zeros_like(like, memory_format=torch.contiguous_format)
+            return t
+        return t.zero_()
 
 
 class TableNode(torch.autograd.Function):
@@ -339,13 +370,15 @@ def table_mlp_backward(
     params: list[torch.Tensor],
     grad_z: torch.Tensor,
     mlp: bool = True,
+    reuse: TableGrad | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
     """``(table gradient, bias gradient, MLP parameter gradients)``; with ``mlp=False`` (a frozen
-    MLP whose input is detached) no backward runs through the MLP and its gradients are ``None``."""
+    MLP whose input is detached) no backward runs through the MLP and its gradients are ``None``;
+    ``reuse``: see :func:`scatter`."""
     rows, s, flat_ids, *mlp_saved = saved
     grad_emb, grads = mlp_backward(mlp_saved, spec, keeps, params, grad_z, True) if mlp else (None, None)
     grad_rows = rows_backward(rows, s, rows.shape[1] // s.shape[1], consts, grad_z, grad_emb)
-    return scatter(grad_rows, flat_ids, embedding), grad_z.sum(0, keepdim=True), grads
+    return scatter(grad_rows, flat_ids, embedding, reuse), grad_z.sum(0, keepdim=True), grads
 
 
 class TableMLPNode(torch.autograd.Function):

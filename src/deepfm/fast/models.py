@@ -26,6 +26,7 @@ from deepfm.fast.kernels import (
     MLPSpec,
     RowsNode,
     SparseRowsNode,
+    TableGrad,
     TableMLPNode,
     TableNode,
     assign_grads,
@@ -130,6 +131,7 @@ def deep_forward(model: nn.Module, layout: BatchLayout, fm: bool) -> Fused | Non
         return None
     inputs = InputLayer(model.features, fm, want_emb=True)
     table = model.features.sparse.table
+    grad_table_tensor = TableGrad()
 
     def forward(ids: Tensor, bags: Tensor | None, dense: Tensor | None) -> Tensor:
         if inputs.ids_only(bags, dense):  # the whole model as one node
@@ -154,7 +156,7 @@ def deep_forward(model: nn.Module, layout: BatchLayout, fm: bool) -> Fused | Non
         # a frozen MLP (warm-up): no backward through it, as autograd with its input detached
         train_mlp = any(p.requires_grad for p in params)
         grad_table, grad_bias, grads = table_mlp_backward(
-            saved, table, consts, spec, keeps, params, grad_z, mlp=train_mlp
+            saved, table, consts, spec, keeps, params, grad_z, mlp=train_mlp, reuse=grad_table_tensor
         )
         assign_grads([table.weight, model.bias], [grad_table, grad_bias])
         if grads is not None:
@@ -179,6 +181,7 @@ def shallow_forward(model: nn.Module, fm: bool) -> Fused:
     on ids alone also a training step without autograd."""
     inputs = InputLayer(model.features, fm, want_emb=False)
     table = model.features.sparse.table
+    grad_table_tensor = TableGrad()
 
     def forward(ids: Tensor, bags: Tensor | None, dense: Tensor | None) -> Tensor:
         return model.bias + inputs(ids, bags, dense)[0]
@@ -192,7 +195,7 @@ def shallow_forward(model: nn.Module, fm: bool) -> Fused:
         out, _, s = rows_forward(rows, ids.shape[1], consts, False)
         loss, grad_z = bce_loss_grad(out.add_(model.bias), label)
         grad_rows = rows_backward(rows, s, ids.shape[1], consts, grad_z, None)
-        grad_table = scatter(grad_rows, flat_ids, table)
+        grad_table = scatter(grad_rows, flat_ids, table, grad_table_tensor)
         assign_grads([table.weight, model.bias], [grad_table, grad_z.sum(0, keepdim=True)])
         return loss
 
