@@ -20,6 +20,7 @@ from deepfm import fast, masks
 from deepfm.cli.main import main
 from deepfm.data.batching import Split
 from deepfm.evaluation.scoring import predict_probs
+from deepfm.fast import kernels
 from deepfm.models import MODELS, build_model
 from deepfm.models.layers import MLP, Dropout
 from deepfm.training.loop import skip_frozen_backward, train_epoch
@@ -113,15 +114,26 @@ def test_deep_models_on_ids_are_one_node_and_sparse_table_gradients_match(name):
     _assert_same_state(model, plain)
 
 
+@pytest.fixture(params=["small", "large"])
+def kernel_shapes(request, monkeypatch):
+    """The kernels' choices for small batches (MovieLens) and for large ones (many fields, many
+    rows: a strided field sum, the FM gradient broadcast over the fields), forced on small data."""
+    if request.param == "large":
+        monkeypatch.setattr(kernels, "FIELD_ADDS_MAX", 0)
+        monkeypatch.setattr(kernels, "BROADCAST_MIN_ELEMENTS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("frozen_mlp", [False, True])
-def test_fused_train_step_equals_plain_backward(name, layout, frozen_mlp):
+@pytest.mark.parametrize("dropout", [0.5, 0.3])
+def test_fused_train_step_equals_plain_backward(name, layout, frozen_mlp, dropout, kernel_shapes):
     """``FastModel.train_step`` (forward, loss and gradients without autograd) leaves the loss,
     every gradient and the BatchNorm statistics that ``loss.backward()`` of the plain model
     leaves, also with the MLP frozen (the FM warm-up: no gradients for it at all); for batches it
     does not cover it returns ``None``."""
-    model = _model(name, layout, 0.5)
+    model = _model(name, layout, dropout)
     model.features.sparse.table.sparse = name == "fm"  # row-wise optimizers: sparse gradients
     plain = copy.deepcopy(model)
     net = fast.accelerate(model, fast.BatchLayout(*LAYOUTS[layout]))

@@ -33,6 +33,7 @@ def keep_mask(shape: tuple[int, ...], p: float, generator: torch.Generator | Non
     is float32.
     """
     n = math.prod(shape)
+    scale = keep_scale(p)
     if p == 0.5:
         words = torch.randint(-(2**63), 2**63 - 1, ((n + 63) // 64,), dtype=torch.int64, generator=generator)
         keep = np.unpackbits(words.numpy().view(np.uint8), count=n)
@@ -41,8 +42,14 @@ def keep_mask(shape: tuple[int, ...], p: float, generator: torch.Generator | Non
         words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, generator=generator)
         uniform = words.numpy().view(np.int16)[:n]
         keep = (uniform >= round(p * 65536) - 32768).astype(np.float32)
-        keep *= np.float32(1.0 / (1.0 - p))
+        keep *= np.float32(scale)
     return torch.from_numpy(keep).view(shape)
+
+
+def keep_scale(p: float) -> float:
+    """The value of a kept entry in :func:`keep_mask`'s masks, exactly: ``1 / (1 - p)`` in float32
+    (2 for ``p = 0.5``)."""
+    return 2.0 if p == 0.5 else float(np.float32(1.0 / (1.0 - p)))
 
 
 class MaskStream:

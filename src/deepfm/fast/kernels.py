@@ -26,10 +26,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deepfm import masks
+
 Saved = tuple[torch.Tensor, ...]
 
 
 # --- first order + FM over the input rows ---------------------------------------------------------
+# Per-shape choices, from 1-thread timings (benchmarks/README.md, "Where a Criteo-like step goes"):
+# the field sum as F - 1 slice adds up to 4 fields, one strided reduction above (1024 rows x 8
+# fields: 85 vs 129 us; 4096 x 39: 1.3 vs 3.6 ms); the FM gradient broadcast over the fields from
+# 2**19 row elements (4096 x 39 x 17: 3.7 vs 5.1 ms; 1024 x 2 x 17: 74 vs 46 us the other way).
+FIELD_ADDS_MAX = 4
+BROADCAST_MIN_ELEMENTS = 1 << 19
+
+
 def fm_consts(fields: int, width: int, device: torch.device, dtype: torch.dtype) -> tuple:
     """``(-m tiled over the fields, m)`` with ``m`` = 0 on column 0 and 1 on the embedding columns."""
     col_mask = torch.ones(width, dtype=dtype, device=device)
@@ -50,10 +60,12 @@ def rows_forward(
     """
     batch = rows.shape[0]
     width = rows.shape[1] // fields
-    # field sum: F - 1 adds beat a strided reduction or a tiny GEMM here
-    s = rows[:, :width] + rows[:, width : 2 * width] if fields > 1 else rows.clone()
-    for f in range(2, fields):
-        s += rows[:, f * width : (f + 1) * width]
+    if fields > FIELD_ADDS_MAX:
+        s = rows.view(batch, fields, width).sum(1)
+    else:  # a few fields: F - 1 adds beat a strided reduction or a tiny GEMM
+        s = rows[:, :width] + rows[:, width : 2 * width] if fields > 1 else rows.clone()
+        for f in range(2, fields):
+            s += rows[:, f * width : (f + 1) * width]
     if consts is None:
         out = s[:, 0].clone()
     else:
@@ -80,9 +92,12 @@ def rows_backward(
         grad_rows[:, 0] = grad_out.repeat_interleave(fields)
     else:
         s[:, 0] = 1.0  # s is ours (saved, not used elsewhere); column 0 carries the linear term
-        # cat + contiguous in-place ops: broadcasting s over the field dim is ~4x slower on CPU
-        grad_rows = torch.cat([s] * fields, 1).addcmul_(rows, consts[0]).mul_(grad_out.view(-1, 1))
-        grad_rows = grad_rows.view(-1, width)
+        if rows.numel() >= BROADCAST_MIN_ELEMENTS:  # the same products, broadcast over the fields
+            grad_rows = torch.addcmul(s.unsqueeze(1), rows.view(-1, fields, width), consts[0][:width])
+            grad_rows = grad_rows.mul_(grad_out.view(-1, 1, 1)).view(-1, width)
+        else:  # cat + contiguous in-place ops: broadcasting over a few fields is ~1.6x slower
+            grad_rows = torch.cat([s] * fields, 1).addcmul_(rows, consts[0]).mul_(grad_out.view(-1, 1))
+            grad_rows = grad_rows.view(-1, width)
     if grad_emb is not None:
         grad_rows[:, 1:] += grad_emb.reshape(grad_rows.shape[0], -1)
     return grad_rows
@@ -128,11 +143,26 @@ def scatter(
         return torch.sparse_coo_tensor(
             flat_ids.unsqueeze(0), grad_rows, (num_rows, width), check_invariants=False
         )
-    zeros = reuse.zeros(embedding.weight) if reuse is not None else grad_rows.new_zeros(num_rows, width)
-    grad_table = zeros.index_add_(0, flat_ids, grad_rows)
+    grad_table = reuse.zeros(embedding.weight) if reuse is not None else grad_rows.new_zeros(num_rows, width)
+    add_rows(grad_table, flat_ids, grad_rows)
     if padding_idx is not None:
         grad_table[padding_idx] = 0.0
     return grad_table
+
+
+def add_rows(table: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    """``table[ids[i]] += rows[i]`` in the order of ``i`` (the sums ``index_add_`` makes), on one
+    thread: ``index_put_(accumulate=True)`` with more threads adds repeated rows atomically in
+    an order that changes run to run, and ``index_add_`` with 2 threads ran 6x slower than with
+    one (a Criteo-like batch, 160k rows of 17: 108 vs 17 ms; serial ``index_put_``: 8 ms)."""
+    threads = torch.get_num_threads()
+    if threads > 1 and table.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        table.index_put_((ids,), rows, accumulate=True)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 class TableGrad:
@@ -299,12 +329,13 @@ def mlp_backward(
         rest = rest[take:]
     grad_z = grad_z.reshape(-1, 1)
     grads = [grad_z.sum(0), grad_z.t().mm(a)]  # output bias, weight: collected last to first
-    grad_a = grad_z.mm(params[-2])
+    grad_a = _grad_input(grad_z, params[-2], keeps[-1], spec.dropouts[-1]) if keeps else grad_z.mm(params[-2])
     i = len(params) - 2
     for layer in reversed(range(len(spec.norms))):
-        norm, keep = spec.norms[layer], keeps[layer]
-        if keep is not None:
-            grad_a.mul_(keep)
+        norm = spec.norms[layer]
+        # ReLU and dropout: a = relu(y) * keep is 0 wherever either cut the unit, so the mask's
+        # product is the threshold below plus its kept value, folded into the matrix product
+        # that made grad_a (_grad_input): one pass over the activations less per layer
         grad_y = torch.ops.aten.threshold_backward(grad_a, a, 0)
         if norm is None:
             inp, _ = layers[layer]
@@ -318,11 +349,24 @@ def mlp_backward(
                 grad_y, h, params[i + 2], None, None, mean, invstd, True, norm.eps, [True, True, True]
             )
             grads += [grad_beta, grad_gamma, grad_h.sum(0), grad_h.t().mm(inp)]
-        if layer or need_grad_x:
+        if layer:
+            grad_a = _grad_input(grad_h, params[i], keeps[layer - 1], spec.dropouts[layer - 1])
+        elif need_grad_x:
             grad_a = grad_h.mm(params[i])
         a = inp
     grads.reverse()
     return (grad_a if need_grad_x else None), grads
+
+
+def _grad_input(
+    grad_h: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor | None, p: float
+) -> torch.Tensor:
+    """``grad_h @ weight`` times the kept value of the dropout before the layer (see
+    :func:`deepfm.masks.keep_scale`) as the product's ``alpha``: the gradient at the kept units
+    (the others are zeroed by the ReLU's ``threshold_backward``)."""
+    if keep is None:
+        return grad_h.mm(weight)
+    return torch.addmm(grad_h.new_zeros(()), grad_h, weight, beta=0, alpha=masks.keep_scale(p))
 
 
 class MLPNode(torch.autograd.Function):
