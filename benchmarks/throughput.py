@@ -13,11 +13,15 @@ those epochs. Rounds are interleaved (``--rounds``), the best round of each row 
     PYTHONPATH=src python benchmarks/throughput.py --data-dir ../shared/data/ml-1m-half
 
 ``--workload criteo``: a Criteo-like data set instead (see :func:`criteo_main`): a plain batched
-PyTorch loop at 2 threads against ``deepfm train`` defaults, 1 epoch each, samples/s and test AUC.
+PyTorch loop at 2 threads against ``deepfm train`` defaults, 1 epoch each, samples/s and test AUC,
+at equal work: deepfm's samples/s are those of the steps that train the whole model, as every
+step of the plain loop does (the FM warm-up's steps, MLP frozen, are reported apart). Each row
+is also given as a share of the GEMM-only limit of its MLP (the forward and both backward matrix
+products alone, at the row's threads and precision), measured in every round of the same run.
 
     PYTHONPATH=src python benchmarks/throughput.py --workload criteo            # 1M rows
     PYTHONPATH=src python benchmarks/throughput.py --workload criteo --rows 200000 \
-        --variants "fm_warmup_epochs=0;threads=1;precision=fp32;optimizer=lazy"
+        --variants "fm_warmup_steps=0;threads=1;precision=fp32;optimizer=lazy"
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class Row:
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # training seconds, if epoch() times itself
+    warmup: list[tuple[float, int]] = field(default_factory=list)  # FM warm-up: (samples/s, samples)
+    flops: float = 0.0  # per step (the GEMM-only row)
+    limit: tuple[int, str] = (0, "")  # (threads, precision) of the GEMM-only limit it is compared with
 
     def run_epoch(self) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -155,7 +162,7 @@ def main() -> None:
         "--variants",
         default="",
         help="criteo: extra deepfm rows, ';'-separated TrainConfig overrides, e.g. "
-        "'threads=1;precision=fp32,optimizer=lazy;fm_warmup_epochs=0'",
+        "'threads=1;precision=fp32,optimizer=lazy;fm_warmup_steps=0'",
     )
     args = parser.parse_args()
     if args.workload == "criteo":
@@ -246,7 +253,11 @@ def plain_criteo_row(data, threads: int, seed: int) -> Row:
 
 def deepfm_criteo_row(data, spec: str, seed: int, overrides: dict[str, Any]) -> Row:
     """``deepfm train --spec SPEC --mlp 400,400,400 --dropout 0.2 --batch-size 4096 --epochs 1``
-    (plus ``overrides``) through :func:`deepfm.training.run.train` on the prepared data."""
+    (plus ``overrides``) through :func:`deepfm.training.run.train` on the prepared data.
+
+    Its speed is taken on the steps that train the whole model (the plain loop's work); the FM
+    warm-up's steps (MLP frozen, a third of the matrix products) are timed apart (``warmup``).
+    """
     batch = CRITEO_RECIPE["batch_size"]
     results: list[dict] = []
 
@@ -257,13 +268,69 @@ def deepfm_criteo_row(data, spec: str, seed: int, overrides: dict[str, Any]) -> 
             )
             metrics = train(config, data=data, echo=lambda *_: None)
         results.append(metrics)
-        row.seconds.append(metrics["train_seconds"])
+        (record,) = metrics["epochs"]
+        # (older versions record no warm-up: equal work there is --fm-warmup-epochs 0)
+        warmup_samples = record.get("warmup_samples", 0)
+        seconds = record["train_seconds"] - record.get("warmup_seconds", 0.0)
+        samples = record["train_samples_per_s"] * record["train_seconds"] - warmup_samples
+        row.seconds.append(seconds)
+        if warmup_samples:
+            row.warmup.append((warmup_samples / record["warmup_seconds"], warmup_samples))
         env = metrics["environment"]
         row.name = f"{label}: {env['threads']} thr, {env['precision']}, {env['optimizer']}"
-        return int(metrics["train_samples_per_s"] * metrics["train_seconds"])
+        return int(round(samples))
 
     label = "deepfm defaults" + "".join(f", {k}={v}" for k, v in overrides.items())
     row = Row(label, batch, epoch, lambda: results[-1]["test_auc"])
+    return row
+
+
+def gemm_row(in_dim: int, threads: int, precision: str, seconds: float = 20.0) -> Row:
+    """The GEMM-only limit of the recipe's MLP: per step its forward matrix products and both
+    backward products of every layer (weight gradient; input gradient, the first layer's too:
+    the embeddings train), on random operands of the step's shapes, at ``threads`` threads and
+    ``precision``; nothing else (no BatchNorm, activations, embeddings, optimizer or batching).
+    Its samples/s bounds every row's at that thread count and precision. Timed over ``seconds``
+    of steps (at least 8), an average as the rows' epochs are, so that load from other jobs on
+    a shared machine weighs on both alike."""
+    batch = CRITEO_RECIPE["batch_size"]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    dims = [in_dim, *CRITEO_RECIPE["mlp"], 1]
+    weights = [(torch.randn(o, i, generator=g) / i**0.5).to(dtype) for i, o in zip(dims, dims[1:])]
+    x = torch.randn(batch, in_dim, generator=g).to(dtype)
+
+    def step() -> None:
+        acts = [x]
+        for w in weights:
+            acts.append(acts[-1] @ w.t())
+        grad = acts[-1]
+        for w, a in zip(reversed(weights), reversed(acts[:-1])):
+            grad.t() @ a  # weight gradient
+            grad = grad @ w  # input gradient
+
+    def epoch() -> int:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            step()  # warm caches and the thread pool
+            wall, steps = time.perf_counter(), 0
+            while steps < 8 or time.perf_counter() - wall < seconds:
+                step()
+                steps += 1
+            row.seconds.append(time.perf_counter() - wall)
+        finally:
+            torch.set_num_threads(previous)
+        return steps * batch
+
+    flops = 6 * batch * sum(i * o for i, o in zip(dims, dims[1:]))
+    row = Row(
+        f"GEMM-only limit of the MLP ({threads} thr, {precision}, {flops / 1e9:.1f} GFLOP a step)",
+        batch,
+        epoch,
+        lambda: float("nan"),
+    )
+    row.flops = flops
     return row
 
 
@@ -277,7 +344,8 @@ def _overrides(text: str) -> dict[str, Any]:
 
 
 def criteo_main(args: argparse.Namespace) -> None:
-    """Plain loop vs ``deepfm train`` defaults on the Criteo-like data, rounds interleaved."""
+    """Plain loop vs ``deepfm train`` defaults on the Criteo-like data, rounds interleaved, with
+    the GEMM-only limit of the MLP measured in each round at deepfm's threads and precision."""
     spec = criteo_data(args.rows, args.workdir)
     data = load_data(TrainConfig(spec=spec, seed=args.seed, progress=False))
     print(
@@ -285,22 +353,47 @@ def criteo_main(args: argparse.Namespace) -> None:
         f"{len(data.feature_map.fields)} fields, table {data.feature_map.num_rows:,} rows; "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.epochs} round(s) of 1 epoch per row"
     )
-    rows = [
-        plain_criteo_row(data, args.plain_threads, args.seed),
-        deepfm_criteo_row(data, spec, args.seed, {}),
-    ]
-    rows += [deepfm_criteo_row(data, spec, args.seed, _overrides(v)) for v in args.variants.split(";") if v]
+    in_dim = len(data.feature_map.fields) * TrainConfig().embed_dim
+    variants = [{}] + [_overrides(v) for v in args.variants.split(";") if v]
+    trained = [plain_criteo_row(data, args.plain_threads, args.seed)]
+    trained[0].limit = (args.plain_threads, "fp32")
+    for overrides in variants:
+        row = deepfm_criteo_row(data, spec, args.seed, overrides)
+        probe = TrainConfig(spec=spec, **CRITEO_RECIPE, **overrides)
+        choices = auto.resolve(probe, model_from_config(probe, data.feature_map), data.feature_map)
+        row.limit = (choices.threads, choices.precision)
+        trained.append(row)
+    limits = {key: gemm_row(in_dim, *key) for key in dict.fromkeys(r.limit for r in trained)}
+    rows = [*limits.values(), *trained]
     for _ in range(args.epochs):
         for row in rows:
             row.run_epoch()
-            print(f"  {row.name}: {row.wall[-1]:,.0f} samples/s, test AUC {row.predict():.4f}", flush=True)
-    plain = rows[0]
-    print("\n| pipeline | samples/s | x plain loop | test AUC after 1 epoch | AUC - plain |")
-    print("|---|---:|---:|---:|---:|")
-    for row in rows:
-        wall = max(row.wall)
+            extra = f", test AUC {row.predict():.4f}" if row.flops == 0 else ""
+            print(f"  {row.name}: {row.wall[-1]:,.0f} samples/s{extra}", flush=True)
+    print()
+    for (threads, precision), limit in limits.items():
+        gflops = limit.flops * max(limit.wall) / CRITEO_RECIPE["batch_size"] / 1e9
         print(
-            f"| {row.name} | {wall:,.0f} | {wall / max(plain.wall):.2f} | {row.predict():.4f} "
+            f"GEMM-only limit at {threads} thread(s), {precision}: {max(limit.wall):,.0f} samples/s "
+            f"({gflops:.0f} GFLOPS)"
+        )
+    print(
+        "samples/s of deepfm rows: the steps that train the whole model (the plain loop's work); "
+        "the FM warm-up's steps apart\n"
+    )
+    plain = trained[0]
+    print(
+        "| pipeline | samples/s | share of GEMM limit | x plain loop | FM warm-up: samples/s (samples) "
+        "| test AUC after 1 epoch | AUC - plain |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in trained:
+        wall = max(row.wall)
+        warmup = max(row.warmup) if row.warmup else None
+        warm = f"{warmup[0]:,.0f} ({warmup[1]:,})" if warmup else "-"
+        print(
+            f"| {row.name} | {wall:,.0f} | {wall / max(limits[row.limit].wall):.0%} "
+            f"| {wall / max(plain.wall):.2f} | {warm} | {row.predict():.4f} "
             f"| {row.predict() - plain.predict():+.4f} |"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
