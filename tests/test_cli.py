@@ -185,10 +185,10 @@ def test_deepfm_fm_warmup_epoch_trains_only_the_fm_part(tiny_ml):
     assert frozen_parameters(fm, TrainConfig(model="fm"), 1, 10, 5) == ([], 0)  # FM declares no warm-up
 
 
-def test_fm_warmup_steps_stay_in_the_first_epoch_and_half_a_one_pass_run(tiny_ml):
+def test_fm_warmup_steps_stay_in_the_first_epoch_and_a_tenth_of_a_one_pass_run(tiny_ml):
     """--fm-warmup-steps counts optimizer steps from the start of the run, within the first epoch
-    and at most half of the planned steps, so a one-epoch run trains the MLP for at least half of
-    it; --fm-warmup-epochs, when set, freezes whole epochs instead."""
+    and, in a one-epoch run, within its first tenth, so a one-pass run trains the MLP for at
+    least 90% of it; --fm-warmup-epochs, when set, freezes whole epochs instead."""
     from deepfm.config import TrainConfig
     from deepfm.models import DeepFM
     from deepfm.training.run import frozen_parameters, warmup_steps
@@ -207,10 +207,11 @@ def test_fm_warmup_steps_stay_in_the_first_epoch_and_half_a_one_pass_run(tiny_ml
     assert steps(2, 381, fm_warmup_steps=100) == 0
     assert steps(1, 381, fm_warmup_steps=1000) == 381  # the whole first epoch, not more
     assert steps(2, 381, fm_warmup_steps=1000) == 0
-    assert steps(1, 195, fm_warmup_steps=1000, epochs=1) == 97  # half of a one-epoch run
-    assert steps(1, 195, fm_warmup_steps=50, epochs=1) == 50
+    assert steps(1, 195, fm_warmup_steps=1000, epochs=1) == 19  # a tenth of a one-epoch run
+    assert steps(1, 195, fm_warmup_steps=10, epochs=1) == 10
+    assert steps(1, 195, fm_warmup_steps=50, epochs=1) == 19
     assert steps(1, 195, fm_warmup_steps=1000, epochs=2) == 195
-    assert steps(1, 1, fm_warmup_steps=100, epochs=1) == 0  # a one-step run trains everything
+    assert steps(1, 9, fm_warmup_steps=100, epochs=1) == 0  # under 10 steps: everything trains
     assert steps(1, 381, fm_warmup_steps=0) == 0
     assert steps(2, 381, fm_warmup_epochs=2) == 381  # whole epochs instead of steps
     assert steps(3, 381, fm_warmup_epochs=2) == 0

@@ -185,20 +185,21 @@ def test_resume_extends_a_finished_run_with_more_epochs(small_ml, tmp_path):
 
 
 def test_resume_with_more_epochs_keeps_the_warmup_it_started_with(small_ml, tmp_path):
-    """A one-epoch run's FM warm-up is half of it; extended to 2 epochs, it does not freeze the
-    MLP again (a fresh 2-epoch run would warm up for the whole first epoch)."""
+    """A one-epoch run's FM warm-up is a tenth of it; extended to 2 epochs, it does not freeze
+    the MLP again (a fresh 2-epoch run would warm up for the whole first epoch)."""
     from conftest import prepared
 
     from deepfm.training.loop import epoch_steps
 
-    half = epoch_steps(prepared(small_ml).train, 64) // 2
+    tenth = epoch_steps(prepared(small_ml).train, 64) // 10
+    assert tenth > 0
     one = train(config(small_ml, tmp_path / "one", epochs=1), echo=lambda *_: None)
-    assert one["epochs"][0]["warmup_samples"] == half * 64
-    assert read_state(tmp_path / "one" / STATE_FILE)["warmup_steps"] == half
+    assert one["epochs"][0]["warmup_samples"] == tenth * 64
+    assert read_state(tmp_path / "one" / STATE_FILE)["warmup_steps"] == tenth
     extended = train(resume_config(tmp_path / "one", {"epochs": 2}), echo=lambda *_: None)
     assert extended["epochs"][1]["warmup_samples"] == 0
     reference = train(
-        config(small_ml, tmp_path / "ref", epochs=2, fm_warmup_steps=half), echo=lambda *_: None
+        config(small_ml, tmp_path / "ref", epochs=2, fm_warmup_steps=tenth), echo=lambda *_: None
     )
     same_run(reference, extended)
 

@@ -71,7 +71,7 @@ class TrainConfig:
     lr_decay: float = 1.0  # multiply lr by this when valid AUC stalls (1.0 = constant lr)
     lr_patience: int = 1  # epochs without a valid-AUC gain before the lr is decayed
     # DeepFM's FM warm-up (MLP frozen): the first N optimizer steps of the first epoch, at most
-    # half of a one-epoch run (so a one-pass run trains the MLP); or, when fm_warmup_epochs is
+    # a tenth of a one-epoch run (so a one-pass run trains the MLP); or, when fm_warmup_epochs is
     # set, exactly the first N whole epochs (0: none) instead
     fm_warmup_steps: int = 1000
     fm_warmup_epochs: int | None = None

@@ -155,7 +155,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=s,
         help="DeepFM: train only the FM part (MLP frozen) for the first N optimizer steps of the "
-        "first epoch, at most half of a one-epoch run (a one-pass run always trains the MLP); 0 "
+        "first epoch, at most a tenth of a one-epoch run (a one-pass run trains the MLP); 0 "
         f"trains everything from the start (default {D.fm_warmup_steps})",
     )
     opt.add_argument(
