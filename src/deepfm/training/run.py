@@ -101,9 +101,8 @@ def warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
     (0) when the warm-up is counted in epochs (``fm_warmup_epochs`` set).
 
     Why a tenth: one-pass training on click logs is common (a second epoch overfits), and there
-    a long warm-up keeps the deep part untrained for much of the run; on the Criteo-like set a
-    tenth costs no test AUC against no warm-up (benchmarks/README.md, "FM warm-up of a one-pass
-    run"), while MovieLens-sized runs of many epochs keep their whole first epoch."""
+    a long warm-up keeps the deep part untrained for much of the run, while MovieLens-sized runs
+    of many epochs keep their whole first epoch (benchmarks/README.md, "Equal work")."""
     if config.fm_warmup_epochs is not None:
         return 0
     cap = steps_per_epoch // ONE_PASS_WARMUP_SHARE if config.epochs == 1 else steps_per_epoch
