@@ -18,6 +18,7 @@ from deepfm.cli.main import main
 from deepfm.config import TrainConfig
 from deepfm.errors import ConfigError, NumericalError
 from deepfm.training import run as run_module
+from deepfm.training.loop import EpochPosition, check_weights
 from deepfm.training.run import train
 from deepfm.training.state import STATE_FILE, TrainingState, read_state, resume_config
 
@@ -281,3 +282,17 @@ def test_yaml_values_of_the_wrong_type_are_refused(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "mlp must be a list of integer widths" in err or "--epochs must be int, got 'ten'" in err
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_weights_finds_one_bad_entry_of_a_big_table(bad):
+    """One NaN/inf entry among a million raises; finite extremes (float64 beyond float32) do not."""
+    module = torch.nn.Module()
+    module.table = torch.nn.Parameter(torch.randn(65_537, 17))
+    module.register_buffer("wide", torch.tensor([1e300, -1e300], dtype=torch.float64))
+    check_weights(module, EpochPosition(1, 5))
+    with torch.no_grad():
+        module.table[40_000, 3] = bad
+    with pytest.raises(NumericalError) as info:
+        check_weights(module, EpochPosition(1, 5))
+    assert (info.value.epoch, info.value.step) == (1, 5)

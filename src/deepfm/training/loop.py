@@ -299,9 +299,11 @@ def _flush(
 def check_weights(module: nn.Module, pos: EpochPosition) -> None:
     """Raise :class:`NumericalError` if any parameter or buffer of ``module`` is NaN/inf."""
     tensors = [t for t in module.state_dict().values() if t.is_floating_point() and t.numel()]
-    # a float64 sum is NaN/inf iff some element is (finite float32 values cannot overflow it),
-    # and needs no tensor-sized temporary (a big embedding table stays a single pass)
-    if tensors and not bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float64) for t in tensors])).all()):
+    # min and max are NaN if any element is (aminmax propagates NaN) and +-inf if one is; one pass
+    # with no tensor-sized temporary (a float64 sum casts the whole tensor first: 66 vs 7 ms on
+    # the Criteo-like table at 1 thread, once per epoch)
+    bounds = [torch.stack(torch.aminmax(t)).double() for t in tensors]
+    if bounds and not bool(torch.isfinite(torch.cat(bounds)).all()):
         raise NumericalError(
             f"model weights became NaN/inf by epoch {pos.epoch}, step {pos.step}; stopped "
             "(lower --lr, or check the data for extreme values)",
