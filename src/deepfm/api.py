@@ -97,12 +97,14 @@ def fit(
 
 def spec_file(text: bytes) -> Path:
     """``text`` as ``spec.yaml`` in a content-addressed folder of the cache."""
+    from deepfm.data.cache_cap import mark_used
     from deepfm.data.download import cache_dir
     from deepfm.io import write_bytes
 
     path = cache_dir() / "specs" / hashlib.sha256(text).hexdigest()[:20] / SPEC_FILE
     if not path.is_file() or path.read_bytes() != text:
         write_bytes(path, text)
+    mark_used(path.parent)
     return path
 
 
@@ -207,6 +209,7 @@ def frame_file(data: Any, what: str = "data") -> Path:
     ``what`` names it in errors (``data``, ``valid``, ``test``)."""
     import pyarrow.parquet as pq
 
+    from deepfm.data.cache_cap import mark_used
     from deepfm.data.download import cache_dir
 
     table = arrow_table(data, what)
@@ -226,6 +229,7 @@ def frame_file(data: Any, what: str = "data") -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    mark_used(path)  # the cache's size cap never removes what this run uses
     return path
 
 

@@ -1,4 +1,5 @@
-"""``deepfm cache``: list the cache folder's entries with sizes and ages, or clear them."""
+"""``deepfm cache``: list the cache folder's entries with sizes and ages (since last use), or
+clear them; the summary states the size cap (``$DEEPFM_CACHE_MAX``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ def add_parser(sub: Any) -> None:
         "cache",
         help="list or clear the cache folder (prepared data, fit's frames, downloads)",
         description="List what the cache folder ($DEEPFM_CACHE, default ~/.cache/deepfm) holds: "
-        "prepared data sets, frames written by deepfm.fit and downloads, with sizes and ages. "
-        "Anything removed is rebuilt (or downloaded) by the next run that needs it; do not clear "
-        "while a run is preparing or training.",
+        "prepared data sets, frames written by deepfm.fit and downloads, with sizes and the days "
+        "since each was last used. Runs keep the folder under a size cap ($DEEPFM_CACHE_MAX, e.g. "
+        "20GB, 500MB or off; default 20GB) by removing the least recently used entries, never "
+        "those in use. Anything removed is rebuilt (or downloaded) by the next run that needs it; "
+        "do not clear while a run is preparing or training.",
     )
     p.add_argument("--clear", action="store_true", help="remove the listed entries")
     p.add_argument(
@@ -21,32 +24,30 @@ def add_parser(sub: Any) -> None:
         type=float,
         default=None,
         metavar="DAYS",
-        help="only entries last written more than DAYS days ago",
+        help="only entries not used for more than DAYS days",
     )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from deepfm.data.cache_cap import ENV, cap_bytes, size_text
     from deepfm.data.cache_contents import entries, remove
     from deepfm.data.download import cache_dir
     from deepfm.errors import ConfigError
 
     if args.older_than is not None and args.older_than < 0:
         raise ConfigError(f"--older-than must be >= 0 days, got {args.older_than:g}")
+    cap = cap_bytes()
     chosen = [e for e in entries() if args.older_than is None or e.age_days() > args.older_than]
     total = sum(e.size for e in chosen)
     for e in chosen:
-        print(f"{e.kind:9} {size(e.size):>9}  {e.age_days():6.1f} days  {e.path}")
+        print(f"{e.kind:9} {size_text(e.size):>9}  {e.age_days():6.1f} days  {e.path}")
         if args.clear:
             remove(e)
     verb = "removed" if args.clear else "in"
-    print(f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'}, {size(total)} {verb} {cache_dir()}")
+    limit = "no size cap" if cap is None else f"size cap {size_text(cap)}"
+    print(
+        f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'}, {size_text(total)} {verb} {cache_dir()} "
+        f"({limit}, ${ENV})"
+    )
     return 0
-
-
-def size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"

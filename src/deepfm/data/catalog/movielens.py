@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deepfm.data.cache_cap import mark_used
 from deepfm.data.catalog.entry import CATALOG_OPTIONS, Entry
 from deepfm.data.download import fetch
 from deepfm.data.options import PrepareOptions
@@ -118,7 +119,9 @@ def spec_dict(options: PrepareOptions, hundred_k: bool = False, titles: bool = T
 def folder_of(data_dir: Path | None, dataset: str, marker: str, subdir: str) -> Path:
     """The folder holding ``marker`` (``data_dir`` or its ``subdir``), or the download's."""
     if data_dir is None:
-        return fetch(dataset, marker)
+        folder = fetch(dataset, marker)
+        mark_used(folder)  # the cache's size cap keeps what this run uses
+        return folder
     for candidate in (data_dir, data_dir / subdir):
         if (candidate / marker).is_file():
             return candidate

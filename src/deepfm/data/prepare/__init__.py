@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepfm.data import cache_cap
 from deepfm.data.catalog import dataset_spec
 from deepfm.data.features import FeatureMap
 from deepfm.data.options import PrepareOptions
@@ -121,15 +122,25 @@ def others_shards(folder: Path, rank: int, world: int) -> set[str]:
 def prepared_folder(
     spec: DatasetSpec, options: PrepareOptions, base: FeatureMap | None = None, progress: bool = True
 ) -> Path:
-    """The cache folder of ``spec`` prepared with ``options``, built first if it does not exist."""
+    """The cache folder of ``spec`` prepared with ``options``, built first if it does not exist;
+    marked as used, then the cache is held to its size cap (:mod:`deepfm.data.cache_cap`)."""
     folder = cache.cache_folder(spec, options, base)
+    _build_or_reuse(spec, options, base, progress, folder)
+    cache_cap.mark_used(folder)
+    cache_cap.enforce_cap()
+    return folder
+
+
+def _build_or_reuse(
+    spec: DatasetSpec, options: PrepareOptions, base: FeatureMap | None, progress: bool, folder: Path
+) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     cache.clean_stale_builds(folder.parent)
     if folder.exists():
         problem = cache.verify(folder)
         if problem is None:
             _say(progress, f"{spec.name}: using prepared data {folder}")
-            return folder
+            return
         print(
             f"{spec.name}: cache {folder} is damaged ({problem}); rebuilding it", file=sys.stderr, flush=True
         )
@@ -143,7 +154,6 @@ def prepared_folder(
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def build(
