@@ -1,6 +1,7 @@
 """The commands and options the README and docs/ show are the command line's: every ``deepfm ...``
 line of their shell blocks parses with ``deepfm``'s own parser, and every ``--option`` the README
-names is an option of a ``deepfm`` command (read from the argparse parsers, not from a list)."""
+names is an option of a ``deepfm`` command (read from the argparse parsers, not from a list); and the
+pages speak of the product, not of its development (no issue numbers, commit hashes, branches, VM)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,26 @@ def test_every_option_the_readme_names_exists():
     foreign = {"--nproc-per-node", "--standalone", "--nnodes", "--rdzv-backend", "--rdzv-endpoint"}
     missing = sorted(named - options - foreign)
     assert not missing, f"README names options no deepfm command has: {missing}"
+
+
+HISTORY = re.compile(
+    r"\bissues? #?\d+|\bVM\b|\bbranch(?:es)?\b|\bthe lead\b"
+    r"|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b",  # a commit hash (outside code)
+    flags=re.I,
+)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_pages_hold_no_development_history(page):
+    """Prose only: code blocks and spans may hold hex tokens (a Criteo value, a run id)."""
+    text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), page.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "``", text)
+    found = [
+        f"line {n}: {m.group(0)!r}"
+        for n, line in enumerate(text.splitlines(), 1)
+        for m in HISTORY.finditer(line)
+    ]
+    assert not found, f"{page.name} speaks of the development: {found}"
 
 
 def test_readme_results_table_is_benchmarks_results_output():
