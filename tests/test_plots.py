@@ -87,11 +87,21 @@ def test_search_plot_integer_ticks_curves_matched_to_trials_and_no_empty_legend_
     assert labels == {f"#{n}": dots[n] for n in range(3)}  # a curve's label and its dot: one colour
     plt.close(fig)
 
-    trials.append(_trial(3, [0.70, 0.69], pruned=True))
+    trials.append(_trial(3, [0.775, 0.77], pruned=True))
     fig = tune.figure(trials)
     points = fig.axes[0]
     assert [t.get_text() for t in points.get_legend().get_texts()][-1] == "pruned (best epoch seen)"
     assert math.isclose(
-        max(line.get_ydata()[0] for line in points.get_lines() if line.get_marker() == "x"), 0.70
+        max(line.get_ydata()[0] for line in points.get_lines() if line.get_marker() == "x"), 0.775
     )
+    plt.close(fig)
+
+    # a trial far below the others (the axes show the top 0.05): on the floor, named with its value
+    trials.append(_trial(4, [0.70, 0.69], pruned=True))
+    fig = tune.figure(trials)
+    points = fig.axes[0]
+    low, high = points.get_ylim()
+    floor = [line for line in points.get_lines() if line.get_marker() == "v"]
+    assert len(floor) == 1 and floor[0].get_xdata()[0] == 4 and low <= floor[0].get_ydata()[0] <= high
+    assert [t.get_text() for t in points.get_legend().get_texts()][-1] == "below the axis: #4 0.700"
     plt.close(fig)

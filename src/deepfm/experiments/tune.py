@@ -470,15 +470,32 @@ def figure(trials: list[Any]) -> Any:
     def colour(t: Any) -> Any:
         return cmap(0.9 * (t.number - min(numbers)) / span)
 
+    # the axes show the top 0.05 of AUC (the differences that matter); a trial below is drawn on
+    # the floor as a triangle and named with its value in the legend, never left out of sight
+    values = [v for t in trials for v in t.intermediate_values.values()]
+    values += [t.value for t in trials if t.state.name == "COMPLETE"]
+    top = max(values) if values else 1.0
+    low = max(min(values), top - 0.05) if values else 0.0
+    margin = (top - low) * 0.04 + 1e-4
+    floor = low - margin
+    below: list[str] = []
+
+    def point(t: Any, value: float, marker: str, size: float) -> None:
+        if value < floor:
+            below.append(f"#{t.number} {value:.3f}")
+            ax.plot(t.number, floor, "v", color=colour(t), markersize=8, clip_on=False)
+        else:
+            ax.plot(t.number, value, marker, color=colour(t), markersize=size)
+
     ax = axes[0]
     best, xs, ys = -math.inf, [], []
     pruned = [t for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
     for t in trials:
         if t.state.name == "COMPLETE":
-            ax.plot(t.number, t.value, "o", color=colour(t))
+            point(t, t.value, "o", 6)
             best = max(best, t.value)
         elif t in pruned:
-            ax.plot(t.number, max(t.intermediate_values.values()), "x", color=colour(t), markersize=8)
+            point(t, max(t.intermediate_values.values()), "x", 8)
         if best > -math.inf:
             xs.append(t.number)
             ys.append(best)
@@ -489,6 +506,9 @@ def figure(trials: list[Any]) -> Any:
         handles.append(
             Line2D([], [], marker="x", linestyle="", color="0.5", label="pruned (best epoch seen)")
         )
+    if below:
+        text = ", ".join(below[:4]) + (f" +{len(below) - 4}" if len(below) > 4 else "")
+        handles.append(Line2D([], [], marker="v", linestyle="", color="0.5", label=f"below the axis: {text}"))
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation AUC")
@@ -507,11 +527,7 @@ def figure(trials: list[Any]) -> Any:
     ax.grid(alpha=0.3)
     for a in axes:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    values = [v for t in trials for v in t.intermediate_values.values()]
     if values:
-        top = max(values)
-        low = max(min(values), top - 0.05)
-        margin = (top - low) * 0.04 + 1e-4
         for a in axes:
             a.set_ylim(low - margin, top + margin)
         _label_ends(ax, ends, colour, gap=(top - low + 2 * margin) * 0.045)
