@@ -508,6 +508,7 @@ def fuxictr_child(job: dict[str, Any]) -> dict[str, Any]:
                     "valid_logloss": logs["logloss"],
                     "valid_calibration": self._calibration,
                     "lr": self.optimizer.param_groups[0]["lr"],
+                    "clock": {"cpu": time.process_time(), "wall": time.perf_counter()},  # peer_speed.py
                 }
             )
             with open(data_root / "history.jsonl", "a") as sink:  # progress of a long run
@@ -527,6 +528,7 @@ def fuxictr_child(job: dict[str, Any]) -> dict[str, Any]:
     model._bce, model._rows = 0.0, 0
     Path(model.model_dir).mkdir(parents=True, exist_ok=True)
     (data_root / "history.jsonl").unlink(missing_ok=True)
+    clock_start = {"cpu": time.process_time(), "wall": time.perf_counter()}
     t = time.perf_counter()
     model.fit(loaders["train"], epochs=recipe["epochs"], validation_data=loaders["valid"])
     seconds = time.perf_counter() - t
@@ -541,6 +543,7 @@ def fuxictr_child(job: dict[str, Any]) -> dict[str, Any]:
         "test_logloss": float(test["logloss"]),
         "test_calibration": float(np.mean(probs) / np.mean(labels)),
         "seconds": seconds,
+        "clock_start": clock_start,
         "config": recipe,
     }
 
