@@ -38,7 +38,8 @@ tool's test AUC minus deepfm's.
         --fuxictr-python /work/venvs/fuxictr/bin/python \\
         --fuxictr-src FuxiCTR/model_zoo/DeepFM/DeepFM_torch/src
 
-Prints one line per run as it ends, then a Markdown table: per tool the medians over the rounds.
+Prints one line per run as it ends and, after each round, a Markdown table: per tool the medians
+over the rounds so far.
 """
 
 from __future__ import annotations
@@ -407,8 +408,7 @@ def main() -> None:
                 + f"  test AUC {r['test_auc']:.4f}  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-    print()
-    print(table(results, args.epochs))
+        print(f"\nafter round {round_}, medians so far:\n{table(results, args.epochs)}\n", flush=True)
 
 
 if __name__ == "__main__":
