@@ -28,7 +28,7 @@ Ratios are deepfm's samples per second over the tool's (above 1: deepfm is faste
 tool's test AUC minus deepfm's.
 
     python -m venv /work/venvs/deepctr
-    /work/venvs/deepctr/bin/pip install torch==2.13.0 deepctr-torch torchfm
+    /work/venvs/deepctr/bin/pip install torch==2.13.0 deepctr-torch torchfm pandas requests
     python -m venv /work/venvs/fuxictr
     /work/venvs/fuxictr/bin/pip install torch==2.13.0 fuxictr==2.3.10 'polars<2'
     git clone https://github.com/reczoo/FuxiCTR      # model_zoo/DeepFM/DeepFM_torch/src/DeepFM.py
