@@ -13,11 +13,12 @@ For each seed and each variant (a set of ``deepfm train`` options), trains on Mo
 * ``test_auc`` and the best epoch.
 
     python benchmarks/recommendations.py --data-dir ../shared/data/ml-1m-half --seeds 0 1 2 \
-        --min-item-counts 1 default
+        --min-item-counts 1 default --ranks score lift
 
 A variant is ``NAME=OPTIONS`` (the options of ``deepfm train``, empty for the defaults); each
 trained model's lists are measured for every ``--min-item-counts`` value (``recommend``'s
-candidate rule: items at least N users rated in training; ``default``: its default). The table
+candidate rule: items at least N users rated in training; ``default``: its default) and every
+``--ranks`` value (``recommend``'s order: ``score``, or ``lift`` over the unknown user). The table
 is printed in Markdown and written to ``--json`` when given.
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 import deepfm
-from deepfm.artifact.recommend import candidate_mask
+from deepfm.artifact.recommend import candidate_mask, lift
 from deepfm.cli.main import build_parser
 from deepfm.cli.train import config_from_args
 from deepfm.data.batching import Split
@@ -48,9 +49,15 @@ K = 10
 
 
 def run(
-    data_dir: str, seed: int, options: str, out: Path, epochs: int | None, counts: list[int | None]
+    data_dir: str,
+    seed: int,
+    options: str,
+    out: Path,
+    epochs: int | None,
+    counts: list[int | None],
+    ranks: list[str],
 ) -> list[dict[str, Any]]:
-    """One training run; its figures for each candidate rule in ``counts``."""
+    """One training run; its figures for each candidate rule in ``counts`` and order in ``ranks``."""
     argv = ["train", "--data-dir", data_dir, "--split", "leave-last", "--seed", str(seed), "--out", str(out)]
     argv += ["--no-progress", *shlex.split(options)]
     if epochs:
@@ -67,10 +74,14 @@ def run(
         "best_epoch": metrics["best_epoch"],
         "train_s": seconds,
     }
-    return [trained | {"min_count": n} | top_lists(model, config, n) for n in counts]
+    return [
+        trained | {"min_count": n, "rank": r} | top_lists(model, config, n, r) for n in counts for r in ranks
+    ]
 
 
-def top_lists(model: Any, config: Any, min_count: int | None = None, check: bool = True) -> dict[str, Any]:
+def top_lists(
+    model: Any, config: Any, min_count: int | None = None, rank: str = "score", check: bool = True
+) -> dict[str, Any]:
     """Every user's top-10 against their held-out test item.
 
     The lists are ``model.recommend``'s (checked on a few users), computed for all users at once:
@@ -86,21 +97,25 @@ def top_lists(model: Any, config: Any, min_count: int | None = None, check: bool
     allowed = candidate_mask(model, min_count)
     top = np.empty((n_users, K), dtype=np.int64)
     per = max(1, (1 << 21) // n_items)
+    items = fi.offset + 1 + np.arange(n_items)
+    unknown = np.stack([np.full(n_items, fu.offset), items], 1)  # the OOV user's row, every item
+    unknown_scores = model.predict_split(Split.from_arrays({"ids": unknown}, np.zeros(n_items, np.float32)))
     for start in range(0, n_users, per):
         users = np.arange(start, min(start + per, n_users))
         ids = np.empty((len(users), n_items, 2), dtype=np.int64)
         ids[:, :, 0] = fu.offset + 1 + users[:, None]
-        ids[:, :, 1] = fi.offset + 1 + np.arange(n_items)[None, :]
+        ids[:, :, 1] = items[None, :]
         flat = ids.reshape(-1, 2)
         scores = model.predict_split(Split.from_arrays({"ids": flat}, np.zeros(len(flat), np.float32)))
-        scores = scores.reshape(len(users), n_items).astype(np.float64)
+        scores = scores.reshape(len(users), n_items)
+        scores = lift(scores, unknown_scores[None, :]) if rank == "lift" else scores.astype(np.float64)
         scores[:, ~allowed] = -np.inf
         for j, u in enumerate(users.tolist()):
             scores[j, rated_positions(rated, u)] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :K]
         top[users] = order
     for u in (0, 1, n_users // 2, n_users - 1) if check else ():  # the same lists as the product's recommend
-        expected = model.recommend(fu.vocab[u], K, min_item_count=min_count).items[item].tolist()
+        expected = model.recommend(fu.vocab[u], K, min_item_count=min_count, rank=rank).items[item].tolist()
         assert [fi.vocab[i] for i in top[u]] == expected, (u, expected)
 
     test = load_data(config).test
@@ -156,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--min-item-counts", nargs="+", default=["default"], help="candidate rules: N or 'default'"
     )
+    parser.add_argument("--ranks", nargs="+", default=["lift"], help="orders: score, lift")
     parser.add_argument("--json", default=None, help="also write every run's figures here")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) for v in (args.variant or ["default="]))
@@ -164,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="recommendations-") as tmp:
         for seed in args.seeds:  # seeds outermost: the variants of one seed run side by side
             for name, options in variants.items():
-                rows = run(args.data_dir, seed, options, Path(tmp) / f"{name}-{seed}", args.epochs, counts)
-                for label, row in zip(args.min_item_counts, rows):
+                out = Path(tmp) / f"{name}-{seed}"
+                rows = run(args.data_dir, seed, options, out, args.epochs, counts, args.ranks)
+                labels = [(c, r) for c in args.min_item_counts for r in args.ranks]
+                for (label, rank), row in zip(labels, rows):
                     row |= {"seed": seed, "options": options}
-                    results.setdefault(f"{name}, min item count {label}", []).append(row)
+                    results.setdefault(f"{name}, min item count {label}, rank {rank}", []).append(row)
                     print(json.dumps({"variant": name, **row}), file=sys.stderr, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
 from deepfm.data.rated import build_rated, rated_positions
+from deepfm.errors import ConfigError
 from deepfm.serving.export import example_inputs, export_model, input_names
 
 
@@ -138,7 +140,7 @@ def test_rated_index_matches_the_training_pairs(run_dir, model):
 
 def test_recommend_skips_rated_movies_and_ranks_by_the_model_score(run_dir, model):
     pairs = train_pairs(run_dir)
-    result = recommend(model, "7", k=10, min_item_count=1)  # every item a candidate
+    result = recommend(model, "7", k=10, min_item_count=1, rank="score")  # every item a candidate
     seen = set(pairs.loc[pairs.user_id == "7", "movie_id"])
     assert result.known_user and result.excluded == len(seen) > 0
     assert result.candidates == len(model.feature_map.field("movie_id").vocab) - len(seen)
@@ -153,6 +155,44 @@ def test_recommend_skips_rated_movies_and_ranks_by_the_model_score(run_dir, mode
     np.testing.assert_allclose(top.score, scores[best], rtol=1e-6)
     included = recommend(model, 7, k=len(seen) + result.candidates, exclude_rated=False, min_item_count=1)
     assert included.excluded == 0 and set(included.items.movie_id) >= seen
+
+
+def test_recommend_ranks_by_lift_over_the_unknown_user(model, capsys):
+    """Planted: one movie gets a first-order weight that puts it first in every user's list by
+    score; another lines up with user 7's embedding. By lift (the default) the first weight cancels
+    and the movie user 7 matches comes first; the order is the brute-force log-odds ratio."""
+    fu, fi = model.feature_map.field("user_id"), model.feature_map.field("movie_id")
+    module = copy.deepcopy(model.module)
+    candidates = list(recommend(model, 7, k=len(fi.vocab), min_item_count=1, rank="score").items.movie_id)
+    popular, personal = candidates[-1], candidates[-2]  # the two worst by score before planting
+    with torch.no_grad():
+        table = module.features.sparse.table.weight
+        module.mlp.output.weight.zero_()  # DeepFM = its FM part: the planted terms are the whole story
+        module.mlp.output.bias.zero_()
+        table[fi.offset + 1 + fi.vocab.index(popular), 0] += 8.0
+        axis = torch.zeros(table.shape[1] - 1)
+        axis[0] = 1.0
+        table[fu.offset + 1 + fu.vocab.index("7"), 1:] = axis
+        table[fi.offset + 1 + fi.vocab.index(personal), 1:] = 5.0 * axis
+    planted = TrainedModel(module, model.feature_map, model.config, model.tables, model.facts)
+    by_score = recommend(planted, 7, k=5, min_item_count=1, rank="score")
+    other = recommend(planted, 8, k=1, min_item_count=1, rank="score")
+    assert by_score.items.movie_id[0] == popular and other.items.movie_id[0] == popular
+    by_lift = recommend(planted, 7, k=5, min_item_count=1)
+    assert by_lift.rank == "lift" and by_lift.items.movie_id[0] == personal
+    assert popular not in set(by_lift.items.movie_id)
+    unrated = [m for m in fi.vocab if m in set(candidates)]
+    mine = planted.predict(pd.DataFrame({"user_id": 7, "movie_id": unrated})).astype(np.float64)
+    unknown = planted.predict(pd.DataFrame({"user_id": 10**6, "movie_id": unrated})).astype(np.float64)
+    lift = np.log(mine / (1 - mine)) - np.log(unknown / (1 - unknown))
+    best = np.argsort(-lift, kind="stable")[:5]
+    assert list(by_lift.items.movie_id) == [unrated[i] for i in best]
+    np.testing.assert_allclose(by_lift.items.lift, lift[best], rtol=1e-4, atol=1e-4)
+    # an unknown user has no lift: ranked by score, and says so
+    stranger = recommend(planted, 10**6, k=1, min_item_count=1)
+    assert stranger.rank == "score" and stranger.items.movie_id[0] == popular
+    with pytest.raises(ConfigError, match="rank must be one of"):
+        recommend(planted, 7, rank="popularity")
 
 
 def test_recommend_candidates_are_items_enough_users_rated(run_dir, model, capsys):
@@ -362,7 +402,11 @@ def test_get_recommend(client, model):
     expected = recommend(model, 7, k=4)
     assert [i["movie_id"] for i in doc["items"]] == list(expected.items.movie_id)
     np.testing.assert_allclose([i["score"] for i in doc["items"]], expected.items.score, rtol=1e-6)
-    assert doc["known_user"] and doc["excluded"] == expected.excluded
+    assert doc["known_user"] and doc["excluded"] == expected.excluded and doc["rank"] == "lift"
+    by_score = client.get("/recommend", params={"user": 7, "k": 4, "rank": "score"}).json()
+    expected = list(recommend(model, 7, 4, rank="score").items.movie_id)
+    assert [i["movie_id"] for i in by_score["items"]] == expected
+    assert client.get("/recommend", params={"user": 7, "rank": "popularity"}).status_code == 422
     unknown = client.get("/recommend", params={"user": "abc", "k": 3}).json()  # the one id rule: OOV
     assert unknown["known_user"] is False and unknown["user"] == "abc" and len(unknown["items"]) == 3
     for params, needle in [({"user": 7, "k": 0}, "k"), ({"k": 3}, "user")]:
@@ -400,4 +444,4 @@ def test_recommend_api_titles_with_gaps_are_null(model):
         items = reply.json()["items"]
     assert [i["movie_id"] for i in items] == top
     assert [i["title"] for i in items] == ["First", "Second", None, None]
-    assert list(items[0]) == ["movie_id", "title", "score"]
+    assert list(items[0]) == ["movie_id", "title", "score", "lift"]

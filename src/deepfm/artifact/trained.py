@@ -77,12 +77,18 @@ class TrainedModel:
         return evaluate_model(self, data, label, metrics, group_by, negatives, layout)
 
     def recommend(
-        self, user: Any, k: int = 10, exclude_rated: bool = True, min_item_count: int | None = None
+        self,
+        user: Any,
+        k: int = 10,
+        exclude_rated: bool = True,
+        min_item_count: int | None = None,
+        rank: str = "lift",
     ) -> Recommendations:
         """The ``k`` best items ``user`` did not rate in training, among the items at least
         ``min_item_count`` users rated there (default: 2% of the training users;
-        ``Recommendations``; ``.items``)."""
-        return recommend(self, user, k, exclude_rated=exclude_rated, min_item_count=min_item_count)
+        ``Recommendations``; ``.items``), best by lift over the unknown user (``rank="lift"``,
+        the default) or by predicted probability (``rank="score"``)."""
+        return recommend(self, user, k, exclude_rated=exclude_rated, min_item_count=min_item_count, rank=rank)
 
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(path, self.module, self.feature_map, self.config, self.tables, self.facts)

@@ -26,6 +26,13 @@ def add_parser(sub: Any) -> None:
         help="recommend only items that at least N users rated in training (default: 2%% of the "
         "training users; 1: every item)",
     )
+    p.add_argument(
+        "--rank",
+        choices=("lift", "score"),  # deepfm.artifact.recommend.RANKS (not imported: parsers stay light)
+        default="lift",
+        help="order: lift (default: the user's score over an unknown user's, in log-odds) or score "
+        "(the predicted probability)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
 
@@ -36,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     model = deepfm.load(args.model)
     result = recommend(
-        model, args.user, args.k, exclude_rated=not args.include_rated, min_item_count=args.min_item_count
+        model,
+        args.user,
+        args.k,
+        exclude_rated=not args.include_rated,
+        min_item_count=args.min_item_count,
+        rank=args.rank,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))

@@ -15,7 +15,7 @@ failure becomes a 500 reply, never a crash.
 import logging
 import math
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
@@ -53,8 +53,10 @@ class RecommendResponse(BaseModel):
     excluded: int = Field(description="items skipped because the user rated them in training")
     candidates: int = Field(description="items scored")
     rare: int = Field(description="items skipped because fewer than min_item_count users rated them")
+    rank: str = Field(description="how the items are ordered: lift, or score (always for an unknown user)")
     items: list[dict[str, Any]] = Field(
-        description="best first: the item id (e.g. movie_id), its title when the model has one, score"
+        description="best first: the item id (e.g. movie_id), its title when the model has one, score, "
+        "and lift when ranked by it"
     )
 
 
@@ -262,10 +264,14 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
                 description="only items at least this many users rated in training (default: 2% of them)",
             ),
         ] = None,
+        rank: Annotated[
+            Literal["lift", "score"],
+            Query(description="order: lift (the user's score over an unknown user's, in log-odds) or score"),
+        ] = "lift",
     ) -> RecommendResponse:
         if not can_recommend(model):
             raise HTTPException(404, "this model has no user and item fields to recommend from")
-        result = _run(lambda: recommend(model, user, k, exclude_rated, min_item_count))
+        result = _run(lambda: recommend(model, user, k, exclude_rated, min_item_count, rank))
         return RecommendResponse(**result.to_dict())
 
     return app
