@@ -13,12 +13,12 @@ For each seed and each variant (a set of ``deepfm train`` options), trains on Mo
 * ``test_auc`` and the best epoch.
 
     python benchmarks/recommendations.py --data-dir ../shared/data/ml-1m-half --seeds 0 1 2 \
-        --min-item-counts 1 default --ranks score lift
+        --min-item-counts 1 default --discounts 0 0.5 1
 
 A variant is ``NAME=OPTIONS`` (the options of ``deepfm train``, empty for the defaults); each
 trained model's lists are measured for every ``--min-item-counts`` value (``recommend``'s
 candidate rule: items at least N users rated in training; ``default``: its default) and every
-``--ranks`` value (``recommend``'s order: ``score``, or ``lift`` over the unknown user). The table
+``--discounts`` value (``recommend``'s order: 0 by score, 1 by lift over the unknown user). The table
 is printed in Markdown and written to ``--json`` when given.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 import deepfm
-from deepfm.artifact.recommend import candidate_mask, lift
+from deepfm.artifact.recommend import candidate_mask, rank_scores
 from deepfm.cli.main import build_parser
 from deepfm.cli.train import config_from_args
 from deepfm.data.batching import Split
@@ -55,9 +55,9 @@ def run(
     out: Path,
     epochs: int | None,
     counts: list[int | None],
-    ranks: list[str],
+    discounts: list[float],
 ) -> list[dict[str, Any]]:
-    """One training run; its figures for each candidate rule in ``counts`` and order in ``ranks``."""
+    """One training run; its figures for each candidate rule in ``counts`` and discount in ``discounts``."""
     argv = ["train", "--data-dir", data_dir, "--split", "leave-last", "--seed", str(seed), "--out", str(out)]
     argv += ["--no-progress", *shlex.split(options)]
     if epochs:
@@ -75,12 +75,14 @@ def run(
         "train_s": seconds,
     }
     return [
-        trained | {"min_count": n, "rank": r} | top_lists(model, config, n, r) for n in counts for r in ranks
+        trained | {"min_count": n, "discount": d} | top_lists(model, config, n, d)
+        for n in counts
+        for d in discounts
     ]
 
 
 def top_lists(
-    model: Any, config: Any, min_count: int | None = None, rank: str = "score", check: bool = True
+    model: Any, config: Any, min_count: int | None = None, discount: float = 0.0, check: bool = True
 ) -> dict[str, Any]:
     """Every user's top-10 against their held-out test item.
 
@@ -108,14 +110,18 @@ def top_lists(
         flat = ids.reshape(-1, 2)
         scores = model.predict_split(Split.from_arrays({"ids": flat}, np.zeros(len(flat), np.float32)))
         scores = scores.reshape(len(users), n_items)
-        scores = lift(scores, unknown_scores[None, :]) if rank == "lift" else scores.astype(np.float64)
+        scores = (
+            rank_scores(scores, unknown_scores[None, :], discount) if discount else scores.astype(np.float64)
+        )
         scores[:, ~allowed] = -np.inf
         for j, u in enumerate(users.tolist()):
             scores[j, rated_positions(rated, u)] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :K]
         top[users] = order
     for u in (0, 1, n_users // 2, n_users - 1) if check else ():  # the same lists as the product's recommend
-        expected = model.recommend(fu.vocab[u], K, min_item_count=min_count, rank=rank).items[item].tolist()
+        expected = (
+            model.recommend(fu.vocab[u], K, min_item_count=min_count, discount=discount).items[item].tolist()
+        )
         assert [fi.vocab[i] for i in top[u]] == expected, (u, expected)
 
     test = load_data(config).test
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--min-item-counts", nargs="+", default=["default"], help="candidate rules: N or 'default'"
     )
-    parser.add_argument("--ranks", nargs="+", default=["lift"], help="orders: score, lift")
+    parser.add_argument("--discounts", nargs="+", type=float, default=[0.5], help="recommend's discounts")
     parser.add_argument("--json", default=None, help="also write every run's figures here")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) for v in (args.variant or ["default="]))
@@ -181,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:  # seeds outermost: the variants of one seed run side by side
             for name, options in variants.items():
                 out = Path(tmp) / f"{name}-{seed}"
-                rows = run(args.data_dir, seed, options, out, args.epochs, counts, args.ranks)
-                labels = [(c, r) for c in args.min_item_counts for r in args.ranks]
-                for (label, rank), row in zip(labels, rows):
+                rows = run(args.data_dir, seed, options, out, args.epochs, counts, args.discounts)
+                labels = [(c, d) for c in args.min_item_counts for d in args.discounts]
+                for (label, discount), row in zip(labels, rows):
                     row |= {"seed": seed, "options": options}
-                    results.setdefault(f"{name}, min item count {label}, rank {rank}", []).append(row)
+                    results.setdefault(f"{name}, min item count {label}, discount {discount:g}", []).append(
+                        row
+                    )
                     print(json.dumps({"variant": name, **row}), file=sys.stderr, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

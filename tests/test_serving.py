@@ -140,7 +140,7 @@ def test_rated_index_matches_the_training_pairs(run_dir, model):
 
 def test_recommend_skips_rated_movies_and_ranks_by_the_model_score(run_dir, model):
     pairs = train_pairs(run_dir)
-    result = recommend(model, "7", k=10, min_item_count=1, rank="score")  # every item a candidate
+    result = recommend(model, "7", k=10, min_item_count=1, discount=0)  # every item a candidate
     seen = set(pairs.loc[pairs.user_id == "7", "movie_id"])
     assert result.known_user and result.excluded == len(seen) > 0
     assert result.candidates == len(model.feature_map.field("movie_id").vocab) - len(seen)
@@ -157,13 +157,13 @@ def test_recommend_skips_rated_movies_and_ranks_by_the_model_score(run_dir, mode
     assert included.excluded == 0 and set(included.items.movie_id) >= seen
 
 
-def test_recommend_ranks_by_lift_over_the_unknown_user(model, capsys):
+def test_recommend_discounts_what_the_model_predicts_for_an_unknown_user(model):
     """Planted: one movie gets a first-order weight that puts it first in every user's list by
-    score; another lines up with user 7's embedding. By lift (the default) the first weight cancels
-    and the movie user 7 matches comes first; the order is the brute-force log-odds ratio."""
+    score; another lines up with user 7's embedding. With the discount (default: half the unknown
+    user's log-odds) the movie user 7 matches comes first; the order is the brute-force one."""
     fu, fi = model.feature_map.field("user_id"), model.feature_map.field("movie_id")
     module = copy.deepcopy(model.module)
-    candidates = list(recommend(model, 7, k=len(fi.vocab), min_item_count=1, rank="score").items.movie_id)
+    candidates = list(recommend(model, 7, k=len(fi.vocab), min_item_count=1, discount=0).items.movie_id)
     popular, personal = candidates[-1], candidates[-2]  # the two worst by score before planting
     with torch.no_grad():
         table = module.features.sparse.table.weight
@@ -175,24 +175,27 @@ def test_recommend_ranks_by_lift_over_the_unknown_user(model, capsys):
         table[fu.offset + 1 + fu.vocab.index("7"), 1:] = axis
         table[fi.offset + 1 + fi.vocab.index(personal), 1:] = 5.0 * axis
     planted = TrainedModel(module, model.feature_map, model.config, model.tables, model.facts)
-    by_score = recommend(planted, 7, k=5, min_item_count=1, rank="score")
-    other = recommend(planted, 8, k=1, min_item_count=1, rank="score")
+    by_score = recommend(planted, 7, k=5, min_item_count=1, discount=0)
+    other = recommend(planted, 8, k=1, min_item_count=1, discount=0)
     assert by_score.items.movie_id[0] == popular and other.items.movie_id[0] == popular
-    by_lift = recommend(planted, 7, k=5, min_item_count=1)
-    assert by_lift.rank == "lift" and by_lift.items.movie_id[0] == personal
-    assert popular not in set(by_lift.items.movie_id)
     unrated = [m for m in fi.vocab if m in set(candidates)]
     mine = planted.predict(pd.DataFrame({"user_id": 7, "movie_id": unrated})).astype(np.float64)
     unknown = planted.predict(pd.DataFrame({"user_id": 10**6, "movie_id": unrated})).astype(np.float64)
-    lift = np.log(mine / (1 - mine)) - np.log(unknown / (1 - unknown))
-    best = np.argsort(-lift, kind="stable")[:5]
-    assert list(by_lift.items.movie_id) == [unrated[i] for i in best]
-    np.testing.assert_allclose(by_lift.items.lift, lift[best], rtol=1e-4, atol=1e-4)
-    # an unknown user has no lift: ranked by score, and says so
+    for discount in (0.5, 1.0):
+        ranked = recommend(planted, 7, k=5, min_item_count=1, discount=discount)
+        if discount == 0.5:
+            assert recommend(planted, 7, k=5, min_item_count=1).items.equals(ranked.items)  # the default
+        assert ranked.discount == discount and ranked.items.movie_id[0] == personal
+        assert (popular in set(ranked.items.movie_id)) == (discount < 1)  # half its weight stays
+        expected = np.log(mine / (1 - mine)) - discount * np.log(unknown / (1 - unknown))
+        best = np.argsort(-expected, kind="stable")[:5]
+        assert list(ranked.items.movie_id) == [unrated[i] for i in best]
+        np.testing.assert_allclose(ranked.items.rank_score, expected[best], rtol=1e-4, atol=1e-4)
+    # an unknown user is ranked by score, and the result says so
     stranger = recommend(planted, 10**6, k=1, min_item_count=1)
-    assert stranger.rank == "score" and stranger.items.movie_id[0] == popular
-    with pytest.raises(ConfigError, match="rank must be one of"):
-        recommend(planted, 7, rank="popularity")
+    assert stranger.discount == 0 and stranger.items.movie_id[0] == popular
+    with pytest.raises(ConfigError, match="discount must be between 0 and 1"):
+        recommend(planted, 7, discount=1.5)
 
 
 def test_recommend_candidates_are_items_enough_users_rated(run_dir, model, capsys):
@@ -402,11 +405,11 @@ def test_get_recommend(client, model):
     expected = recommend(model, 7, k=4)
     assert [i["movie_id"] for i in doc["items"]] == list(expected.items.movie_id)
     np.testing.assert_allclose([i["score"] for i in doc["items"]], expected.items.score, rtol=1e-6)
-    assert doc["known_user"] and doc["excluded"] == expected.excluded and doc["rank"] == "lift"
-    by_score = client.get("/recommend", params={"user": 7, "k": 4, "rank": "score"}).json()
-    expected = list(recommend(model, 7, 4, rank="score").items.movie_id)
+    assert doc["known_user"] and doc["excluded"] == expected.excluded and doc["discount"] == 0.5
+    by_score = client.get("/recommend", params={"user": 7, "k": 4, "discount": 0}).json()
+    expected = list(recommend(model, 7, 4, discount=0).items.movie_id)
     assert [i["movie_id"] for i in by_score["items"]] == expected
-    assert client.get("/recommend", params={"user": 7, "rank": "popularity"}).status_code == 422
+    assert client.get("/recommend", params={"user": 7, "discount": 2}).status_code == 422
     unknown = client.get("/recommend", params={"user": "abc", "k": 3}).json()  # the one id rule: OOV
     assert unknown["known_user"] is False and unknown["user"] == "abc" and len(unknown["items"]) == 3
     for params, needle in [({"user": 7, "k": 0}, "k"), ({"k": 3}, "user")]:
@@ -444,4 +447,4 @@ def test_recommend_api_titles_with_gaps_are_null(model):
         items = reply.json()["items"]
     assert [i["movie_id"] for i in items] == top
     assert [i["title"] for i in items] == ["First", "Second", None, None]
-    assert list(items[0]) == ["movie_id", "title", "score", "lift"]
+    assert list(items[0]) == ["movie_id", "title", "score", "rank_score"]

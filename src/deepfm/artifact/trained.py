@@ -16,7 +16,7 @@ import pandas as pd
 from torch import nn
 
 from deepfm.artifact.checkpoint import read_checkpoint, save_checkpoint
-from deepfm.artifact.recommend import Recommendations, recommend
+from deepfm.artifact.recommend import DISCOUNT, Recommendations, recommend
 from deepfm.config import TrainConfig
 from deepfm.data.batching import Split
 from deepfm.data.features import FeatureMap
@@ -82,13 +82,13 @@ class TrainedModel:
         k: int = 10,
         exclude_rated: bool = True,
         min_item_count: int | None = None,
-        rank: str = "lift",
+        discount: float = DISCOUNT,
     ) -> Recommendations:
         """The ``k`` best items ``user`` did not rate in training, among the items at least
         ``min_item_count`` users rated there (default: 2% of the training users;
-        ``Recommendations``; ``.items``), best by lift over the unknown user (``rank="lift"``,
-        the default) or by predicted probability (``rank="score"``)."""
-        return recommend(self, user, k, exclude_rated=exclude_rated, min_item_count=min_item_count, rank=rank)
+        ``Recommendations``; ``.items``), ranked by the log-odds of ``user``'s score less
+        ``discount`` times the unknown user's (0: by predicted probability; 1: by lift)."""
+        return recommend(self, user, k, exclude_rated, min_item_count, discount)
 
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(path, self.module, self.feature_map, self.config, self.tables, self.facts)

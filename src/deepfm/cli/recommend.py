@@ -27,11 +27,12 @@ def add_parser(sub: Any) -> None:
         "training users; 1: every item)",
     )
     p.add_argument(
-        "--rank",
-        choices=("lift", "score"),  # deepfm.artifact.recommend.RANKS (not imported: parsers stay light)
-        default="lift",
-        help="order: lift (default: the user's score over an unknown user's, in log-odds) or score "
-        "(the predicted probability)",
+        "--discount",
+        type=float,
+        default=0.5,  # deepfm.artifact.recommend.DISCOUNT (not imported: the parsers stay light)
+        metavar="D",
+        help="rank by the log-odds of the user's score less D times an unknown user's for the same "
+        "item (default 0.5; 0: by predicted probability; 1: by lift over the unknown user)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.k,
         exclude_rated=not args.include_rated,
         min_item_count=args.min_item_count,
-        rank=args.rank,
+        discount=args.discount,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))

@@ -15,7 +15,7 @@ failure becomes a 500 reply, never a crash.
 import logging
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from deepfm.artifact.recommend import can_recommend, recommend
+from deepfm.artifact.recommend import DISCOUNT, can_recommend, recommend
 from deepfm.artifact.trained import TrainedModel
 from deepfm.data.records import RawColumn, raw_columns
 from deepfm.errors import DeepFMError
@@ -53,10 +53,10 @@ class RecommendResponse(BaseModel):
     excluded: int = Field(description="items skipped because the user rated them in training")
     candidates: int = Field(description="items scored")
     rare: int = Field(description="items skipped because fewer than min_item_count users rated them")
-    rank: str = Field(description="how the items are ordered: lift, or score (always for an unknown user)")
+    discount: float = Field(description="the discount the items were ranked with (0 for an unknown user)")
     items: list[dict[str, Any]] = Field(
         description="best first: the item id (e.g. movie_id), its title when the model has one, score, "
-        "and lift when ranked by it"
+        "and rank_score when discount > 0"
     )
 
 
@@ -264,14 +264,19 @@ def create_app(model: TrainedModel, max_batch: int = MAX_BATCH, max_bytes: int |
                 description="only items at least this many users rated in training (default: 2% of them)",
             ),
         ] = None,
-        rank: Annotated[
-            Literal["lift", "score"],
-            Query(description="order: lift (the user's score over an unknown user's, in log-odds) or score"),
-        ] = "lift",
+        discount: Annotated[
+            float,
+            Query(
+                ge=0.0,
+                le=1.0,
+                description="rank by the log-odds of the user's score less this times an unknown "
+                "user's (0: by score; 1: by lift)",
+            ),
+        ] = DISCOUNT,
     ) -> RecommendResponse:
         if not can_recommend(model):
             raise HTTPException(404, "this model has no user and item fields to recommend from")
-        result = _run(lambda: recommend(model, user, k, exclude_rated, min_item_count, rank))
+        result = _run(lambda: recommend(model, user, k, exclude_rated, min_item_count, discount))
         return RecommendResponse(**result.to_dict())
 
     return app
