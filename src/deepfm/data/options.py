@@ -21,6 +21,9 @@ CHOICES: dict[str, tuple[str, ...]] = {"features": FEATURES, "split": SPLITS, "o
 # data set's ratings file by its name, or the model's own spec
 LAYOUT_DATASETS = ("movielens-1m", "movielens-100k")
 LAYOUTS = ("auto", "records", *LAYOUT_DATASETS, "spec")
+# The engines that run the prepare stage (``deepfm prepare --engine``): both write the same folder.
+ENGINES = ("polars", "spark")
+ENGINE_CHOICES: dict[str, tuple[str, ...]] = {"engine": ENGINES}
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,29 @@ class PrepareOptions:
     def key(self) -> tuple[Any, ...]:
         """A hashable identity (e.g. ``deepfm tune``'s cache of prepared data)."""
         return tuple(getattr(self, n) for n in self.names())
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Which engine runs the prepare stage, and where. Not a :class:`PrepareOptions` field: both
+    engines write the same prepared data (a parity contract), so no cache key depends on it."""
+
+    engine: str = "polars"  # "polars" (one machine, streamed) or "spark" (Apache Spark jobs)
+    master: str = "local[*]"  # spark: the cluster (local[N], spark://HOST:7077, yarn, local-cluster[...])
+    conf: tuple[str, ...] = ()  # spark: settings passed through, each "key=value"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options (empty: nothing)."""
+        found = []
+        if self.engine not in ENGINES:
+            found.append(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        for item in self.conf:
+            if "=" not in item or not item.split("=", 1)[0].strip():
+                found.append(f"--conf takes key=value (a Spark setting), got {item!r}")
+        if self.engine != "spark" and (self.conf or self.master != EngineOptions.master):
+            found.append("--master and --conf are options of --engine spark")
+        return found
+
+    def settings(self) -> dict[str, str]:
+        """``conf`` as a mapping (a later key=value wins)."""
+        return {k.strip(): v for k, v in (item.split("=", 1) for item in self.conf)}

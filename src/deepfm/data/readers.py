@@ -162,22 +162,26 @@ def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
     return open(path, encoding=encoding, errors="replace", newline="")
 
 
-def _separator(spec: InputSpec) -> str:
+def column_names(path: Path, spec: InputSpec) -> list[str]:
+    """The columns of a csv/tsv file: its header line's names, else the spec's ``columns``."""
+    if not spec.header:
+        return list(spec.columns)
+    with _open_text(path, spec.encoding) as f:
+        header = f.readline().rstrip("\r\n").removeprefix("\ufeff")  # a UTF-8 byte-order mark
+    return [n.strip().strip('"') for n in header.split(separator(spec))]
+
+
+def separator(spec: InputSpec) -> str:
+    """A csv/tsv file's separator: the spec's, else "," (csv) or a tab (tsv)."""
     return spec.separator or ("\t" if spec.format == "tsv" else ",")
 
 
 def _read_text_table(
     path: Path, spec: InputSpec, columns: list[str], numeric: set[str], bad: BadLines, source: str
 ) -> Iterator[Chunk]:
-    sep = _separator(spec)
-    if spec.header:
-        with _open_text(path, spec.encoding) as f:
-            header = f.readline().rstrip("\r\n").removeprefix("\ufeff")  # a UTF-8 byte-order mark
-            names = [n.strip().strip('"') for n in header.split(sep)]
-        first_line = 2
-    else:
-        names = list(spec.columns)
-        first_line = 1
+    sep = separator(spec)
+    names = column_names(path, spec)
+    first_line = 2 if spec.header else 1
     missing = [c for c in columns if c not in names]
     if missing and spec.header and names == [""]:
         raise DataError("the file is empty (no header line naming the columns)", path)

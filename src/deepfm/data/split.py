@@ -15,6 +15,9 @@ with fewer than 3 rows stay in training. Rows with equal times are ordered by th
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 
 # xxHash64's primes (https://github.com/Cyan4973/xxHash), and Spark's seed of its hash functions
@@ -85,3 +88,24 @@ def leave_last_parts(
     parts = np.empty(n, dtype=np.int8)
     parts[order] = part
     return parts
+
+
+def linear_quantile(n: int, q: float, values_at: Callable[[list[int]], dict[int, float]]) -> float:
+    """NumPy's ``quantile(a, q)`` (method linear) of ``n`` values, given the values at ranks
+    (0-based, sorted order) by ``values_at``: the same floating-point steps, so the same result."""
+    virtual = (n - 1) * np.float64(q)
+    if virtual >= n - 1:
+        below = above = n - 1
+    elif virtual < 0:
+        below = above = 0
+    else:
+        below = int(math.floor(virtual))
+        above = below + 1
+    gamma = virtual - np.float64(below)
+    found = values_at(sorted({below, above}))
+    a, b = np.float64(found[below]), np.float64(found[above])
+    diff = b - a
+    result = a + diff * gamma
+    if gamma >= 0.5:
+        result = b - diff * (1 - gamma)
+    return float(result)

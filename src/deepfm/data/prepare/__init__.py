@@ -28,14 +28,15 @@ import numpy as np
 from deepfm.data import cache_cap
 from deepfm.data.catalog import dataset_spec
 from deepfm.data.features import FeatureMap
-from deepfm.data.options import PrepareOptions
+from deepfm.data.options import EngineOptions, PrepareOptions
 from deepfm.data.prepare import cache
 from deepfm.data.prepare.encode import ChunkEncoder, NpyWriter
+from deepfm.data.prepare.meta import write_meta
 from deepfm.data.prepare.rows import Rows
-from deepfm.data.prepare.stats import collect, feature_map, labels
+from deepfm.data.prepare.stats import check_rows, collect, feature_map, labels
 from deepfm.data.prepared import TABLE_FILE, PreparedData, load_prepared
 from deepfm.data.readers import BadLines
-from deepfm.data.shards import deal, rank_shards, shard_entry, shard_files, shard_part, shard_sizes
+from deepfm.data.shards import deal, rank_shards, shard_files, shard_part, shard_sizes
 from deepfm.data.spec import PARTS, DatasetSpec
 from deepfm.errors import ConfigError, DataError
 
@@ -68,18 +69,33 @@ def write_prepared(
     base: FeatureMap | None = None,
     progress: bool = True,
     shards: int = 0,
+    engine: EngineOptions | None = None,
 ) -> Path:
     """Prepare ``spec`` into the folder ``out`` (``deepfm prepare``): written whole, then renamed.
-    ``shards`` > 0: the training split as that many shards (:mod:`deepfm.data.shards`)."""
+    ``shards`` > 0: the training split as that many shards (:mod:`deepfm.data.shards`).
+    ``engine``: which engine prepares it (default: this process, Polars); both write the same."""
     out = Path(out)
     if shards < 0:
         raise ConfigError(f"--shards must be >= 1, got {shards}")
+    engine = engine or EngineOptions()
+    problems = engine.problems()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if engine.engine == "spark" and base is not None:
+        raise ConfigError("a warm start's vocabulary needs --engine polars (--engine spark prepares anew)")
+    if engine.engine == "spark" and shards:
+        raise ConfigError("--shards is not written by --engine spark yet; prepare with --engine polars")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not an empty folder; give a new one (or remove it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-{os.getpid()}-", dir=out.parent))
     try:
-        build(spec, options, tmp, base, progress, shards)
+        if engine.engine == "spark":
+            from deepfm.data.prepare import spark
+
+            spark.build(spec, options, tmp, engine, progress)
+        else:
+            build(spec, options, tmp, base, progress, shards)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
@@ -179,11 +195,7 @@ def build(
     _say(progress, f"{spec.name}: pass 1/2, counting categories on the training rows")
     stats = collect(rows, bad)
     n = stats.rows
-    if n.sum() < 10 or n[0] == 0:
-        raise DataError(
-            f"data set {spec.name!r} has {int(n.sum())} usable rows ({int(n[0])} for training); "
-            "at least 10 are needed"
-        )
+    check_rows(spec, n)
     fmap = feature_map(spec, stats, options, base)
     counted = time.perf_counter()
 
@@ -193,32 +205,21 @@ def build(
         table.frame.write_parquet(out / TABLE_FILE.format(key=table.spec.key))
     seconds = time.perf_counter() - started
     (out / "feature_map.json").write_text(json.dumps(fmap.to_dict()))
-    user, item = spec.user_item()
-    meta = {
-        "format_version": cache.FORMAT_VERSION,
-        "name": spec.name,
-        "spec": spec.to_dict(),
-        "options": options.to_dict(),
-        "rows": {part: int(n[p]) for p, part in enumerate(PARTS)},
-        **({"shards": {"train": shard_entry(int(n[0]), shards)}} if shards else {}),
-        "positives": {part: int(stats.positives[p]) for p, part in enumerate(PARTS)},
-        "bad_lines_skipped": bad.count,
-        "bad_line_examples": bad.examples,
-        "files": {part: [str(p) for p in paths] for part, paths in rows.files.items()},
-        "tables": [t.spec.key for t in rows.tables],
-        "roles": {k: v for k, v in (("user", user), ("item", item)) if v},
-        "seconds": {"count": counted - started, "total": seconds},
-        "rows_per_s": float(n.sum() / seconds) if seconds > 0 else None,
-    }
-    hashing = {name: h.summary() for name, h in stats.hashed.items()}
-    if hashing:
-        meta["hashing"] = hashing
-    if spec.index_ranges():
-        meta["ignored_tokens"] = stats.ignored_tokens
-    meta["files_written"] = {
-        p.name: cache.file_digest(p) for p in sorted(out.iterdir()) if p.name != "meta.json"
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_meta(
+        out,
+        spec,
+        options,
+        n,
+        stats.positives,
+        bad,
+        rows.files,
+        [t.spec.key for t in rows.tables],
+        {"count": counted - started, "total": seconds},
+        {"name": "polars"},
+        {name: h.summary() for name, h in stats.hashed.items()},
+        stats.ignored_tokens,
+        shards,
+    )
     skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
     if stats.ignored_tokens:
         skipped += f", ignored {stats.ignored_tokens:,} tokens outside every index_range"

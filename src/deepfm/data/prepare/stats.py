@@ -21,7 +21,8 @@ from deepfm.data.options import PrepareOptions
 from deepfm.data.prepare.rows import Rows
 from deepfm.data.prepare.tokens import lists, numbers, tokens
 from deepfm.data.readers import BadLines
-from deepfm.data.spec import TIME_TRANSFORMS, DatasetSpec
+from deepfm.data.spec import TIME_TRANSFORMS, DatasetSpec, FieldSpec
+from deepfm.errors import DataError
 
 SAMPLE_SIZE = 100_000  # values kept per quantile field to find its edges
 MERGE_EVERY = 16  # chunks of category counts merged at a time
@@ -110,6 +111,7 @@ class Stats:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
     positives: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
     ignored_tokens: int = 0  # libsvm tokens outside every index_range (all parts)
+    edges: dict[str, list[float]] = field(default_factory=dict)  # quantile edges an engine found itself
 
 
 def labels(spec: DatasetSpec, frame: pl.DataFrame) -> np.ndarray:
@@ -160,15 +162,29 @@ def collect(rows: Rows, bad: BadLines) -> Stats:
     return stats
 
 
+def check_rows(spec: DatasetSpec, rows: np.ndarray) -> None:
+    """At least 10 usable rows, some of them for training (``rows``: per part)."""
+    if rows.sum() < 10 or rows[0] == 0:
+        raise DataError(
+            f"data set {spec.name!r} has {int(rows.sum())} usable rows ({int(rows[0])} for training); "
+            "at least 10 are needed"
+        )
+
+
+def vocab_limits(f: FieldSpec, spec: DatasetSpec, options: PrepareOptions) -> tuple[int, int]:
+    """A field's ``min_count`` and ``max_vocab`` (0: no cap): its own, the spec's and the options'."""
+    min_count = max(f.min_count or spec.min_count, options.min_count)
+    max_vocab = min(v for v in (f.max_vocab, options.max_vocab, 1 << 62) if v)
+    return min_count, 0 if max_vocab == 1 << 62 else max_vocab
+
+
 def feature_map(
     spec: DatasetSpec, stats: Stats, options: PrepareOptions, base: FeatureMap | None = None
 ) -> FeatureMap:
     """Every field's vocabulary and transform, fitted on the training rows' statistics."""
     fields = []
     for f in spec.fields:
-        min_count = max(f.min_count or spec.min_count, options.min_count)
-        max_vocab = min(v for v in (f.max_vocab, options.max_vocab, 1 << 62) if v)
-        max_vocab = 0 if max_vocab == 1 << 62 else max_vocab
+        min_count, max_vocab = vocab_limits(f, spec, options)
         old = base_vocab(base, f.name, f.model_kind)
         old_transform = _base_transform(base, f.name)
         pattern = {"pattern": f.pattern} if f.pattern else {}
@@ -184,6 +200,8 @@ def feature_map(
         elif f.transform in ("quantile", "bucket"):
             if f.transform == "bucket":
                 edges = list(f.edges or [])
+            elif f.name in stats.edges:  # found by the engine itself (Spark's approximate quantiles)
+                edges = stats.edges[f.name]
             else:
                 edges = tf.quantile_edges(stats.samples[f.name].values, f.buckets)
             transform = {"type": f.transform, "column": f.source, **pattern, "edges": list(edges)}

@@ -1,0 +1,88 @@
+"""The Spark session of ``deepfm prepare --engine spark``: checked requirements, started from
+``--master`` and ``--conf`` (or the session already running), its UI address printed.
+
+The same command runs on a laptop (``local[*]``, the default: Spark starts inside this process)
+and on a cluster (``--master spark://HOST:7077``, ``yarn``, ``k8s://...``); under ``spark-submit``
+its own ``--master`` is kept. Spark failures that are the user's to fix (no Java, a master that
+cannot be reached) become one-line :class:`~deepfm.errors.ConfigError` s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from deepfm.data.options import EngineOptions
+from deepfm.errors import ConfigError, brief
+
+EXTRA = "pip install 'deepfm[spark]'"
+SHUFFLE_BYTES = 128 << 20  # input bytes per shuffle partition (Spark's own default is 200 partitions)
+# Settings deepfm starts a session with (a --conf of the same key wins).
+DEFAULTS = {
+    "spark.app.name": "deepfm prepare",
+    "spark.ui.showConsoleProgress": "false",  # progress lines are deepfm's own
+    "spark.log.level": "ERROR",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.pyspark.python": sys.executable,  # executors run the driver's interpreter (same packages)
+    "spark.pyspark.driver.python": sys.executable,
+}
+
+
+def require() -> None:
+    """pyspark importable and a Java runtime found, else a one-line error naming the extra."""
+    if importlib.util.find_spec("pyspark") is None:
+        raise ConfigError(f"--engine spark needs pyspark (and Java 17+): {EXTRA}")
+    home = os.environ.get("JAVA_HOME")
+    if not (home and (Path(home) / "bin" / "java").exists()) and shutil.which("java") is None:
+        raise ConfigError(
+            f"--engine spark needs a Java 17+ runtime (java on PATH or JAVA_HOME), e.g. "
+            f"apt-get install openjdk-17-jre-headless; pyspark comes with {EXTRA}"
+        )
+
+
+@contextmanager
+def spark_session(engine: EngineOptions, say: Any, input_bytes: int = 0) -> Iterator[Any]:
+    """The active Spark session (a notebook's, a test's, spark-submit's), else a new one from
+    ``engine`` that is stopped at the end. ``say``: prints a progress line. A new session's
+    shuffles get one partition per :data:`SHUFFLE_BYTES` of input (at least one per core)
+    unless ``--conf spark.sql.shuffle.partitions`` says otherwise."""
+    require()
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        _announce(active, say)
+        yield active
+        return
+    builder = SparkSession.builder
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # launched by spark-submit: its --master wins
+    if not submitted or engine.master != EngineOptions.master:
+        builder = builder.master(engine.master)
+    for key, value in {**DEFAULTS, **engine.settings()}.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # pyspark raises plain exceptions for a JVM that does not start
+        raise ConfigError(f"--engine spark: Spark did not start on {engine.master}: {brief(exc)}") from None
+    if "spark.sql.shuffle.partitions" not in engine.settings():
+        cores = spark.sparkContext.defaultParallelism
+        spark.conf.set("spark.sql.shuffle.partitions", str(max(cores, -(-input_bytes // SHUFFLE_BYTES))))
+    _announce(spark, say)
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def _announce(spark: Any, say: Any) -> None:
+    context = spark.sparkContext
+    ui = context.uiWebUrl or "disabled (spark.ui.enabled=false)"
+    say(f"spark {spark.version} on {context.master}: UI at {ui}")
