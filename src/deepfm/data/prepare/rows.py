@@ -197,19 +197,11 @@ class Rows:
         """Pass 0 of a time split: the time quantiles at the train and train + valid ratios."""
         split = self.spec.split
         assert split.column is not None
-        times = [
-            c.frame[split.column].to_numpy()
-            for c, _ in self.stream(
-                BadLines("skip"), [split.column, self.spec.label.column, *self.rule_columns], join=False
-            )
-        ]
+        # every column read: a row that is bad in any of them is not prepared, so has no say
+        times = [c.frame[split.column].to_numpy() for c, _ in self.stream(BadLines("skip"), join=False)]
         t = np.concatenate(times) if times else np.zeros(0)
         r0, r1, _ = split.ratios
         self.thresholds = [float(np.quantile(t, r0)), float(np.quantile(t, r0 + r1))] if len(t) else []
-
-    @property
-    def rule_columns(self) -> list[str]:
-        return [r.column for r in [*self.spec.filter, *self.spec.checks]]
 
     def hold_out_last(self) -> None:
         """Pass 0 of a leave_last split: each group's latest row -> test, the one before -> valid."""
@@ -217,8 +209,7 @@ class Rows:
         assert split.group is not None and split.time is not None
         numbers = {str(p): i for i, p in enumerate(self.paths)}
         files, lines, groups, times, ties = [], [], [], [], []
-        wanted = list(dict.fromkeys([split.group, split.time, self.spec.label.column, *self.rule_columns]))
-        for chunk, _ in self.stream(BadLines("skip"), wanted, join=False):
+        for chunk, _ in self.stream(BadLines("skip"), join=False):  # the rows prepared, as above
             number = numbers[str(chunk.path)]
             files.append(np.full(chunk.frame.height, number, dtype=np.int64))
             lines.append(chunk.lines)
