@@ -202,7 +202,7 @@ def _text_table(
             tokens = F.split(value, re.escape(sep), -1)
             bad, found = F.size(tokens) != n, F.size(tokens)
             for c in columns:
-                cells[c].append((mine, tokens.getItem(header.index(c))))
+                cells[c].append((mine, F.get(tokens, header.index(c))))
         else:
             schema = ", ".join(f"`c{k}` STRING" for k in range(n)) + ", `_corrupt` STRING"
             options = {
@@ -287,7 +287,7 @@ def _svm(lines: DataFrame, spec: DatasetSpec, columns: list[str], names: dict[st
     libsvm = spec.input.format == "libsvm"
     width = 2 if libsvm else 3
     tokens = F.filter(F.split(F.col("value"), r"\s+", -1), lambda t: t != "")
-    first = tokens.getItem(0)
+    first = F.get(tokens, 0)  # get: null past the end (getItem fails under ANSI mode)
     label, _, _ = parse_number(first)
     label = F.when(first.rlike(r"^\S+$"), label)
     rest = F.slice(tokens, 2, 1 << 30)
@@ -306,7 +306,7 @@ def _svm(lines: DataFrame, spec: DatasetSpec, columns: list[str], names: dict[st
     kept = F.filter(toks, lambda x: x["ok"] & (x["v"] != 0))
     problems = [
         (F.col("_label").isNull(), problem(READ, "svm_label", "label", F.coalesce(first, F.lit("")))),
-        (F.size(wrong) > 0, problem(READ, "svm_token", "features", wrong.getItem(0)["t"], None, F.lit(0))),
+        (F.size(wrong) > 0, problem(READ, "svm_token", "features", F.get(wrong, 0)["t"], None, F.lit(0))),
     ]
     out = [F.col("_label").alias(names["label"])]
     ranges = spec.index_ranges()
@@ -320,7 +320,7 @@ def _svm(lines: DataFrame, spec: DatasetSpec, columns: list[str], names: dict[st
             column = F.transform(kept, lambda x: x["p"][0])
         elif POSITION.fullmatch(c):
             at = F.filter(kept, _at_position(int(c[1:])))
-            column = F.coalesce(at.getItem(0)["p"][0], F.lit(""))
+            column = F.coalesce(F.get(at, 0)["p"][0], F.lit(""))
         elif (m := RANGE.fullmatch(c)) is not None:
             lo, hi = int(m[1]), int(m[2])
             inside = F.transform(F.filter(kept, _in_range(lo, hi)), lambda x: x["p"][0])
@@ -333,7 +333,7 @@ def _svm(lines: DataFrame, spec: DatasetSpec, columns: list[str], names: dict[st
                 text = F.concat(shown, F.when(F.size(inside) > 3, F.lit(", ...")).otherwise(F.lit("")))
                 info = F.concat_ws("|", F.lit(str(lo)), F.lit(str(hi)), text)
                 problems.append((many, problem(READ, "svm_range", f.name, info, None, F.size(inside))))
-                column = F.coalesce(inside.getItem(0), F.lit(""))
+                column = F.coalesce(F.get(inside, 0), F.lit(""))
         else:  # a column a libsvm line does not have: missing everywhere
             column = F.array().cast("array<string>")
         out.append(column.alias(names[c]))

@@ -79,7 +79,9 @@ def report_bad_rows(frame: DataFrame, rows: Rows, bad: BadLines) -> None:
     One job finds how many rows are bad, the first of them and the first label error; a second
     one, only when rows are skipped, their first examples."""
     problem_ = F.col("_bad")
-    first = F.struct(F.col("_file"), problem_["phase"], F.col("_line"), problem_.alias("p"))
+    first = F.when(  # a struct is never null: only bad rows may be the first
+        problem_.isNotNull(), F.struct(F.col("_file"), problem_["phase"], F.col("_line"), problem_.alias("p"))
+    )
     label = F.when(
         problem_["kind"] == "label_value", F.struct(F.col("_file"), F.col("_line"), problem_.alias("p"))
     )

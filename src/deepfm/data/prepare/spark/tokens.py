@@ -67,7 +67,7 @@ def tokens(read: Read, f: FieldSpec, transform: dict[str, Any] | None = None) ->
         if f.pattern:
             return F.coalesce(extracted(read, f), F.lit(""))
         if read.frame.schema[read.names[f.source]].dataType.typeName() == "array":  # libfm field
-            return F.coalesce(read.col(f.source).getItem(0), F.lit(""))
+            return F.coalesce(F.get(read.col(f.source), 0), F.lit(""))
         return text(read, f.source)
     x = numbers(read, f)
     missing = F.lit(tf.MISSING).cast("long")
