@@ -150,7 +150,7 @@ def test_building_the_command_line_imports_neither_torch_nor_the_data_libraries(
 
     code = (
         "import sys; from deepfm.cli.main import build_parser; build_parser(); "
-        "print(sorted(m for m in ('torch', 'polars', 'pandas', 'pyarrow') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'polars', 'pandas', 'pyarrow', 'pyspark') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -4,12 +4,13 @@ the mean / std of standardised fields up to the order of floating-point sums), w
 bad-row counts and messages.
 
 One Spark session (``local[2]``) serves the whole module. The tests skip only when no Java
-runtime is installed; pyspark itself comes with ``deepfm[spark]`` (``.[all]``).
+runtime is installed or pyspark is not (it comes with ``deepfm[spark]``, which ``.[all]`` includes).
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +25,11 @@ from deepfm.data.spec import spec_from_dict
 from deepfm.errors import DataError
 
 JAVA = shutil.which("java") is not None
-pytestmark = pytest.mark.skipif(not JAVA, reason="no Java runtime: the spark engine needs Java 17+")
+PYSPARK = importlib.util.find_spec("pyspark") is not None
+pytestmark = [
+    pytest.mark.skipif(not PYSPARK, reason="pyspark not installed: pip install 'deepfm[spark]'"),
+    pytest.mark.skipif(not JAVA, reason="no Java runtime: the spark engine needs Java 17+"),
+]
 
 SPARK = EngineOptions("spark")
 
