@@ -61,3 +61,22 @@ def test_prepare_a_spec_once_plain_or_sharded_trains_as_the_spec_does(tmp_path):
     aucs = {name: m["test_auc"] for name, m in metrics.items()}
     assert aucs["spec"] == aucs["prepared"] == aucs["sharded"] and aucs["spec"] > 0.6, aucs
     assert metrics["sharded"]["data"]["rows"] == metrics["spec"]["data"]["rows"]
+
+
+def test_engine_options_and_a_missing_pyspark_are_one_line_errors(tiny_ml, tmp_path, capsys, monkeypatch):
+    base = ["prepare", "--data-dir", str(tiny_ml), "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--master", "local[2]"]) == 2
+    assert "--master and --conf are options of --engine spark" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--engine", "spark", "--conf", "nokey"]) == 2
+    assert "--conf takes key=value" in capsys.readouterr().err
+
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "pyspark" else find_spec(n, *a)
+    )
+    assert main([*base, "--out", str(tmp_path / "c"), "--engine", "spark"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'deepfm[spark]'" in err
+    assert not (tmp_path / "c").exists()
