@@ -42,4 +42,6 @@ def build(
         except DeepFMError:
             raise
         except (PySparkException, Py4JError) as exc:  # a job that failed on the cluster
-            raise ConfigError(f"--engine spark: a Spark job failed: {brief(exc, 300)}") from exc
+            cause = getattr(exc, "java_exception", None)  # py4j's first line names only the call
+            shown = brief(RuntimeError(str(cause)) if cause is not None else exc, 300)
+            raise ConfigError(f"--engine spark: a Spark job failed: {shown}") from exc
