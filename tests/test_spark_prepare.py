@@ -51,11 +51,11 @@ def spark():
     session.stop()
 
 
-def both(spec, tmp_path: Path, **options) -> tuple[Path, Path]:
+def both(spec, tmp_path: Path, shards: int = 0, **options) -> tuple[Path, Path]:
     """``spec`` prepared by the default engine and by Spark, into two folders."""
     opts = PrepareOptions(**options)
-    a = write_prepared(spec, opts, tmp_path / "polars", progress=False)
-    b = write_prepared(spec, opts, tmp_path / "spark", progress=False, engine=SPARK)
+    a = write_prepared(spec, opts, tmp_path / "polars", progress=False, shards=shards)
+    b = write_prepared(spec, opts, tmp_path / "spark", progress=False, shards=shards, engine=SPARK)
     return a, b
 
 
@@ -70,7 +70,15 @@ def assert_same(a: Path, b: Path) -> dict:
                 x["transform"][key] = y["transform"][key]
         assert x == y, x["name"]
     ma, mb = (json.loads((f / "meta.json").read_text()) for f in (a, b))
-    for key in ("rows", "positives", "bad_lines_skipped", "bad_line_examples", "hashing", "ignored_tokens"):
+    for key in (
+        "rows",
+        "shards",
+        "positives",
+        "bad_lines_skipped",
+        "bad_line_examples",
+        "hashing",
+        "ignored_tokens",
+    ):
         assert ma.get(key) == mb.get(key), key
     assert (ma["engine"]["name"], mb["engine"]["name"]) == ("polars", "spark")
     names = sorted(p.name for p in a.iterdir())
@@ -147,8 +155,9 @@ CLICK_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("split", ["random", "time"])
-def test_csv_parity_every_field_kind_and_skipped_rows(tmp_path, split):
+@pytest.mark.parametrize("split, shards", [("random", 0), ("time", 3)])
+def test_csv_parity_every_field_kind_and_skipped_rows(tmp_path, split, shards):
+    """With ``shards``: the training split dealt round robin into the same shard files."""
     write_clicks(tmp_path)
     spec = spec_from_dict(
         {
@@ -163,8 +172,11 @@ def test_csv_parity_every_field_kind_and_skipped_rows(tmp_path, split):
         "clicks.yaml",
         tmp_path,
     )
-    a, b = both(spec, tmp_path, on_bad_lines="skip", seed=7, min_count=1)
+    a, b = both(spec, tmp_path, shards, on_bad_lines="skip", seed=7, min_count=1)
     meta = assert_same(a, b)
+    if shards:
+        assert meta["shards"]["train"]["count"] == 3 and not (b / "train_ids.npy").exists()
+        assert (b / "train-00002-of-00003_bags.npy").exists()
     assert meta["bad_lines_skipped"] == 6 and "expected 12 columns, found 5" in meta["bad_line_examples"][0]
     assert meta["hashing"]["device"]["distinct_values"] > 100
 

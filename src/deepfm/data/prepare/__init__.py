@@ -83,8 +83,6 @@ def write_prepared(
         raise ConfigError("; ".join(problems))
     if engine.engine == "spark" and base is not None:
         raise ConfigError("a warm start's vocabulary needs --engine polars (--engine spark prepares anew)")
-    if engine.engine == "spark" and shards:
-        raise ConfigError("--shards is not written by --engine spark yet; prepare with --engine polars")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} exists and is not an empty folder; give a new one (or remove it)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +91,7 @@ def write_prepared(
         if engine.engine == "spark":
             from deepfm.data.prepare import spark
 
-            spark.build(spec, options, tmp, engine, progress)
+            spark.build(spec, options, tmp, engine, progress, shards)
         else:
             build(spec, options, tmp, base, progress, shards)
         if out.exists():

@@ -21,9 +21,15 @@ from deepfm.errors import ConfigError, DeepFMError, brief
 
 
 def build(
-    spec: DatasetSpec, options: PrepareOptions, out: Path, engine: EngineOptions, progress: bool = True
+    spec: DatasetSpec,
+    options: PrepareOptions,
+    out: Path,
+    engine: EngineOptions,
+    progress: bool = True,
+    shards: int = 0,
 ) -> None:
-    """Prepare ``spec`` into the empty folder ``out`` with Spark (see :mod:`.job`)."""
+    """Prepare ``spec`` into the empty folder ``out`` with Spark (see :mod:`.job`; ``shards`` > 0:
+    the training split as that many shards)."""
 
     def say(message: str) -> None:
         if progress:
@@ -38,7 +44,7 @@ def build(
         from deepfm.data.prepare.spark.job import run
 
         try:
-            run(spark, spec, options, out, say)
+            run(spark, spec, options, out, say, shards)
         except DeepFMError:
             raise
         except (PySparkException, Py4JError) as exc:  # a job that failed on the cluster

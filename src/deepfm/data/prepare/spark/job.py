@@ -38,9 +38,15 @@ from deepfm.data.spec import DatasetSpec
 
 
 def run(
-    spark: SparkSession, spec: DatasetSpec, options: PrepareOptions, out: Path, say: Callable[[str], None]
+    spark: SparkSession,
+    spec: DatasetSpec,
+    options: PrepareOptions,
+    out: Path,
+    say: Callable[[str], None],
+    shards: int = 0,
 ) -> None:
-    """Prepare ``spec`` into the empty folder ``out`` with Spark jobs."""
+    """Prepare ``spec`` into the empty folder ``out`` with Spark jobs (``shards`` > 0: the
+    training split as that many shards)."""
     started = time.perf_counter()
     bad = BadLines(options.on_bad_lines)
     rows = Rows.of(spec, cache.seed_of(spec, options), bad)  # side tables: read here, joined by Spark
@@ -67,7 +73,7 @@ def run(
 
         say(f"{spec.name}: stage 3/3, encoding {int(n.sum()):,} rows into {out}")
         encoded, dtype = encode(spark, frame, read, fmap)
-        write_arrays(encoded, dtype, fmap, n, out)
+        write_arrays(encoded, dtype, fmap, n, out, shards)
     finally:
         checked.unpersist()
         read.frame.unpersist()
@@ -99,6 +105,7 @@ def run(
         engine,
         hashing,
         stats.ignored_tokens,
+        shards,
     )
     skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
     if stats.ignored_tokens:

@@ -7,6 +7,11 @@ positional writes: no row passes through the driver. The folder must therefore b
 executor sees at the same path (any folder with ``local[N]``; shared storage on a cluster): each
 task first checks for a marker file the driver wrote there, so a folder the executors do not
 see is an error, not a silently empty file.
+
+With ``shards`` > 0 the training split is written as that many shards in the layout of
+:mod:`deepfm.data.shards` (training row ``k`` is row ``k // N`` of shard ``k % N``): a task's rows
+are consecutive training rows, so each shard's share of them is every ``N``-th row, written as one
+consecutive run of that shard's rows.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from deepfm.data.features import FeatureMap
+from deepfm.data.shards import shard_part, shard_sizes
 from deepfm.data.spec import PARTS
 from deepfm.errors import ConfigError, DataError
 
@@ -29,8 +35,14 @@ RESULT = "pid int, part int, rows long, seen boolean"
 ROWS_PER_PARTITION = 1_000_000  # rows each writing task handles (at least one task per core)
 
 
-def write_arrays(encoded: DataFrame, dtype: Any, fmap: FeatureMap, counts: np.ndarray, out: Path) -> None:
-    """``{part}_{ids,bags,dense,label}.npy`` of ``encoded`` in ``out`` (``counts``: rows per part)."""
+Target = tuple[str, int, int, str]  # a file's path, data offset, bytes per row, dtype
+
+
+def write_arrays(
+    encoded: DataFrame, dtype: Any, fmap: FeatureMap, counts: np.ndarray, out: Path, shards: int = 0
+) -> None:
+    """``{part}_{ids,bags,dense,label}.npy`` of ``encoded`` in ``out`` (``counts``: rows per part;
+    ``shards`` > 0: the training split as that many shards)."""
     multi = fmap.multi
     width = max((f.max_len for f in multi), default=0)
     arrays: dict[str, tuple[tuple[int, ...], Any]] = {
@@ -41,20 +53,20 @@ def write_arrays(encoded: DataFrame, dtype: Any, fmap: FeatureMap, counts: np.nd
         arrays["bags"] = ((len(multi), width), dtype)
     if fmap.numerics:
         arrays["dense"] = ((len(fmap.numerics),), np.float32)
-    layout: dict[
-        tuple[int, str], tuple[str, int, int, str]
-    ] = {}  # (part, name) -> path, offset, row bytes, dtype
+    layout: dict[tuple[int, str], list[Target]] = {}  # (part, name) -> one file, or one per shard
     for p, part in enumerate(PARTS):
+        files = [(part, int(counts[p]))]
+        if p == 0 and shards:
+            sizes = shard_sizes(int(counts[p]), shards)
+            files = [(shard_part(part, s, shards), m) for s, m in enumerate(sizes)]
         for name, (shape, kind) in arrays.items():
-            path = out / f"{part}_{name}.npy"
-            header = np.lib.format.open_memmap(path, mode="w+", dtype=kind, shape=(int(counts[p]), *shape))
-            layout[(p, name)] = (
-                str(path.resolve()),
-                int(header.offset),
-                header.itemsize * int(np.prod(shape)),
-                header.dtype.str,
-            )
-            del header
+            layout[(p, name)] = []
+            for stem, m in files:
+                path = out / f"{stem}_{name}.npy"
+                header = np.lib.format.open_memmap(path, mode="w+", dtype=kind, shape=(m, *shape))
+                size = header.itemsize * int(np.prod(shape))
+                layout[(p, name)].append((str(path.resolve()), int(header.offset), size, header.dtype.str))
+                del header
     total = int(counts.sum())
     spark = encoded.sparkSession
     k = max(spark.sparkContext.defaultParallelism, -(-total // ROWS_PER_PARTITION))
@@ -91,7 +103,7 @@ def write_arrays(encoded: DataFrame, dtype: Any, fmap: FeatureMap, counts: np.nd
 
 def _writer(
     marker: str,
-    layout: dict[tuple[int, str], tuple[str, int, int, str]],
+    layout: dict[tuple[int, str], list[Target]],
     offsets: dict[tuple[int, int], int],
     names: list[str],
 ) -> Any:
@@ -110,7 +122,18 @@ def _writer(
             result.update(pid=[pid], part=[-1], rows=[0], seen=[False])
             yield pa.RecordBatch.from_pydict(result, schema=_schema())
             return
-        files: dict[tuple[int, str], int] = {}
+        files: dict[str, int] = {}
+
+        def put(target: Any, values: Any, row: int) -> None:
+            path, header, size, kind = target
+            if path not in files:
+                files[path] = os.open(path, os.O_WRONLY)
+            data = memoryview(np.ascontiguousarray(values, dtype=np.dtype(kind)).tobytes())
+            at = header + row * size
+            while data:  # pwrite may write less than asked
+                n = os.pwrite(files[path], data, at)
+                data, at = data[n:], at + n
+
         cursor: dict[int, int] = {}
         try:
             for batch in batches:
@@ -119,16 +142,18 @@ def _writer(
                     rows = np.flatnonzero(parts == p)
                     start = cursor.setdefault(p, offsets[(pid, p)])
                     for name in names:
-                        path, header, size, kind = layout[(p, name)]
+                        targets = layout[(p, name)]
                         column = batch.column(name).take(pa.array(rows))
                         values = column.to_numpy() if name == "label" else column.flatten().to_numpy()
-                        if (p, name) not in files:
-                            files[(p, name)] = os.open(path, os.O_WRONLY)
-                        data = memoryview(np.ascontiguousarray(values, dtype=np.dtype(kind)).tobytes())
-                        at = header + start * size
-                        while data:  # pwrite may write less than asked
-                            n = os.pwrite(files[(p, name)], data, at)
-                            data, at = data[n:], at + n
+                        values = values.reshape(len(rows), -1)
+                        if len(targets) == 1:
+                            put(targets[0], values, start)
+                            continue
+                        count = len(targets)  # rows start, start + 1, ...: row k to shard k % count
+                        for s, target in enumerate(targets):
+                            first = (s - start) % count
+                            if first < len(rows):
+                                put(target, values[first::count], (start + first) // count)
                     cursor[p] = start + len(rows)
         finally:
             for fd in files.values():
