@@ -50,4 +50,10 @@ def build(
         except (PySparkException, Py4JError) as exc:  # a job that failed on the cluster
             cause = getattr(exc, "java_exception", None)  # py4j's first line names only the call
             shown = brief(RuntimeError(str(cause)) if cause is not None else exc, 300)
+            if "Connection refused" in shown:  # the JVM is gone (py4j cannot reach it)
+                shown = (
+                    "the Spark JVM stopped (the log above names why: java.lang.OutOfMemoryError asks "
+                    "for more memory, e.g. --conf spark.driver.memory=4g with local[N], or "
+                    "spark.executor.memory on a cluster)"
+                )
             raise ConfigError(f"--engine spark: a Spark job failed: {shown}") from exc

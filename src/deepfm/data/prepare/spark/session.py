@@ -23,7 +23,10 @@ from deepfm.data.options import EngineOptions
 from deepfm.errors import ConfigError, brief
 
 EXTRA = "pip install 'deepfm[spark]'"
-SHUFFLE_BYTES = 128 << 20  # input bytes per shuffle partition (Spark's own default is 200 partitions)
+# Input bytes per task, read and shuffled (Spark's defaults: 128 MB splits, 200 shuffle partitions).
+# A task's memory grows with its rows; with local[N] every task shares the one JVM's heap (1 GiB by
+# default): 128 MB splits of the 1M-row Criteo-like file ran out of heap in the encode stage.
+TASK_BYTES = 32 << 20
 # Settings deepfm starts a session with (a --conf of the same key wins).
 DEFAULTS = {
     "spark.app.name": "deepfm prepare",
@@ -32,6 +35,7 @@ DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
     "spark.pyspark.python": sys.executable,  # executors run the driver's interpreter (same packages)
     "spark.pyspark.driver.python": sys.executable,
+    "spark.sql.files.maxPartitionBytes": str(TASK_BYTES),  # input splits: see TASK_BYTES
 }
 
 
@@ -51,7 +55,7 @@ def require() -> None:
 def spark_session(engine: EngineOptions, say: Any, input_bytes: int = 0) -> Iterator[Any]:
     """The active Spark session (a notebook's, a test's, spark-submit's), else a new one from
     ``engine`` that is stopped at the end. ``say``: prints a progress line. A new session's
-    shuffles get one partition per :data:`SHUFFLE_BYTES` of input (at least one per core)
+    shuffles get one partition per :data:`TASK_BYTES` of input (at least one per core)
     unless ``--conf spark.sql.shuffle.partitions`` says otherwise."""
     require()
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
@@ -74,7 +78,7 @@ def spark_session(engine: EngineOptions, say: Any, input_bytes: int = 0) -> Iter
         raise ConfigError(f"--engine spark: Spark did not start on {engine.master}: {brief(exc)}") from None
     if "spark.sql.shuffle.partitions" not in engine.settings():
         cores = spark.sparkContext.defaultParallelism
-        spark.conf.set("spark.sql.shuffle.partitions", str(max(cores, -(-input_bytes // SHUFFLE_BYTES))))
+        spark.conf.set("spark.sql.shuffle.partitions", str(max(cores, -(-input_bytes // TASK_BYTES))))
     _announce(spark, say)
     try:
         yield spark

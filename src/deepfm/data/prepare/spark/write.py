@@ -32,7 +32,7 @@ from deepfm.data.spec import PARTS
 from deepfm.errors import ConfigError, DataError
 
 RESULT = "pid int, part int, rows long, seen boolean"
-ROWS_PER_PARTITION = 1_000_000  # rows each writing task handles (at least one task per core)
+ROWS_PER_PARTITION = 250_000  # rows each writing task handles (at least one task per core)
 
 
 Target = tuple[str, int, int, str]  # a file's path, data offset, bytes per row, dtype
