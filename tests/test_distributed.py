@@ -38,13 +38,18 @@ def launch_env(dump: Path | None = None) -> dict[str, str]:
     return env
 
 
+def launcher(nproc: int = 2) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=N -m deepfm``."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*run, "-m", "deepfm"]
+
+
 def torchrun(
     data: Path | None, out: Path, dump: Path, *extra: str, nproc: int = 2, check: bool = True
 ) -> subprocess.CompletedProcess:
     """``torchrun --standalone`` of ``deepfm train`` (``data``: its --data-dir; None: give --prepared)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     source = ["--data-dir", str(data)] if data is not None else []
-    cmd += ["-m", "deepfm", "train", *source, "--out", str(out), *COMMON, *extra]
+    cmd = [*launcher(nproc), "train", *source, "--out", str(out), *COMMON, *extra]
     proc = subprocess.run(cmd, env=launch_env(dump), capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -276,15 +281,7 @@ def test_sigkill_mid_epoch_of_streamed_shards_then_resume_replays_the_same_batch
     reference = json.loads((tmp_path / "ref" / "metrics.json").read_text())
 
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "deepfm",
-    ]
+    cmd = launcher()
     cmd += ["train", *args, "--out", str(out), *COMMON, "--checkpoint-every", "5"]
     env = {**launch_env(), "DEEPFM_TEST_STEP_DELAY": "0.02"}
     proc = subprocess.Popen(
@@ -312,15 +309,7 @@ def test_sigkill_mid_epoch_of_streamed_shards_then_resume_replays_the_same_batch
     saved = read_state(out / STATE_FILE)
     assert saved["position"]["epoch"] == 1 and 0 < saved["position"]["step"] < steps
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "deepfm",
-    ]
+    cmd = launcher()
     cmd += ["train", "--out", str(out), "--resume", "--no-progress"]
     resumed = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
