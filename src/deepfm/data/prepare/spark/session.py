@@ -27,6 +27,7 @@ EXTRA = "pip install 'deepfm[spark]'"
 # A task's memory grows with its rows; with local[N] every task shares the one JVM's heap (1 GiB by
 # default): 128 MB splits of the 1M-row Criteo-like file ran out of heap in the encode stage.
 TASK_BYTES = 32 << 20
+LOCAL_HEAP_MAX_GIB = 8  # the largest JVM heap deepfm gives local[N] by itself (see _local_memory)
 # Settings deepfm starts a session with (a --conf of the same key wins).
 DEFAULTS = {
     "spark.app.name": "deepfm prepare",
@@ -70,7 +71,7 @@ def spark_session(engine: EngineOptions, say: Any, input_bytes: int = 0) -> Iter
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # launched by spark-submit: its --master wins
     if not submitted or engine.master != EngineOptions.master:
         builder = builder.master(engine.master)
-    for key, value in {**DEFAULTS, **engine.settings()}.items():
+    for key, value in {**DEFAULTS, **_local_memory(engine.master), **engine.settings()}.items():
         builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()
@@ -84,6 +85,22 @@ def spark_session(engine: EngineOptions, say: Any, input_bytes: int = 0) -> Iter
         yield spark
     finally:
         spark.stop()
+
+
+def _local_memory(master: str) -> dict[str, str]:
+    """With ``local[N]`` every task runs in this command's own JVM: its heap
+    (``spark.driver.memory``, Spark's default 1 GiB) is sized to the machine instead, a quarter of
+    its memory between 1 and 8 GiB. The 1 GiB default ran out of memory encoding the 1M-row
+    Criteo-like file (39 vocabularies joined in each task). A cluster's executors keep their own
+    settings; ``--conf spark.driver.memory`` wins."""
+    if not master.startswith("local[") and master != "local":
+        return {}
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on POSIX: Spark's default
+        return {}
+    gib = min(LOCAL_HEAP_MAX_GIB, max(1, ram // 4 >> 30))
+    return {"spark.driver.memory": f"{gib}g"}
 
 
 def _announce(spark: Any, say: Any) -> None:

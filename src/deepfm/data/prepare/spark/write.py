@@ -70,10 +70,14 @@ def write_arrays(
     total = int(counts.sum())
     spark = encoded.sparkSession
     k = max(spark.sparkContext.defaultParallelism, -(-total // ROWS_PER_PARTITION))
+    # The range partitioning samples its input in a job of its own: without the encoded rows kept,
+    # that job would run every vocabulary join a second time.
+    encoded = encoded.persist(StorageLevel.MEMORY_AND_DISK)
     ordered = encoded.repartitionByRange(k, "_part", "_key").sortWithinPartitions("_part", "_key")
     ordered = ordered.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         per = ordered.groupBy(F.spark_partition_id().alias("pid"), "_part").count().collect()
+        encoded.unpersist()  # the sorted rows are kept now
         offsets: dict[tuple[int, int], int] = {}
         before = np.zeros(3, dtype=np.int64)
         expected: dict[tuple[int, int], int] = {}
@@ -91,6 +95,7 @@ def write_arrays(
         marker.unlink()
     finally:
         ordered.unpersist()
+        encoded.unpersist()
     if any(not r["seen"] for r in written):
         raise ConfigError(
             f"--out {out.parent}: the Spark executors do not see this folder; with a cluster, write to "
