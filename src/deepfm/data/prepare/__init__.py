@@ -31,10 +31,10 @@ from deepfm.data.features import FeatureMap
 from deepfm.data.options import EngineOptions, PrepareOptions
 from deepfm.data.prepare import cache
 from deepfm.data.prepare.encode import ChunkEncoder, NpyWriter
-from deepfm.data.prepare.meta import write_meta
+from deepfm.data.prepare.meta import finish_prepared
 from deepfm.data.prepare.rows import Rows
 from deepfm.data.prepare.stats import check_rows, collect, feature_map, labels
-from deepfm.data.prepared import TABLE_FILE, PreparedData, load_prepared
+from deepfm.data.prepared import PreparedData, load_prepared
 from deepfm.data.readers import BadLines
 from deepfm.data.shards import deal, rank_shards, shard_files, shard_part, shard_sizes
 from deepfm.data.spec import PARTS, DatasetSpec
@@ -199,29 +199,23 @@ def build(
 
     _say(progress, f"{spec.name}: pass 2/2, encoding {int(n.sum()):,} rows into {out}")
     _encode(rows, fmap, stats.rows, out, shards)
-    for table in rows.tables:
-        table.frame.write_parquet(out / TABLE_FILE.format(key=table.spec.key))
-    seconds = time.perf_counter() - started
-    (out / "feature_map.json").write_text(json.dumps(fmap.to_dict()))
-    write_meta(
+    seconds = {"count": counted - started, "total": time.perf_counter() - started}
+    hashing = {name: h.summary() for name, h in stats.hashed.items()}
+    summary = finish_prepared(
         out,
-        spec,
+        rows,
         options,
+        fmap,
         n,
         stats.positives,
         bad,
-        rows.files,
-        [t.spec.key for t in rows.tables],
-        {"count": counted - started, "total": seconds},
+        seconds,
         {"name": "polars"},
-        {name: h.summary() for name, h in stats.hashed.items()},
+        hashing,
         stats.ignored_tokens,
         shards,
     )
-    skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
-    if stats.ignored_tokens:
-        skipped += f", ignored {stats.ignored_tokens:,} tokens outside every index_range"
-    _say(progress, f"{spec.name}: prepared {int(n.sum()):,} rows in {seconds:.1f}s{skipped}")
+    _say(progress, summary)
 
 
 def _encode(rows: Rows, fmap: FeatureMap, counts: np.ndarray, out: Path, shards: int = 0) -> None:

@@ -1,4 +1,5 @@
-"""``meta.json``, the summary of a prepared folder, written last by every engine.
+"""``meta.json``, the summary of a prepared folder, and the folder's last files, written the same
+way by every engine (:func:`finish_prepared`).
 
 It holds what was prepared (the spec, the options, rows and positives per part, bad rows,
 hashing and ignored-token counts), how (the engine and its speed) and ``files_written``: the
@@ -14,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from deepfm.data.features import FeatureMap
 from deepfm.data.options import PrepareOptions
 from deepfm.data.prepare import cache
+from deepfm.data.prepare.rows import Rows
+from deepfm.data.prepared import TABLE_FILE
 from deepfm.data.readers import BadLines
 from deepfm.data.shards import shard_entry
 from deepfm.data.spec import PARTS, DatasetSpec
@@ -65,3 +69,44 @@ def write_meta(
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def finish_prepared(
+    out: Path,
+    rows: Rows,
+    options: PrepareOptions,
+    fmap: FeatureMap,
+    counts: np.ndarray,
+    positives: np.ndarray,
+    bad: BadLines,
+    seconds: dict[str, float],
+    engine: dict[str, Any],
+    hashing: dict[str, Any] | None = None,
+    ignored_tokens: int | None = None,
+    shards: int = 0,
+) -> str:
+    """The last files of a prepared folder whose arrays are written: the side tables,
+    ``feature_map.json``, then ``meta.json``; returns the one-line summary to print."""
+    for table in rows.tables:
+        table.frame.write_parquet(out / TABLE_FILE.format(key=table.spec.key))
+    (out / "feature_map.json").write_text(json.dumps(fmap.to_dict()))
+    tables = [t.spec.key for t in rows.tables]
+    write_meta(
+        out,
+        rows.spec,
+        options,
+        counts,
+        positives,
+        bad,
+        rows.files,
+        tables,
+        seconds,
+        engine,
+        hashing,
+        ignored_tokens,
+        shards,
+    )
+    skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
+    if ignored_tokens:
+        skipped += f", ignored {ignored_tokens:,} tokens outside every index_range"
+    return f"{rows.spec.name}: prepared {int(counts.sum()):,} rows in {seconds['total']:.1f}s{skipped}"

@@ -9,7 +9,6 @@ and the same output folder; the speed of each stage (rows/s) is printed at the e
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from pyspark.sql import functions as F
 
 from deepfm.data.options import PrepareOptions
 from deepfm.data.prepare import cache
-from deepfm.data.prepare.meta import write_meta
+from deepfm.data.prepare.meta import finish_prepared
 from deepfm.data.prepare.rows import Rows
 from deepfm.data.prepare.spark.encode import encode
 from deepfm.data.prepare.spark.parts import with_parts
@@ -32,7 +31,6 @@ from deepfm.data.prepare.spark.stats import QUANTILE_ERROR, collect
 from deepfm.data.prepare.spark.tokens import flag_text
 from deepfm.data.prepare.spark.write import write_arrays
 from deepfm.data.prepare.stats import check_rows, feature_map
-from deepfm.data.prepared import TABLE_FILE
 from deepfm.data.readers import BadLines
 from deepfm.data.spec import DatasetSpec
 
@@ -77,9 +75,6 @@ def run(
     finally:
         checked.unpersist()
         read.frame.unpersist()
-    for table in rows.tables:
-        table.frame.write_parquet(out / TABLE_FILE.format(key=table.spec.key))
-    (out / "feature_map.json").write_text(json.dumps(fmap.to_dict()))
     done = time.perf_counter()
     total = int(n.sum())
     stages = {"read_split": split - started, "statistics": counted - split, "encode_write": done - counted}
@@ -92,25 +87,23 @@ def run(
         "stage_seconds": stages,
         "stage_rows_per_s": speeds,
     }
-    write_meta(
-        out,
-        spec,
-        options,
-        n,
-        stats.positives,
-        bad,
-        rows.files,
-        [t.spec.key for t in rows.tables],
-        {"count": counted - started, "total": done - started},
-        engine,
-        hashing,
-        stats.ignored_tokens,
-        shards,
+    seconds = {"count": counted - started, "total": done - started}
+    say(
+        finish_prepared(
+            out,
+            rows,
+            options,
+            fmap,
+            n,
+            stats.positives,
+            bad,
+            seconds,
+            engine,
+            hashing,
+            stats.ignored_tokens,
+            shards,
+        )
     )
-    skipped = f", skipped {bad.count:,} bad rows (first: {bad.examples[0]})" if bad.count else ""
-    if stats.ignored_tokens:
-        skipped += f", ignored {stats.ignored_tokens:,} tokens outside every index_range"
-    say(f"{spec.name}: prepared {total:,} rows in {done - started:.1f}s{skipped}")
     say(
         "spark rows/s: "
         + " | ".join(f"{k.replace('_', ' + ')} {v:,.0f}" for k, v in speeds.items() if v is not None)
