@@ -80,3 +80,20 @@ def test_engine_options_and_a_missing_pyspark_are_one_line_errors(tiny_ml, tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'deepfm[spark]'" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_local_spark_gets_a_heap_sized_to_the_machine_and_a_cluster_keeps_its_own(monkeypatch):
+    import os
+
+    from deepfm.data.prepare.spark import session
+
+    gib = 1 << 30
+    monkeypatch.setattr(os, "sysconf", lambda k: {"SC_PAGE_SIZE": 4096}.get(k, 24 * gib // 4096))
+    assert session._local_memory("local[2]") == {"spark.driver.memory": "6g"}
+    assert session._local_memory("local") == {"spark.driver.memory": "6g"}
+    assert session._local_memory("spark://head:7077") == {}
+    assert session._local_memory("local-cluster[2,1,1024]") == {}  # executors have their own heap
+    monkeypatch.setattr(os, "sysconf", lambda k: {"SC_PAGE_SIZE": 4096}.get(k, 256 * gib // 4096))
+    assert session._local_memory("local[*]") == {"spark.driver.memory": "8g"}
+    monkeypatch.setattr(os, "sysconf", lambda k: {"SC_PAGE_SIZE": 4096}.get(k, 2 * gib // 4096))
+    assert session._local_memory("local[*]") == {"spark.driver.memory": "1g"}
