@@ -4,6 +4,8 @@ size cap ($DEEPFM_CACHE_MAX) removing the least recently used entries, never tho
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,3 +128,30 @@ def test_cache_cap_spares_entries_used_in_the_last_hour_and_reads_sizes(tmp_path
     with pytest.raises(ConfigError, match=r"\$DEEPFM_CACHE_MAX='lots' is not a size"):
         cache_cap.cap_bytes()
     assert main(["cache"]) == 2
+
+
+def test_clear_keeps_what_a_running_process_writes_and_removes_a_killed_ones_leftovers(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("DEEPFM_CACHE", str(tmp_path / "cache"))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    prepared = tmp_path / "cache" / "prepared"
+    live = prepared / f".clicks-0123-{os.getpid()}-ab_cd12x"  # this process is writing it
+    dead = prepared / f".clicks-0456-{gone.pid}-zz9y8x7w"  # its writer was killed
+    half_zip = tmp_path / "cache" / f".ml-1m.zip.{os.getpid()}-k3j4h5g6.tmp"  # a download under way
+    for folder in (live, dead):
+        folder.mkdir(parents=True)
+        (folder / "train_ids.npy").write_bytes(b"x" * 100)
+    half_zip.write_bytes(b"z" * 10)
+    done = prepared / "clicks-0789"
+    done.mkdir()
+    (done / "train_ids.npy").write_bytes(b"x" * 100)
+
+    assert main(["cache", "--clear"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert live.exists() and half_zip.exists() and not dead.exists() and not done.exists()
+    kept = [line for line in lines if "being written by process" in line]
+    assert len(kept) == 2 and all(str(os.getpid()) in line for line in kept)
+    assert lines[-1].startswith("2 entries, 200 B removed")
+    assert lines[-1].endswith("; 2 kept: still being written")

@@ -15,8 +15,10 @@ def add_parser(sub: Any) -> None:
         "prepared data sets, frames written by deepfm.fit and downloads, with sizes and the days "
         "since each was last used. Runs keep the folder under a size cap ($DEEPFM_CACHE_MAX, e.g. "
         "20GB, 500MB or off; default 20GB) by removing the least recently used entries, never "
-        "those in use. Anything removed is rebuilt (or downloaded) by the next run that needs it; "
-        "do not clear while a run is preparing or training.",
+        "those in use. Anything removed is rebuilt (or downloaded) by the next run that needs it. "
+        "--clear keeps what a running process is still writing (and removes what a killed one "
+        "left half written); entries a running training reads are not tracked across processes: "
+        "do not clear while a run is training.",
     )
     p.add_argument("--clear", action="store_true", help="remove the listed entries")
     p.add_argument(
@@ -39,15 +41,22 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--older-than must be >= 0 days, got {args.older_than:g}")
     cap = cap_bytes()
     chosen = [e for e in entries() if args.older_than is None or e.age_days() > args.older_than]
-    total = sum(e.size for e in chosen)
+    kept = []
     for e in chosen:
-        print(f"{e.kind:9} {size_text(e.size):>9}  {e.age_days():6.1f} days  {e.path}")
-        if args.clear:
+        writer = e.writer()
+        note = f"  (being written by process {writer}: kept)" if writer and args.clear else ""
+        print(f"{e.kind:9} {size_text(e.size):>9}  {e.age_days():6.1f} days  {e.path}{note}")
+        if args.clear and writer:
+            kept.append(e)
+        elif args.clear:
             remove(e)
+    chosen = [e for e in chosen if e not in kept]
+    total = sum(e.size for e in chosen)
     verb = "removed" if args.clear else "in"
     limit = "no size cap" if cap is None else f"size cap {size_text(cap)}"
+    busy = f"; {len(kept)} kept: still being written" if kept else ""
     print(
         f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'}, {size_text(total)} {verb} {cache_dir()} "
-        f"({limit}, ${ENV})"
+        f"({limit}, ${ENV}){busy}"
     )
     return 0

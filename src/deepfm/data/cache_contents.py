@@ -10,15 +10,20 @@ run that needs it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from deepfm.data.download import cache_dir
+from deepfm.io import pid_alive
 
 KINDS = {"prepared": "prepared", "frames": "frame", "specs": "spec"}
 MARKERS = ".used"  # one marker file per used entry, at the same relative path
+# what is being written: a folder ".NAME-PID-RANDOM" (prepared data, an unpacked download) or a
+# file ".NAME.PID-RANDOM.tmp" (deepfm.io.atomic_write), named by the process writing it
+_BUILDING = re.compile(r"^\.(?:.+-(\d+)-[^-.]+|.+\.(\d+)-[^.]+\.tmp)$")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,15 @@ class Entry:
     def age_days(self, now: float | None = None) -> float:
         """Days since the entry was last used."""
         return ((time.time() if now is None else now) - self.used) / 86400
+
+    def writer(self) -> int | None:
+        """The process still writing this entry (its name says which), else ``None``: a finished
+        entry, or the leftover of a writer that is gone (killed mid-write)."""
+        match = _BUILDING.match(self.path.name)
+        if match is None:
+            return None
+        pid = int(match.group(1) or match.group(2))
+        return pid if pid_alive(pid) else None
 
 
 def marker_of(path: Path, root: Path | None = None) -> Path | None:

@@ -74,7 +74,7 @@ def fetch(dataset: str, marker: str) -> Path:
     zip_path = root / f"{archive.name}.zip"
     if not zip_path.exists() or sha256_of(zip_path) != archive.sha256:
         _download(archive, zip_path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}-{os.getpid()}-", dir=root))  # see cache_contents
     try:
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(tmp)
