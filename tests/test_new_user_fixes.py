@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,20 @@ def test_every_train_config_field_is_a_train_option():
         if f.name == "extra":  # model options: YAML only
             continue
         assert f.name in dests, f"TrainConfig.{f.name} has no 'deepfm train' option"
+    # each such option takes its type and allowed values from the field, in every command
+    from deepfm.config import CHOICES
+
+    hints = typing.get_type_hints(TrainConfig)
+    for name, parser in sub_parsers().items():
+        for action in parser._actions:
+            if action.dest not in hints or not action.option_strings or action.dest == "extra":
+                continue
+            where = f"deepfm {name} {action.option_strings[0]}"
+            assert action.choices == CHOICES.get(action.dest), where
+            hint = hints[action.dest]
+            kinds = set(typing.get_args(hint) or (hint,))  # int, or int | None
+            if typing.get_origin(hint) is not tuple and kinds & {int, float}:
+                assert action.type in kinds, where
     args = build_parser().parse_args(["train", "--eval-batch-size", "128"])
     from deepfm.cli.train import config_from_args
 

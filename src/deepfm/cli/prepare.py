@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepfm.cli.train import add_data_options
+from deepfm.cli.train import add_data_options, add_option
 from deepfm.data.options import ENGINE_CHOICES, EngineOptions
 
 E = EngineOptions()
@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
         "data-parallel ranks (N a multiple of W) each rank streams only its own shards from disk",
     )
     add_data_options(p)
-    p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed of the random split (default 0)")
+    add_option(p, "seed", help="seed of the random split (default 0)")
     p.add_argument("--config", help="YAML file of options, or a preset name (its data options are used)")
     p.add_argument(
         "--no-progress", dest="progress", action="store_false", default=True, help="no progress lines"
