@@ -154,3 +154,42 @@ def test_readme_five_minute_path_runs_as_written(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert metrics["auc"] > 0.65  # the planted signal is learnt
     assert len(pd.read_csv("scores.csv")) == 200 and (tmp_path / "feature_map.json").exists()
+
+
+# README's words for a default that is not a value
+DEFAULT_WORDS = {"unset": None, "automatic": 0, "download + cache": None}  # and "off": None, False or 0
+
+
+def test_readme_option_defaults_are_train_config_defaults():
+    """Each row of the README's table of `deepfm train` options whose default column gives one
+    value per option states the TrainConfig defaults, read from the options' fields."""
+    import dataclasses
+
+    from deepfm.config import TrainConfig
+
+    dests = {o: a.dest for a in subcommands()["train"]._actions for o in a.option_strings}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    text = (ROOT / "README.md").read_text()
+    checked = 0
+    for option_cell, default_cell in re.findall(r"^\| (`--[^|]*) \| ([^|]*) \|", text, flags=re.M):
+        firsts = [o.split(" / ")[0].strip() for o in option_cell.split(", ")]  # `--a X` / `--b Y`: --a
+        options = [re.match(r"`(--[a-z0-9-]+)", o).group(1) for o in firsts]
+        defaults = [re.sub(r"\s*\(.*\)$", "", d).strip("` ") for d in default_cell.split(", ")]
+        if len(options) != len(defaults) or not default_cell.strip():
+            continue
+        for option, stated in zip(options, defaults, strict=True):
+            field = fields[dests[option]]
+            value = field.default
+            if stated == "off":
+                ok = value in (None, False, 0)
+            elif stated in DEFAULT_WORDS:
+                ok = value == DEFAULT_WORDS[stated]
+            elif isinstance(value, tuple):
+                ok = ",".join(map(str, value)) == stated
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                ok = float(stated) == value
+            else:
+                ok = str(value) == stated
+            assert ok, f"README: {option} defaults to {stated!r}; TrainConfig.{field.name} = {value!r}"
+            checked += 1
+    assert checked >= 20, checked
