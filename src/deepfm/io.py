@@ -136,3 +136,30 @@ def is_torch_archive(path: str | Path) -> bool:
             return f.read(4) == b"PK\x03\x04"
     except OSError:
         return True  # let torch.load report it
+
+
+def load_torch_payload(
+    path: Path, what: str, fmt: str, newest: int, version_name: str, device: str = "cpu"
+) -> dict[str, Any]:
+    """The dict a deepfm file of format ``fmt`` holds (``model.pt``, ``state.pt``), at a version
+    from 1 to ``newest``, loaded with ``weights_only`` (no pickled code runs); a foreign,
+    truncated or damaged file, or one from a newer deepfm, is a one-line ``CheckpointError``
+    naming ``path`` as a ``what`` and its ``version_name``."""
+    import torch  # not at the top: the light CLI paths import this module without torch
+
+    from deepfm.errors import CheckpointError, brief
+
+    if not is_torch_archive(path):
+        raise CheckpointError(f"{path} is not a {what} (not a PyTorch file)")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a truncated, foreign or corrupt file
+        raise CheckpointError(f"{path} is not a readable {what} ({brief(exc)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a {what}")
+    version = payload.get("version")
+    if type(version) is not int or version < 1:  # bool is an int in Python: refuse True as 1
+        raise CheckpointError(f"{path} is damaged ({version_name} {version!r}, expected 1 to {newest})")
+    if version > newest:
+        raise CheckpointError(f"{path} was written by a newer deepfm ({version_name} {version})")
+    return payload

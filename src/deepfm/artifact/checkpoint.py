@@ -19,7 +19,7 @@ from deepfm.data.features import FeatureMap
 from deepfm.data.prepared import DataFacts
 from deepfm.data.tables import Tables, tables_from_payload, tables_to_payload
 from deepfm.errors import CheckpointError, DeepFMError, brief
-from deepfm.io import atomic_write, is_torch_archive
+from deepfm.io import atomic_write, load_torch_payload
 from deepfm.models import build_model
 
 FORMAT = "deepfm-checkpoint"
@@ -92,19 +92,7 @@ class Checkpoint:
 def read_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     """Read a run folder's or a file's ``model.pt`` (older formats migrated); one-line errors."""
     file = resolve(path)
-    if not is_torch_archive(file):
-        raise CheckpointError(f"{file} is not a deepfm checkpoint (not a PyTorch file)")
-    try:
-        payload = torch.load(file, map_location=device, weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise CheckpointError(f"{file} is not a readable deepfm checkpoint ({brief(exc)})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not a deepfm checkpoint")
-    version = payload.get("version")
-    if type(version) is not int or version < 1:  # bool is an int in Python: refuse True as 1
-        raise CheckpointError(f"{file} is damaged (format version {version!r}, expected 1 to {VERSION})")
-    if version > VERSION:
-        raise CheckpointError(f"{file} was written by a newer deepfm (format {version})")
+    payload = load_torch_payload(file, "deepfm checkpoint", FORMAT, VERSION, "format version", device)
     try:  # a damaged payload (missing keys, wrong types, wrong shapes) is our error
         config = TrainConfig.from_dict(payload["config"])
         fmap = FeatureMap.from_dict(payload["feature_map"])

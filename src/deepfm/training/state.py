@@ -31,7 +31,7 @@ from torch import nn
 
 from deepfm.config import TrainConfig
 from deepfm.errors import CheckpointError, ConfigError, NumericalError, brief
-from deepfm.io import atomic_write, is_torch_archive
+from deepfm.io import atomic_write, load_torch_payload
 from deepfm.training.early_stopping import EarlyStopping
 from deepfm.training.loop import EpochPosition, check_weights
 from deepfm.version import __version__
@@ -241,20 +241,7 @@ def read_state(path: str | Path) -> dict[str, Any]:
             f"no training state to resume in {path.parent} (expected {path.name}, written at the end of "
             "every epoch and every --checkpoint-every steps); start the run without --resume"
         )
-    if not is_torch_archive(path):
-        raise CheckpointError(f"{path} is not a deepfm training state (not a PyTorch file)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, foreign or corrupt file
-        raise CheckpointError(f"{path} is not a readable deepfm training state ({brief(exc)})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a deepfm training state")
-    version = payload.get("version")
-    if type(version) is not int or version < 1:  # bool is an int in Python: refuse True as 1
-        raise CheckpointError(f"{path} is damaged (state format {version!r}, expected 1 to {VERSION})")
-    if version > VERSION:
-        raise CheckpointError(f"{path} was written by a newer deepfm (state format {version})")
-    return payload
+    return load_torch_payload(path, "deepfm training state", FORMAT, VERSION, "state format")
 
 
 def unreadable_state(path: Path, payload: dict[str, Any], exc: BaseException) -> str:
