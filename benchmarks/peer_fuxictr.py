@@ -151,7 +151,7 @@ def prepare(data: str, work: Path, shared: Path) -> Path:
     return folder
 
 
-def _shared() -> Path:
+def shared_folder() -> Path:
     """``../shared/data`` from the repository root or from its parent folder (a worktree)."""
     for up in HERE.parents[:3]:
         if (up / "shared" / "data").is_dir():
@@ -567,14 +567,18 @@ def fuxictr_trace(
     linear = model.fm.lr_layer.embedding_layer.embedding_layer.embedding_layers
     sizes = [tables[f].weight.shape[0] for f in fields]
     offsets = np.cumsum([1, *sizes[:-1]])  # our row 0 is the padding row
-    ours = build_model(
-        "deepfm",
-        num_rows=1 + sum(sizes),
-        num_fields=len(fields),
-        embed_dim=recipe["embedding_dim"],
-        mlp=tuple(recipe["hidden_units"]),
-        dropout=0.0,
-    )
+
+    def build() -> torch.nn.Module:
+        return build_model(
+            "deepfm",
+            num_rows=1 + sum(sizes),
+            num_fields=len(fields),
+            embed_dim=recipe["embedding_dim"],
+            mlp=tuple(recipe["hidden_units"]),
+            dropout=0.0,
+        )
+
+    ours = build()
     theirs_mlp = [m for m in model.mlp.mlp if isinstance(m, (torch.nn.Linear, torch.nn.BatchNorm1d))]
     ours_mlp = [m for m in ours.mlp if isinstance(m, (torch.nn.Linear, torch.nn.BatchNorm1d))]
 
@@ -607,15 +611,7 @@ def fuxictr_trace(
             a.copy_(b)
     if trace.get("our_init"):  # ours: its own initialisation copied into FuxiCTR instead
         torch.manual_seed(job["seed"])
-        fresh = build_model(
-            "deepfm",
-            num_rows=1 + sum(sizes),
-            num_fields=len(fields),
-            embed_dim=recipe["embedding_dim"],
-            mlp=tuple(recipe["hidden_units"]),
-            dropout=0.0,
-        )
-        ours.load_state_dict(fresh.state_dict())
+        ours.load_state_dict(build().state_dict())
         with torch.no_grad():
             for _, a, b in pairs():
                 b.copy_(a)
@@ -828,6 +824,21 @@ def summary(path: Path) -> None:
         )
 
 
+def add_peer_options(parser: argparse.ArgumentParser) -> None:
+    """``--shared`` and where FuxiCTR is (``--fuxictr-python``, ``--fuxictr-src``): the options
+    of this script that ``peer_speed.py`` has too."""
+    shared = str(shared_folder())
+    parser.add_argument("--shared", default=shared, help="the shared data folder (../shared/data)")
+    parser.add_argument(
+        "--fuxictr-python", default=os.environ.get("FUXICTR_PYTHON", "/work/venvs/fuxictr/bin/python")
+    )
+    parser.add_argument(
+        "--fuxictr-src",
+        default=os.environ.get("FUXICTR_SRC"),
+        help="the folder holding FuxiCTR's model_zoo/DeepFM/DeepFM_torch/src/DeepFM.py",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--role", default="harness", choices=("harness", "fuxictr"), help=argparse.SUPPRESS)
@@ -841,18 +852,10 @@ def main() -> None:
         "--split-folder", help="use this folder's split (train/valid/test.csv, meta.json) instead"
     )
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "peer_fuxictr"))
-    parser.add_argument("--shared", default=str(_shared()), help="the shared data folder (../shared/data)")
+    add_peer_options(parser)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--fuxictr-python", default=os.environ.get("FUXICTR_PYTHON", "/work/venvs/fuxictr/bin/python")
-    )
-    parser.add_argument(
-        "--fuxictr-src",
-        default=os.environ.get("FUXICTR_SRC"),
-        help="the folder holding FuxiCTR's model_zoo/DeepFM/DeepFM_torch/src/DeepFM.py",
-    )
     parser.add_argument("--fuxictr-loader", default="memory", choices=("memory", "ray"))
     parser.add_argument("--no-fuxictr", action="store_true", help="run only our variants")
     parser.add_argument("--no-ours", action="store_true", help="run only FuxiCTR")

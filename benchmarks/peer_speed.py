@@ -58,6 +58,9 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import peer_fuxictr  # noqa: E402  (the split files, FuxiCTR's driver and options)
+
 FIELDS = ["user_id", "movie_id"]
 RECIPE = {"embed_dim": 16, "mlp": [16, 16], "dropout": 0.5, "lr": 1e-3, "batch_size": 1024}
 TOOLS = ("deepfm", "deepctr", "fuxictr", "pytorch-fm")
@@ -140,15 +143,12 @@ class Clock:
 
 
 def run_deepfm(job: dict[str, Any]) -> dict[str, Any]:
-    sys.path.insert(0, str(HERE))
-    from peer_fuxictr import spec_file
-
     from deepfm.config import TrainConfig
     from deepfm.training.run import load_data, train
 
     config = TrainConfig.from_dict(
         {
-            "spec": str(spec_file(Path(job["folder"]))),
+            "spec": str(peer_fuxictr.spec_file(Path(job["folder"]))),
             "out": job["out"],
             "epochs": job["epochs"],
             "threads": 1,
@@ -219,11 +219,9 @@ def run_deepctr(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_pytorch_fm(job: dict[str, Any]) -> dict[str, Any]:
     import torch
+    from reference import predict, train_reference_epoch
     from sklearn.metrics import roc_auc_score
     from torchfm.model.dfm import DeepFactorizationMachineModel
-
-    sys.path.insert(0, str(HERE))
-    from reference import predict, train_reference_epoch
 
     torch.set_num_threads(1)
     torch.manual_seed(job["seed"])
@@ -251,9 +249,6 @@ def run_pytorch_fm(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_fuxictr(args: argparse.Namespace, folder: Path, seed: int, out: Path) -> dict[str, Any]:
     """FuxiCTR through ``peer_fuxictr.run_fuxictr`` (its own virtual environment)."""
-    sys.path.insert(0, str(HERE))
-    import peer_fuxictr
-
     recipe = {
         "embedding_dim": RECIPE["embed_dim"],
         "hidden_units": RECIPE["mlp"],
@@ -350,13 +345,6 @@ def table(results: dict[str, list[dict[str, Any]]], epochs: int) -> str:
     return "\n".join(lines)
 
 
-def _shared() -> Path:
-    for up in HERE.parents[:3]:
-        if (up / "shared" / "data").is_dir():
-            return up / "shared" / "data"
-    return HERE.parents[1] / "shared" / "data"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--role", default="harness", choices=("harness", *CHILDREN), help=argparse.SUPPRESS)
@@ -366,19 +354,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "peer_speed"))
-    parser.add_argument("--shared", default=str(_shared()), help="the shared data folder (../shared/data)")
+    peer_fuxictr.add_peer_options(parser)
     parser.add_argument(
         "--deepctr-python",
         default=os.environ.get("DEEPCTR_PYTHON", "/work/venvs/deepctr/bin/python"),
         help="a Python with deepctr-torch and torchfm installed",
-    )
-    parser.add_argument(
-        "--fuxictr-python", default=os.environ.get("FUXICTR_PYTHON", "/work/venvs/fuxictr/bin/python")
-    )
-    parser.add_argument(
-        "--fuxictr-src",
-        default=os.environ.get("FUXICTR_SRC"),
-        help="the folder holding FuxiCTR's model_zoo/DeepFM/DeepFM_torch/src/DeepFM.py",
     )
     args = parser.parse_args()
     if args.role != "harness":
