@@ -41,22 +41,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--older-than must be >= 0 days, got {args.older_than:g}")
     cap = cap_bytes()
     chosen = [e for e in entries() if args.older_than is None or e.age_days() > args.older_than]
-    kept = []
+    counted, kept = [], []  # listed (or removed); kept: still being written
     for e in chosen:
-        writer = e.writer()
-        note = f"  (being written by process {writer}: kept)" if writer and args.clear else ""
+        writer = e.writer() if args.clear else None
+        note = f"  (being written by process {writer}: kept)" if writer else ""
         print(f"{e.kind:9} {size_text(e.size):>9}  {e.age_days():6.1f} days  {e.path}{note}")
-        if args.clear and writer:
-            kept.append(e)
-        elif args.clear:
+        (kept if writer else counted).append(e)
+        if args.clear and not writer:
             remove(e)
-    chosen = [e for e in chosen if e not in kept]
-    total = sum(e.size for e in chosen)
+    total = sum(e.size for e in counted)
     verb = "removed" if args.clear else "in"
     limit = "no size cap" if cap is None else f"size cap {size_text(cap)}"
     busy = f"; {len(kept)} kept: still being written" if kept else ""
     print(
-        f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'}, {size_text(total)} {verb} {cache_dir()} "
+        f"{len(counted)} entr{'y' if len(counted) == 1 else 'ies'}, {size_text(total)} {verb} {cache_dir()} "
         f"({limit}, ${ENV}){busy}"
     )
     return 0
